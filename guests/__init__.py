@@ -1,0 +1,93 @@
+"""Built-in guest programs: their catalog, parameters and committed binaries.
+
+Each guest is a flat AArch64 binary in guests/bin/<name>.bin, assembled from
+guests/src/<name>.S plus the shared runtime (guests/src/runtime.S) by guests/build.py. It is
+linked to run at the start of RAM (0x8000_0000) with the MMU off.
+
+Boot contract (docs/machine.md): x0 = DTB address, x1 = parameter block address. The
+parameter block is an array of little-endian u64: [PARAMS_MAGIC, vcpu count, RAM base,
+RAM size, n, param_0 .. param_{n-1}] with the guest's parameters in the order declared here.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from typing import Mapping
+
+from vmm.errors import ConfigError
+
+PARAMS_MAGIC = int.from_bytes(b"MVMPARAM", "little")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    name: str
+    default: int
+    help: str
+
+
+@dataclass(frozen=True)
+class GuestSpec:
+    """A built-in guest: name, one-line description, parameters, and a suggested vCPU count."""
+
+    name: str
+    description: str
+    params: tuple[ParamSpec, ...] = ()
+    default_vcpus: int = 1
+
+    def binary(self) -> bytes:
+        """The committed, assembled image."""
+        path = resources.files("guests") / "bin" / f"{self.name}.bin"
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(f"guest {self.name!r} has no built binary; run python -m guests.build") from None
+
+    def resolve_params(self, given: Mapping[str, int]) -> list[int]:
+        """Parameter values in declared order: defaults overridden by `given`."""
+        known = {p.name for p in self.params}
+        unknown = sorted(set(given) - known)
+        if unknown:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ConfigError(f"guest {self.name!r} has no parameter {unknown[0]!r} (parameters: {allowed})")
+        return [int(given.get(p.name, p.default)) for p in self.params]
+
+
+CATALOG: dict[str, GuestSpec] = {
+    g.name: g
+    for g in (
+        GuestSpec("hello", "prints a greeting and powers off with PSCI SYSTEM_OFF"),
+        GuestSpec(
+            "smp",
+            "starts every vCPU with PSCI CPU_ON; all add to a shared counter (LDXR/STXR and LSE), the primary prints the total",
+            (ParamSpec("iterations", 20000, "increments per vCPU per method"),),
+            default_vcpus=4,
+        ),
+        GuestSpec(
+            "memwalk",
+            "dirties memory in a pattern each round and prints a checksum; the dirty-tracking and snapshot workload",
+            (
+                ParamSpec("pattern", 0, "0 sequential, 1 strided, 2 random (seeded), 3 hot set"),
+                ParamSpec("rounds", 4, "rounds to run; 0 runs forever"),
+                ParamSpec("region_mib", 8, "size of the walked region in MiB (from RAM base + 16 MiB)"),
+                ParamSpec("stride", 4096, "bytes between writes for pattern 1"),
+                ParamSpec("writes", 2048, "writes per round"),
+                ParamSpec("seed", 1, "seed of the random pattern"),
+                ParamSpec("hot_pages", 16, "pages in the hot set for pattern 3"),
+            ),
+        ),
+        GuestSpec(
+            "compute",
+            "CPU-bound checksum loop that prints its result; the execution-speed workload",
+            (ParamSpec("iterations", 2_000_000, "loop iterations"),),
+        ),
+    )
+}
+
+
+def get(name: str) -> GuestSpec:
+    """The built-in guest called `name`; ConfigError naming the choices otherwise."""
+    try:
+        return CATALOG[name]
+    except KeyError:
+        raise ConfigError(f"unknown guest {name!r} (built-in guests: {', '.join(sorted(CATALOG))})") from None

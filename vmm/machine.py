@@ -1,0 +1,133 @@
+"""`MicroVM`: guest RAM, vCPUs, devices and the scheduler, put together and booted.
+
+Boot follows the Linux arm64 boot protocol (Documentation/arch/arm64/booting.rst): the image
+is loaded at a 2 MiB-aligned offset of RAM, the primary vCPU starts at the entry point in
+EL1h with the MMU off and DAIF masked, x0 = DTB address. Built-in guests also get x1 = the
+parameter block (guests/__init__.py). Secondary vCPUs start powered off (PSCI CPU_ON).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import msgpack
+import xxhash
+
+import guests
+from vmm import layout
+from vmm.config import VmConfig
+from vmm.devicetree import build_dtb
+from vmm.devices.pl011 import Pl011
+from vmm.errors import ConfigError, ImageError
+from vmm.fault import FaultReport, build_report
+from vmm.image import load_image
+from vmm.memory import GuestMemory
+from vmm.mmio import MmioBus
+from vmm.psci import Psci
+from vmm.scheduler import RunResult, Scheduler, StopReason
+from vmm.sysreg_traps import base_sysreg_traps
+from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
+
+
+class MicroVM:
+    """One virtual machine. Create, optionally tweak, then `run()`.
+
+    `on_console` (if given) receives every byte the guest writes to the UART, as it is written.
+    """
+
+    def __init__(self, config: VmConfig, *, on_console: Callable[[bytes], None] | None = None) -> None:
+        self.config = config
+        self.memory = GuestMemory(layout.RAM_BASE, config.mem_size)
+        self._console = bytearray()
+        self._on_console = on_console
+        self.uart = Pl011(on_tx=self._tx)
+        self.bus = MmioBus()
+        self.bus.add("uart0", layout.UART0_BASE, layout.UART0_SIZE, self.uart)
+        self.vcpus: list[Vcpu] = []
+        self.psci = Psci(self.vcpus, self.memory)
+        hooks = VcpuHooks(psci=self.psci, on_fault=self._on_fault)
+        self.scheduler = Scheduler(self.vcpus, config.quantum)
+        base_sysreg_traps(hooks, self.scheduler)
+        for i in range(config.vcpus):
+            self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
+        self._boot()
+
+    # --- boot -------------------------------------------------------------------------------------
+    def _boot(self) -> None:
+        cfg = self.config
+        fdt_addr = self.memory.end - layout.FDT_MAX_SIZE
+        params_addr = fdt_addr + layout.PARAMS_OFFSET_IN_FDT_WINDOW
+        if cfg.guest is not None:
+            spec = guests.get(cfg.guest)
+            values = spec.resolve_params(cfg.params)
+            named = dict(zip((p.name for p in spec.params), values))
+            entry = load_image(self.memory, spec.binary(), limit=fdt_addr, name=f"guest {cfg.guest}")
+        elif cfg.image is not None:
+            try:
+                data = Path(cfg.image).read_bytes()
+            except OSError as e:
+                raise ImageError(f"cannot read image {cfg.image}: {e.strerror or e}") from None
+            entry = load_image(self.memory, data, limit=fdt_addr, name=cfg.image)
+            values = [cfg.params[k] for k in sorted(cfg.params)]
+            named = dict(sorted(cfg.params.items()))
+        else:
+            raise ConfigError("nothing to boot: give a built-in guest or an image")
+        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=False, with_mmds=False)
+        self.memory.write(fdt_addr, dtb)
+        block = [guests.PARAMS_MAGIC, cfg.vcpus, layout.RAM_BASE, cfg.mem_size, len(values), *values]
+        self.memory.write(params_addr, b"".join(v.to_bytes(8, "little") for v in block))
+        self.vcpus[0].reset(entry, x0=fdt_addr, x1=params_addr)
+
+    # --- running ----------------------------------------------------------------------------------
+    def run(self, max_instructions: int | None = None) -> RunResult:
+        """Run until the guest powers off, faults, deadlocks, or `max_instructions` pass.
+
+        The budget is virtual time in instructions per vCPU, rounded up to the next round
+        end (see vmm.scheduler).
+        """
+        return self.scheduler.run(max_instructions)
+
+    @property
+    def clock(self) -> int:
+        """Virtual time since boot, in ns (= instructions per vCPU)."""
+        return self.scheduler.clock
+
+    @property
+    def stopped(self) -> StopReason | None:
+        return self.scheduler.stopped
+
+    @property
+    def fault(self) -> FaultReport | None:
+        return self.scheduler.fault
+
+    @property
+    def console_output(self) -> bytes:
+        """Everything the guest has written to the UART since this VM object was created."""
+        return bytes(self._console)
+
+    def _tx(self, byte: int) -> None:
+        b = bytes((byte,))
+        self._console += b
+        if self._on_console is not None:
+            self._on_console(b)
+
+    def _on_fault(self, vcpu: Vcpu, info: FaultInfo) -> FaultReport:
+        return build_report(vcpu, info)
+
+    # --- identity ---------------------------------------------------------------------------------
+    def state_digest(self) -> str:
+        """xxh3-128 over guest-visible state: vCPUs, devices, virtual clock and all of RAM.
+
+        Two VMs with equal digests continue identically. Console output is not included
+        (compare `console_output` separately).
+        """
+        h = xxhash.xxh3_128()
+        vcpus = [v.save_state().__dict__ for v in self.vcpus]
+        devices = {"uart0": self.uart.save_state().__dict__}
+        h.update(msgpack.packb({"vcpus": vcpus, "devices": devices, "clock": self.clock}))
+        h.update(self.memory.view().data)
+        return h.hexdigest()
+
+    @property
+    def vcpus_on(self) -> int:
+        return sum(1 for v in self.vcpus if v.power is PowerState.ON)

@@ -1,0 +1,189 @@
+"""The deterministic scheduler and the virtual clock.
+
+Virtual time is counted in instructions: one guest instruction = 1 ns, and the generic
+timer's counter runs at 1 GHz, so counter ticks = virtual ns = instructions per vCPU.
+
+The schedule is a sequence of *rounds*. A round [t0, t1) runs every runnable vCPU in index
+order for t1 - t0 instructions. Round ends lie on a grid that depends only on guest state:
+multiples of the quantum, plus the timers' deadlines (so timer interrupts fire at exactly
+their programmed time). Between rounds the VMM powers on vCPUs started with CPU_ON, updates
+interrupt lines, wakes waiting vCPUs and delivers IRQs. A vCPU whose slice ends early (WFI,
+CPU_SUSPEND, CPU_OFF, power-off, fault) gives up the rest of its slice.
+
+`run(max_instructions=N)` stops at the first round end at or after start + N: pauses (and so
+snapshots) happen only at round ends, and a pause never changes the schedule. Hence
+run(N + M) == run(N); run(M) whenever start + N is a round end, e.g. N a multiple of the
+quantum from boot. When every vCPU waits, virtual time jumps to the next timer deadline.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from vmm.psci import complete_pending_power_on
+from vmm.vcpu import ExitKind, PowerState, SliceExit
+
+if TYPE_CHECKING:
+    from vmm.fault import FaultReport
+    from vmm.vcpu import Vcpu
+
+
+class StopReason(str, enum.Enum):
+    """Why `MicroVM.run` returned."""
+
+    POWER_OFF = "power_off"  # PSCI SYSTEM_OFF
+    RESET = "reset"  # PSCI SYSTEM_RESET requested
+    BUDGET = "budget"  # max_instructions reached (the VM can run on)
+    FAULT = "fault"  # a guest fault the guest could not handle
+    ALL_OFF = "all_vcpus_off"  # every vCPU powered off with CPU_OFF
+    DEADLOCK = "deadlock"  # every vCPU waits and no event is pending
+
+    @property
+    def final(self) -> bool:
+        """True if the VM cannot run any further."""
+        return self in (StopReason.POWER_OFF, StopReason.RESET, StopReason.FAULT, StopReason.ALL_OFF)
+
+
+@dataclass
+class RunResult:
+    """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU)."""
+
+    reason: StopReason
+    instructions: int
+    detail: str = ""
+    fault: FaultReport | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason in (StopReason.POWER_OFF, StopReason.BUDGET)
+
+
+class InterruptSource(Protocol):
+    """What the scheduler needs from the interrupt controller and timers (vmm.interrupts)."""
+
+    def round_boundary(self, now: int) -> None:
+        """Bring interrupt lines up to date for virtual time `now`."""
+
+    def wakeup_pending(self, vcpu: int) -> bool: ...
+
+    def irq_signalled(self, vcpu: int) -> bool: ...
+
+    def next_deadline(self, now: int) -> int | None:
+        """Earliest virtual time > now at which a timer fires, or None."""
+
+
+@dataclass
+class SchedulerState:
+    """Scheduler position, as plain data."""
+
+    clock: int  # virtual ns since boot
+    quantum: int
+    stopped: str | None  # StopReason value once final
+    stop_detail: str = ""
+
+
+class Scheduler:
+    """Runs vCPUs in deterministic rounds and keeps virtual time."""
+
+    def __init__(self, vcpus: Sequence[Vcpu], quantum: int, interrupts: InterruptSource | None = None) -> None:
+        self.vcpus = vcpus
+        self.quantum = quantum
+        self.interrupts = interrupts
+        self.clock = 0
+        self.stopped: StopReason | None = None
+        self.stop_detail = ""
+        self.fault: FaultReport | None = None
+
+    def _next_round_end(self) -> int:
+        end = (self.clock // self.quantum + 1) * self.quantum
+        if self.interrupts is not None:
+            deadline = self.interrupts.next_deadline(self.clock)
+            if deadline is not None and self.clock < deadline < end:
+                end = deadline
+        return end
+
+    def _between_rounds(self) -> None:
+        complete_pending_power_on(self.vcpus)
+        irq = self.interrupts
+        if irq is None:
+            # No interrupt controller: a wait returns at once (a spurious wakeup, which WFI and
+            # CPU_SUSPEND standby both permit).
+            for v in self.vcpus:
+                v.waiting = False
+            return
+        irq.round_boundary(self.clock)
+        for v in self.vcpus:
+            if v.power is not PowerState.ON:
+                continue
+            if v.waiting and irq.wakeup_pending(v.index):
+                v.waiting = False
+            if not v.waiting and irq.irq_signalled(v.index):
+                v.take_irq()
+
+    def _stop(self, reason: StopReason, detail: str) -> None:
+        self.stopped = reason
+        self.stop_detail = detail
+
+    def _handle_exit(self, vcpu: Vcpu, ex: SliceExit) -> None:
+        if ex.kind is ExitKind.SYSTEM_OFF:
+            self._stop(StopReason.POWER_OFF, f"vCPU {vcpu.index} called PSCI SYSTEM_OFF")
+        elif ex.kind is ExitKind.SYSTEM_RESET:
+            self._stop(StopReason.RESET, f"vCPU {vcpu.index} called PSCI SYSTEM_RESET")
+        elif ex.kind is ExitKind.FAULT:
+            self.fault = ex.fault  # type: ignore[assignment]
+            summary = getattr(ex.fault, "summary", None)
+            self._stop(StopReason.FAULT, summary() if callable(summary) else ex.detail)
+
+    def run(self, max_instructions: int | None = None) -> RunResult:
+        """Run rounds until the VM stops or `max_instructions` of virtual time have passed."""
+        if max_instructions is not None and max_instructions < 0:
+            raise ValueError("max_instructions must be >= 0")
+        start = self.clock
+        if self.stopped is not None:
+            return RunResult(self.stopped, 0, self.stop_detail, self.fault)
+        target = None if max_instructions is None else start + max_instructions
+        while True:
+            if target is not None and self.clock >= target:
+                return RunResult(StopReason.BUDGET, self.clock - start)
+            self._between_rounds()
+            on = [v for v in self.vcpus if v.power is PowerState.ON]
+            runnable = [v for v in on if not v.waiting]
+            if not runnable:
+                if any(v.power is PowerState.ON_PENDING for v in self.vcpus):
+                    continue
+                if not on:
+                    self._stop(StopReason.ALL_OFF, "every vCPU is powered off")
+                    return RunResult(StopReason.ALL_OFF, self.clock - start, self.stop_detail)
+                deadline = self.interrupts.next_deadline(self.clock) if self.interrupts else None
+                if deadline is None:
+                    detail = "deadlock: all vCPUs waiting, no event pending"
+                    return RunResult(StopReason.DEADLOCK, self.clock - start, detail)
+                # Idle: jump virtual time (nothing executes, so where the jump lands is free).
+                self.clock = deadline if target is None else min(deadline, target)
+                continue
+            end = self._next_round_end()
+            length = end - self.clock
+            for v in runnable:
+                ex = v.run_slice(length)
+                if ex is not None:
+                    self._handle_exit(v, ex)
+                    if self.stopped is not None:
+                        break
+            self.clock = end
+            if self.stopped is not None:
+                return RunResult(self.stopped, self.clock - start, self.stop_detail, self.fault)
+
+    def save_state(self) -> SchedulerState:
+        return SchedulerState(
+            clock=self.clock,
+            quantum=self.quantum,
+            stopped=self.stopped.value if self.stopped else None,
+            stop_detail=self.stop_detail,
+        )
+
+    def restore_state(self, state: SchedulerState) -> None:
+        self.clock = state.clock
+        self.quantum = state.quantum
+        self.stopped = StopReason(state.stopped) if state.stopped else None
+        self.stop_detail = state.stop_detail

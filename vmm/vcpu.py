@@ -1,0 +1,546 @@
+"""`Vcpu`: one AArch64 vCPU backed by its own Unicorn instance.
+
+Contracts:
+- Guest RAM is one host buffer shared by all vCPUs (`mem_map_ptr`); MMIO windows are mapped
+  per instance with callbacks into the device models.
+- Unicorn is put in virtual-TLB mode: the VMM's fill hook defines VA->PA (identity with the
+  MMU off) and is where the dirty tracker sees the first store to each page.
+- Every guest-visible event (SVC/BRK/UDF exception entry, PSCI calls, trapped system
+  registers, MMIO) is handled *inside* the hook that reports it, so a slice of N instructions
+  runs exactly N instructions unless the guest idles, powers off or faults. Those end the
+  slice early (`SliceExit`); the scheduler charges the whole slice.
+- Between slices the exclusive monitor is cleared (a CLREX stub in a VMM-owned page), so a
+  slice boundary is a clean architectural point: a snapshot taken there and restored into a
+  fresh Unicorn instance continues exactly as the original would.
+- `save_state()` returns a plain `VcpuState`; `restore_state()` takes it back. No Unicorn
+  context blob is used.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable
+
+import numpy as np
+from unicorn import (
+    UC_ARCH_ARM64,
+    UC_HOOK_INSN,
+    UC_HOOK_INTR,
+    UC_HOOK_MEM_UNMAPPED,
+    UC_HOOK_TLB_FILL,
+    UC_MEM_FETCH,
+    UC_MEM_FETCH_UNMAPPED,
+    UC_MEM_WRITE,
+    UC_MEM_WRITE_UNMAPPED,
+    UC_MODE_ARM,
+    UC_PROT_ALL,
+    UC_PROT_EXEC,
+    UC_PROT_READ,
+    UC_TLB_VIRTUAL,
+    Uc,
+    UC_CTL_IO_WRITE,
+    UC_CTL_TLB_FLUSH,
+    UcError,
+)
+from unicorn import arm64_const as a64
+
+from vmm import arch
+from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
+
+if TYPE_CHECKING:
+    from vmm.memory import GuestMemory
+    from vmm.mmio import MmioBus
+
+SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
+
+PAGE_SIZE = 4096
+PAGE_MASK = ~(PAGE_SIZE - 1) & 0xFFFF_FFFF_FFFF_FFFF
+
+# Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
+EXCP_UDEF = 1
+EXCP_SWI = 2
+EXCP_BKPT = 7
+EXCP_HVC = 11
+EXCP_SMC = 13
+
+# Higher-EL configuration written once per vCPU so that ERET and HVC behave (unicorn-notes.md).
+SCR_EL3: SysReg = (3, 6, 1, 1, 0)
+SCR_EL3_VALUE = 0x401 | (1 << 8)  # RW | NS | HCE (HVC enabled: intno 11, PC after the HVC)
+HCR_EL2: SysReg = (3, 4, 1, 1, 0)
+HCR_EL2_VALUE = 1 << 31  # RW: EL1 is AArch64
+VBAR_EL1: SysReg = (3, 0, 12, 0, 0)
+SPSR_EL1: SysReg = (3, 0, 4, 0, 0)
+
+_X_REGS = [getattr(a64, f"UC_ARM64_REG_X{i}") for i in range(29)] + [
+    a64.UC_ARM64_REG_X29,
+    a64.UC_ARM64_REG_X30,
+]
+_Q_REGS = [getattr(a64, f"UC_ARM64_REG_Q{i}") for i in range(32)]
+_PC = a64.UC_ARM64_REG_PC
+_SP = a64.UC_ARM64_REG_SP
+_PSTATE = a64.UC_ARM64_REG_PSTATE
+_SP_EL0 = a64.UC_ARM64_REG_SP_EL0
+_SP_EL1 = a64.UC_ARM64_REG_SP_EL1
+_CP_REG = a64.UC_ARM64_REG_CP_REG
+
+
+@dataclass(frozen=True)
+class SavedSysreg:
+    """A system register that is part of `VcpuState`, keyed by its encoding."""
+
+    name: str
+    enc: SysReg  # (op0, op1, crn, crm, op2)
+
+    @property
+    def key(self) -> str:
+        """Generic assembler name, e.g. S3_0_C1_C0_0 for SCTLR_EL1: the stable snapshot key."""
+        op0, op1, crn, crm, op2 = self.enc
+        return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
+
+
+# The curated list of EL1/EL0 system registers a snapshot carries (add-only across versions).
+# Registers Unicorn implements as RAZ/WI (AFSR0/1, AMAIR, CSSELR) are left out. SP_EL0/SP_EL1
+# are fields of their own; timer and GIC CPU-interface registers belong to those devices.
+SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
+    SavedSysreg("SCTLR_EL1", (3, 0, 1, 0, 0)),
+    SavedSysreg("CPACR_EL1", (3, 0, 1, 0, 2)),
+    SavedSysreg("TTBR0_EL1", (3, 0, 2, 0, 0)),
+    SavedSysreg("TTBR1_EL1", (3, 0, 2, 0, 1)),
+    SavedSysreg("TCR_EL1", (3, 0, 2, 0, 2)),
+    SavedSysreg("SPSR_EL1", (3, 0, 4, 0, 0)),
+    SavedSysreg("ELR_EL1", (3, 0, 4, 0, 1)),
+    SavedSysreg("ESR_EL1", (3, 0, 5, 2, 0)),
+    SavedSysreg("FAR_EL1", (3, 0, 6, 0, 0)),
+    SavedSysreg("PAR_EL1", (3, 0, 7, 4, 0)),
+    SavedSysreg("MAIR_EL1", (3, 0, 10, 2, 0)),
+    SavedSysreg("VBAR_EL1", (3, 0, 12, 0, 0)),
+    SavedSysreg("CONTEXTIDR_EL1", (3, 0, 13, 0, 1)),
+    SavedSysreg("TPIDR_EL1", (3, 0, 13, 0, 4)),
+    SavedSysreg("TPIDR_EL0", (3, 3, 13, 0, 2)),
+    SavedSysreg("TPIDRRO_EL0", (3, 3, 13, 0, 3)),
+    SavedSysreg("MDSCR_EL1", (2, 0, 0, 2, 2)),
+)
+_SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
+
+
+def _cp(enc: SysReg) -> tuple[int, int, int, int, int]:
+    """Unicorn's CP_REG tuple order (crn, crm, op0, op1, op2) from an encoding."""
+    op0, op1, crn, crm, op2 = enc
+    return (crn, crm, op0, op1, op2)
+
+
+class PowerState(str, enum.Enum):
+    """PSCI power state of a vCPU (PSCI 1.1, 5.1.5 AFFINITY_INFO)."""
+
+    ON = "on"
+    OFF = "off"
+    ON_PENDING = "on_pending"
+
+
+@dataclass
+class VcpuState:
+    """Everything architecturally visible about one vCPU, as plain data."""
+
+    index: int
+    mpidr: int
+    x: list[int]  # X0..X30
+    sp_el0: int
+    sp_el1: int
+    pc: int
+    pstate: int
+    v: list[bytes]  # V0..V31, 16 bytes each, little-endian
+    fpcr: int
+    fpsr: int
+    sysregs: dict[str, int]  # keyed by SavedSysreg.key
+    power: str  # PowerState value
+    waiting: bool = False  # in WFI or PSCI CPU_SUSPEND (standby), until an interrupt
+    pending_entry: int = 0  # CPU_ON entry point while ON_PENDING
+    pending_context: int = 0  # CPU_ON context id while ON_PENDING
+
+
+class ExitKind(str, enum.Enum):
+    """Why a slice ended before its instruction count ran out."""
+
+    WAIT = "wait"  # WFI or CPU_SUSPEND: sleep until an interrupt is pending
+    CPU_OFF = "cpu_off"
+    SYSTEM_OFF = "system_off"
+    SYSTEM_RESET = "system_reset"
+    FAULT = "fault"
+
+
+@dataclass
+class SliceExit:
+    kind: ExitKind
+    detail: str = ""
+    fault: object | None = None  # vmm.fault.FaultReport for FAULT
+
+
+@dataclass
+class FaultInfo:
+    """Raw facts about a fault the guest could not handle; `vmm.fault` formats them."""
+
+    reason: str
+    pc: int
+    ec: int | None = None
+    esr: int | None = None
+    far: int | None = None
+
+
+# Hook signatures the machine provides.
+SysregRead = Callable[["Vcpu"], int]
+SysregWrite = Callable[["Vcpu", int], None]
+
+
+@dataclass
+class VcpuHooks:
+    """What a vCPU asks of its machine. The machine fills these in once at construction."""
+
+    # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
+    sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
+    sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
+    # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
+    psci: Callable[["Vcpu", int], None] | None = None
+    # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
+    tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
+    # MMIO dispatch errors and other faults end up here for a report.
+    on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
+
+
+class Vcpu:
+    """One vCPU. Not thread-safe; the scheduler runs one vCPU at a time."""
+
+    def __init__(self, index: int, memory: GuestMemory, bus: MmioBus, hooks: VcpuHooks) -> None:
+        self.index = index
+        self.mpidr = (1 << 31) | index  # MPIDR_EL1: RES1 bit 31, Aff0 = index
+        self.memory = memory
+        self.hooks = hooks
+        self.power = PowerState.OFF
+        self.waiting = False
+        self.pending_entry = 0
+        self.pending_context = 0
+        self.pc = 0
+        self._exit: SliceExit | None = None
+        self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
+        self._hook_error: BaseException | None = None
+
+        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+        uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)  # LSE atomics and v8.x features
+        uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+        uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
+        for region in bus.regions:
+            dev = region.device
+            uc.mmio_map(region.base, region.size, self._mmio_read, dev, self._mmio_write, dev)
+        stub = np.zeros(VMM_STUB_SIZE // 4, dtype=np.uint32)
+        stub[0] = arch.INSN_CLREX
+        uc.mem_map(VMM_STUB_BASE, VMM_STUB_SIZE, UC_PROT_READ | UC_PROT_EXEC)
+        uc.mem_write(VMM_STUB_BASE, stub.tobytes())
+        uc.reg_write(_CP_REG, _cp(SCR_EL3) + (SCR_EL3_VALUE,))
+        uc.reg_write(_CP_REG, _cp(HCR_EL2) + (HCR_EL2_VALUE,))
+        uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
+        uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
+        uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+        uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+        self.uc = uc
+        self._reset_state = self.save_state()
+
+    # --- registers ------------------------------------------------------------------------------
+    def reg(self, n: int) -> int:
+        """Xn (0..30)."""
+        return self.uc.reg_read(_X_REGS[n])
+
+    def set_reg(self, n: int, value: int) -> None:
+        self.uc.reg_write(_X_REGS[n], value & 0xFFFF_FFFF_FFFF_FFFF)
+
+    def sysreg(self, name: str) -> int:
+        """A saved system register by name, e.g. 'VBAR_EL1'."""
+        return self.uc.reg_read(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc))
+
+    def set_sysreg(self, name: str, value: int) -> None:
+        self.uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc) + (value,))
+
+    @property
+    def pstate(self) -> int:
+        return self.uc.reg_read(_PSTATE)
+
+    def read_pc(self) -> int:
+        return self.uc.reg_read(_PC)
+
+    # --- power ------------------------------------------------------------------------------------
+    def reset(self, entry: int, x0: int = 0, x1: int = 0) -> None:
+        """Architectural reset into EL1h, MMU off, DAIF masked, at `entry` (Linux boot protocol)."""
+        state = self._reset_state
+        self.restore_state(
+            VcpuState(
+                index=self.index,
+                mpidr=self.mpidr,
+                x=[x0, x1] + [0] * 29,
+                sp_el0=0,
+                sp_el1=0,
+                pc=entry,
+                pstate=arch.PSTATE_EL1H_MASKED,
+                v=list(state.v),
+                fpcr=0,
+                fpsr=0,
+                sysregs=dict(state.sysregs),
+                power=PowerState.ON.value,
+            )
+        )
+
+    # --- running --------------------------------------------------------------------------------
+    def request_exit(self, kind: ExitKind, detail: str = "", fault: object | None = None) -> None:
+        """Called from inside a hook: end the current slice after this instruction."""
+        if self._exit is None:
+            self._exit = SliceExit(kind, detail, fault)
+        self.uc.emu_stop()
+
+    def run_slice(self, count: int) -> SliceExit | None:
+        """Run up to `count` instructions from `self.pc`. None if all `count` ran."""
+        uc = self.uc
+        self._exit = None
+        self._unmapped = None
+        self._hook_error = None
+        uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 4)  # CLREX: clear the exclusive monitor
+        try:
+            uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
+        except UcError as e:
+            self.pc = uc.reg_read(_PC)
+            if self._hook_error is not None:
+                return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
+            return self._memory_fault(e)
+        self.pc = uc.reg_read(_PC)
+        if self._hook_error is not None:
+            return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
+        if self.pc == VMM_STUB_BASE + 8 and self._exit is None:
+            return self._fault("guest jumped into the VMM stub page")
+        return self._exit
+
+    def _fault(self, reason: str, **facts: int | None) -> SliceExit:
+        info = FaultInfo(reason=reason, pc=self.pc, **facts)  # type: ignore[arg-type]
+        report = self.hooks.on_fault(self, info) if self.hooks.on_fault else info
+        self._exit = SliceExit(ExitKind.FAULT, reason, report)
+        return self._exit
+
+    def _memory_fault(self, err: UcError) -> SliceExit | None:
+        """An access Unicorn could not complete: a physical hole or a fetch from non-RAM."""
+        if self._unmapped is not None:
+            access, addr = self._unmapped
+            fetch = access == UC_MEM_FETCH_UNMAPPED
+            write = access == UC_MEM_WRITE_UNMAPPED
+            what = "instruction fetch from" if fetch else ("write to" if write else "read from")
+            el0 = arch.pstate_el(self.pstate) == 0
+            if fetch:
+                ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
+                iss = arch.FSC_SYNC_EXTERNAL
+            else:
+                ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
+                iss = arch.FSC_SYNC_EXTERNAL | (arch.ISS_DABT_WNR if write else 0)
+            reason = f"{what} unmapped guest physical address {addr:#x}"
+            if self.deliver_sync(ec, iss, far=addr, preferred_return=self.pc):
+                return None  # the guest's abort handler runs from the next slice
+            return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=addr)
+        return self._fault(f"emulation stopped: {err}")
+
+    # --- exception entry ------------------------------------------------------------------------
+    def _vbar(self) -> int:
+        return self.uc.reg_read(_CP_REG, _cp(VBAR_EL1))
+
+    def can_take_exception(self, pc: int) -> bool:
+        """A guest can handle an exception if it has a vector table and is not already in it."""
+        vbar = self._vbar()
+        if vbar == 0 or not self.memory.contains(vbar, arch.VECTOR_TABLE_SIZE):
+            return False
+        return not (vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE)
+
+    def enter_exception(self, vector_kind: int, preferred_return: int) -> None:
+        """Architectural exception entry to EL1 (DDI 0487 D1.10): SPSR, ELR, PSTATE, SP, PC.
+
+        `vector_kind` is arch.VECTOR_SYNC / VECTOR_IRQ / VECTOR_FIQ / VECTOR_SERROR. ESR/FAR
+        are the caller's business. Unicorn's PSTATE write does not switch the banked stack
+        pointer, so the bank swap is done here.
+        """
+        uc = self.uc
+        old = uc.reg_read(_PSTATE)
+        el = arch.pstate_el(old)
+        if el == 0:
+            base = arch.VECTOR_LOWER_EL_AARCH64
+        elif old & 1:
+            base = arch.VECTOR_CURRENT_EL_SPX
+        else:
+            base = arch.VECTOR_CURRENT_EL_SP0
+        sp = uc.reg_read(_SP)
+        if arch.pstate_uses_sp_elx(old):
+            uc.reg_write(_SP_EL1, sp)
+            new_sp = sp
+        else:
+            uc.reg_write(_SP_EL0, sp)
+            new_sp = uc.reg_read(_SP_EL1)
+        uc.reg_write(_CP_REG, _cp(SPSR_EL1) + (old & 0xFFFF_FFFF,))
+        uc.reg_write(a64.UC_ARM64_REG_ELR_EL1, preferred_return)
+        uc.reg_write(_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
+        uc.reg_write(_SP, new_sp)
+        self.pc = self._vbar() + base + vector_kind
+        uc.reg_write(_PC, self.pc)
+
+    def deliver_sync(self, ec: int, iss: int, preferred_return: int, far: int | None = None) -> bool:
+        """Take a synchronous exception if the guest can; False if it cannot (caller faults)."""
+        if not self.can_take_exception(preferred_return):
+            return False
+        self.uc.reg_write(a64.UC_ARM64_REG_ESR_EL1, arch.esr(ec, iss))
+        if far is not None:
+            self.uc.reg_write(a64.UC_ARM64_REG_FAR_EL1, far)
+        self.enter_exception(arch.VECTOR_SYNC, preferred_return)
+        return True
+
+    def take_irq(self) -> bool:
+        """Take an IRQ exception now (between slices) if PSTATE.I is clear. True if taken."""
+        if self.uc.reg_read(_PSTATE) & arch.PSTATE_I:
+            return False
+        pc = self.pc
+        self.uc.reg_write(_PC, pc)
+        self.enter_exception(arch.VECTOR_IRQ, pc)
+        return True
+
+    # --- hooks (run inside emu_start) ---------------------------------------------------------
+    def _guard(self, fn: Callable[[], object]) -> object:
+        try:
+            return fn()
+        except Exception as e:  # a VMM bug or a device error must not unwind through Unicorn
+            self._hook_error = e
+            self.uc.emu_stop()
+            return 0
+
+    def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
+        fill = self.hooks.tlb_fill
+        if fill is None:
+            entry.paddr = vaddr & PAGE_MASK  # type: ignore[attr-defined]
+            entry.perms = UC_PROT_ALL  # type: ignore[attr-defined]
+            return True
+        result = fill(self, vaddr, access)
+        if result is None:
+            return False
+        entry.paddr, entry.perms = result  # type: ignore[attr-defined]
+        return True
+
+    def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _ud: object) -> bool:
+        self._unmapped = (access, address)
+        return False
+
+    def _on_interrupt(self, uc: Uc, intno: int, _ud: object) -> None:
+        self._guard(lambda: self._handle_interrupt(intno))
+
+    def _handle_interrupt(self, intno: int) -> None:
+        uc = self.uc
+        pc = uc.reg_read(_PC)
+        if intno in (EXCP_HVC, EXCP_SMC):
+            fid = uc.reg_read(_X_REGS[0])
+            if self.hooks.psci is not None:
+                self.hooks.psci(self, fid)
+            else:
+                self.set_reg(0, 0xFFFF_FFFF_FFFF_FFFF)  # NOT_SUPPORTED
+            return
+        if intno == EXCP_SWI:
+            insn = self._insn_at(pc - 4)
+            ec, iss, ret = arch.EC_SVC64, arch.imm16(insn), pc
+        elif intno == EXCP_BKPT:
+            insn = self._insn_at(pc)
+            ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
+        elif intno == EXCP_UDEF:
+            ec, iss, ret = arch.EC_UNKNOWN, 0, pc
+        else:
+            self.pc = pc
+            self._fault(f"unhandled CPU exception {intno}")
+            uc.emu_stop()
+            return
+        if not self.deliver_sync(ec, iss, preferred_return=ret):
+            self.pc = ret
+            self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss))
+            uc.emu_stop()
+
+    def _insn_at(self, pc: int) -> int:
+        if self.memory.contains(pc, 4):
+            return self.memory.read_u32(pc)
+        return 0
+
+    def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
+        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        handler = self.hooks.sysreg_read.get(enc)
+        if handler is None:
+            return 0
+        value = self._guard(lambda: handler(self))
+        uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
+        uc.reg_write(_PC, uc.reg_read(_PC) + 4)
+        return 1
+
+    def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
+        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        handler = self.hooks.sysreg_write.get(enc)
+        if handler is None:
+            return 0
+        value = cp.val  # type: ignore[attr-defined]
+        self._guard(lambda: handler(self, value))
+        uc.reg_write(_PC, uc.reg_read(_PC) + 4)
+        return 1
+
+    def _mmio_read(self, uc: Uc, offset: int, size: int, dev: object) -> int:
+        return int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
+
+    def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: object) -> None:
+        self._guard(lambda: dev.mmio_write(offset, size, value, self.index))  # type: ignore[attr-defined]
+
+    # --- state ----------------------------------------------------------------------------------
+    def save_state(self) -> VcpuState:
+        """Plain-data state at a slice boundary."""
+        uc = self.uc
+        pstate = uc.reg_read(_PSTATE)
+        sp = uc.reg_read(_SP)
+        if arch.pstate_uses_sp_elx(pstate):
+            sp_el0, sp_el1 = uc.reg_read(_SP_EL0), sp
+        else:
+            sp_el0, sp_el1 = sp, uc.reg_read(_SP_EL1)
+        return VcpuState(
+            index=self.index,
+            mpidr=self.mpidr,
+            x=[uc.reg_read(r) for r in _X_REGS],
+            sp_el0=sp_el0,
+            sp_el1=sp_el1,
+            pc=self.pc,
+            pstate=pstate,
+            v=[uc.reg_read(r).to_bytes(16, "little") for r in _Q_REGS],
+            fpcr=uc.reg_read(a64.UC_ARM64_REG_FPCR),
+            fpsr=uc.reg_read(a64.UC_ARM64_REG_FPSR),
+            sysregs={r.key: uc.reg_read(_CP_REG, _cp(r.enc)) for r in SAVED_SYSREGS},
+            power=self.power.value,
+            waiting=self.waiting,
+            pending_entry=self.pending_entry,
+            pending_context=self.pending_context,
+        )
+
+    def restore_state(self, state: VcpuState) -> None:
+        """Load `state` (validated by the caller) and flush this instance's translation caches."""
+        uc = self.uc
+        for r, value in zip(_X_REGS, state.x):
+            uc.reg_write(r, value)
+        for r, value in zip(_Q_REGS, state.v):
+            uc.reg_write(r, int.from_bytes(value, "little"))
+        uc.reg_write(a64.UC_ARM64_REG_FPCR, state.fpcr)
+        uc.reg_write(a64.UC_ARM64_REG_FPSR, state.fpsr)
+        for r in SAVED_SYSREGS:
+            uc.reg_write(_CP_REG, _cp(r.enc) + (state.sysregs.get(r.key, 0),))
+        uc.reg_write(_PSTATE, state.pstate)
+        uc.reg_write(_SP_EL0, state.sp_el0)
+        uc.reg_write(_SP_EL1, state.sp_el1)
+        uc.reg_write(_SP, state.sp_el1 if arch.pstate_uses_sp_elx(state.pstate) else state.sp_el0)
+        uc.reg_write(_PC, state.pc)
+        self.pc = state.pc
+        self.mpidr = state.mpidr
+        self.power = PowerState(state.power)
+        self.waiting = state.waiting
+        self.pending_entry = state.pending_entry
+        self.pending_context = state.pending_context
+        self.flush_caches()
+
+    def flush_caches(self) -> None:
+        """Drop translated code and TLB entries (after RAM changed behind Unicorn's back)."""
+        self.uc.ctl_flush_tb()
+        self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
