@@ -53,8 +53,10 @@ if TYPE_CHECKING:
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 
-PAGE_SIZE = 4096
-PAGE_MASK = ~(PAGE_SIZE - 1) & 0xFFFF_FFFF_FFFF_FFFF
+# Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
+# = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
+# physical address of `vaddr` itself; Unicorn masks it to its page.
+UC_PAGE_SIZE = 1024
 
 # Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
 EXCP_UDEF = 1
@@ -375,9 +377,11 @@ class Vcpu:
         else:
             uc.reg_write(_SP_EL0, sp)
             new_sp = uc.reg_read(_SP_EL1)
-        uc.reg_write(_CP_REG, _cp(SPSR_EL1) + (old & 0xFFFF_FFFF,))
         uc.reg_write(a64.UC_ARM64_REG_ELR_EL1, preferred_return)
         uc.reg_write(_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
+        # A CP_REG write makes Unicorn rebuild its cached hflags (current EL etc.); a PSTATE
+        # write alone does not, and code at the vector would be translated as if at the old EL.
+        uc.reg_write(_CP_REG, _cp(SPSR_EL1) + (old & 0xFFFF_FFFF,))
         uc.reg_write(_SP, new_sp)
         self.pc = self._vbar() + base + vector_kind
         uc.reg_write(_PC, self.pc)
@@ -413,7 +417,7 @@ class Vcpu:
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
         fill = self.hooks.tlb_fill
         if fill is None:
-            entry.paddr = vaddr & PAGE_MASK  # type: ignore[attr-defined]
+            entry.paddr = vaddr  # type: ignore[attr-defined]
             entry.perms = UC_PROT_ALL  # type: ignore[attr-defined]
             return True
         result = fill(self, vaddr, access)
@@ -525,9 +529,10 @@ class Vcpu:
             uc.reg_write(r, int.from_bytes(value, "little"))
         uc.reg_write(a64.UC_ARM64_REG_FPCR, state.fpcr)
         uc.reg_write(a64.UC_ARM64_REG_FPSR, state.fpsr)
+        uc.reg_write(_PSTATE, state.pstate)
+        # CP_REG writes come after PSTATE: each makes Unicorn rebuild its cached hflags.
         for r in SAVED_SYSREGS:
             uc.reg_write(_CP_REG, _cp(r.enc) + (state.sysregs.get(r.key, 0),))
-        uc.reg_write(_PSTATE, state.pstate)
         uc.reg_write(_SP_EL0, state.sp_el0)
         uc.reg_write(_SP_EL1, state.sp_el1)
         uc.reg_write(_SP, state.sp_el1 if arch.pstate_uses_sp_elx(state.pstate) else state.sp_el0)
