@@ -1,0 +1,30 @@
+"""Benchmarks: `python -m tools.bench NAME [options]`.
+
+Each benchmark prints human-readable lines, then one final JSON line with its figures (ratios
+compare things run side by side in the same process run).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+BENCHMARKS = {
+    "exec": "execution speed: harness vs a bare Unicorn loop on the compute guest",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=sorted(BENCHMARKS), help="; ".join(f"{k}: {v}" for k, v in BENCHMARKS.items()))
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test")
+    args = parser.parse_args(argv)
+    module = importlib.import_module(f"tools.bench.{args.name}")
+    figures = module.run(quick=args.quick)
+    print(json.dumps(figures, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
