@@ -6,6 +6,7 @@ exits with status 2; there is no traceback for user error.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Callable, Sequence
@@ -84,6 +85,14 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="guest parameter (repeatable); `microvm guests` lists each guest's parameters",
     )
+    p.add_argument("--mmds-data", metavar="FILE.json", help="put this JSON object into the MMDS data store before boot")
+    p.add_argument(
+        "--mmds-version",
+        type=int,
+        choices=(1, 2),
+        default=2,
+        help="MMDS version: 1 = plain GET, 2 = session tokens (default 2)",
+    )
 
 
 def _config_from(args: argparse.Namespace) -> VmConfig:
@@ -99,7 +108,21 @@ def _config_from(args: argparse.Namespace) -> VmConfig:
         guest=target if is_builtin else None,
         image=None if is_builtin else target,
         params=dict(args.param),
+        mmds_version=args.mmds_version,
     )
+
+
+def _load_mmds(vm: MicroVM, path: str | None) -> None:
+    if path is None:
+        return
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as e:
+        raise UsageError(f"cannot read MMDS data {path}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"MMDS data {path} is not valid JSON: {e}") from None
+    vm.mmds.put(data)
 
 
 def _write_stdout(data: bytes) -> None:
@@ -130,6 +153,7 @@ def _report(result: RunResult, vm: MicroVM, seconds: float) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     config = _config_from(args)
     vm = MicroVM(config, on_console=_write_stdout)
+    _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
     result = vm.run(args.max_instructions)
     seconds = time.perf_counter() - t0

@@ -22,6 +22,7 @@ class VmConfig:
     - `params`: guest parameters by name (built-in guests declare theirs).
     - `track_dirty_pages`: keep a dirty-page bitmap (needed for diff snapshots).
     - `seed`: seeds every guest-visible pseudo-random value (e.g. MMDS tokens).
+    - `mmds_version`: 1 (plain GET) or 2 (session tokens, the default).
     """
 
     vcpus: int = 1
@@ -32,6 +33,7 @@ class VmConfig:
     params: dict[str, int] = field(default_factory=dict)
     track_dirty_pages: bool = False
     seed: int = 0
+    mmds_version: int = 2
 
     def __post_init__(self) -> None:
         if isinstance(self.vcpus, bool) or not isinstance(self.vcpus, int) or not 1 <= self.vcpus <= MAX_VCPUS:
@@ -47,6 +49,10 @@ class VmConfig:
             raise ConfigError(f"quantum must be an integer from 1 to {MAX_QUANTUM}, got {self.quantum!r}")
         if self.guest is not None and self.image is not None:
             raise ConfigError("give either a built-in guest or an image, not both")
+        if self.mmds_version not in (1, 2):
+            raise ConfigError(f"mmds_version must be 1 or 2, got {self.mmds_version!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
+            raise ConfigError(f"seed must be an integer in 0..2**64-1, got {self.seed!r}")
         for k, v in self.params.items():
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
                 raise ConfigError(f"guest parameter {k!r} must be an integer in 0..2**64-1, got {v!r}")
@@ -66,4 +72,5 @@ class VmConfig:
             "params": dict(sorted(self.params.items())),
             "track_dirty_pages": self.track_dirty_pages,
             "seed": self.seed,
+            "mmds_version": self.mmds_version,
         }

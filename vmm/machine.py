@@ -7,6 +7,7 @@ parameter block (guests/__init__.py). Secondary vCPUs start powered off (PSCI CP
 """
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Callable
 
@@ -17,6 +18,7 @@ import guests
 from vmm import layout
 from vmm.config import VmConfig
 from vmm.devicetree import build_dtb
+from vmm.devices.mmds import MmdsDevice, MmdsStore
 from vmm.devices.pl011 import Pl011
 from vmm.errors import ConfigError, ImageError
 from vmm.fault import FaultReport, build_report
@@ -40,13 +42,22 @@ class MicroVM:
         self.memory = GuestMemory(layout.RAM_BASE, config.mem_size)
         self._console = bytearray()
         self._on_console = on_console
-        self.uart = Pl011(on_tx=self._tx)
+        self.vcpus: list[Vcpu] = []
+        self.scheduler = Scheduler(self.vcpus, config.quantum)
+        self.irq_lines: dict[int, bool] = {}  # SPI line levels driven by devices
+        self.uart = Pl011(on_tx=self._tx, set_irq=self._line(layout.SPI_UART0))
+        self.mmds_device = MmdsDevice(
+            self.memory,
+            now_ns=lambda: self.scheduler.clock,
+            set_irq=self._line(layout.SPI_MMDS),
+            token_secret=hashlib.blake2b(config.seed.to_bytes(8, "little"), person=b"microvm-mmds").digest(),
+            version=config.mmds_version,
+        )
         self.bus = MmioBus()
         self.bus.add("uart0", layout.UART0_BASE, layout.UART0_SIZE, self.uart)
-        self.vcpus: list[Vcpu] = []
+        self.bus.add("mmds", layout.MMDS_BASE, layout.MMDS_SIZE, self.mmds_device)
         self.psci = Psci(self.vcpus, self.memory)
         hooks = VcpuHooks(psci=self.psci, on_fault=self._on_fault)
-        self.scheduler = Scheduler(self.vcpus, config.quantum)
         base_sysreg_traps(hooks, self.scheduler)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
@@ -72,7 +83,7 @@ class MicroVM:
             named = dict(sorted(cfg.params.items()))
         else:
             raise ConfigError("nothing to boot: give a built-in guest or an image")
-        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=False, with_mmds=False)
+        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=False, with_mmds=True)
         self.memory.write(fdt_addr, dtb)
         block = [guests.PARAMS_MAGIC, cfg.vcpus, layout.RAM_BASE, cfg.mem_size, len(values), *values]
         self.memory.write(params_addr, b"".join(v.to_bytes(8, "little") for v in block))
@@ -105,6 +116,19 @@ class MicroVM:
         """Everything the guest has written to the UART since this VM object was created."""
         return bytes(self._console)
 
+    @property
+    def mmds(self) -> MmdsStore:
+        """The MMDS data store: `put(obj)`, `patch(obj)` (RFC 7396 merge patch), `get(path)`."""
+        return self.mmds_device.store
+
+    def _line(self, intid: int) -> Callable[[bool], None]:
+        """The interrupt line `intid` as a device sees it: a level setter."""
+
+        def set_level(level: bool) -> None:
+            self.irq_lines[intid] = level
+
+        return set_level
+
     def _tx(self, byte: int) -> None:
         b = bytes((byte,))
         self._console += b
@@ -123,7 +147,7 @@ class MicroVM:
         """
         h = xxhash.xxh3_128()
         vcpus = [v.save_state().__dict__ for v in self.vcpus]
-        devices = {"uart0": self.uart.save_state().__dict__}
+        devices = {"uart0": self.uart.save_state().__dict__, "mmds": self.mmds_device.save_state().__dict__}
         h.update(msgpack.packb({"vcpus": vcpus, "devices": devices, "clock": self.clock}))
         h.update(self.memory.view().data)
         return h.hexdigest()

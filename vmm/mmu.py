@@ -1,7 +1,9 @@
 """AArch64 stage-1 address translation for the EL1&0 regime (VMSAv8-64, 4 KiB granule).
 
 In virtual-TLB mode Unicorn does not walk the guest's page tables; the TLB-fill hook calls
-`translate()` for one access and fills one 4 KiB TLB page from the result. The function is
+`translate()` for one access and fills one TLB page from the result (Unicorn's AArch64 TLB
+page is 1 KiB: fill with `pa`, which Unicorn masks to its page; the permissions hold for the
+whole 4 KiB page). The function is
 pure: it reads registers from a `TranslationRegs` and descriptors through `read_u64(pa)`
 (None = not RAM, reported as a synchronous external abort on the walk).
 
@@ -115,8 +117,8 @@ class TranslationRegs:
 
 @dataclass(frozen=True)
 class Translation:
-    """One successful translation. It describes the 4 KiB page holding `va`, even for a block
-    mapping; the permissions are those of the requesting EL."""
+    """One successful translation: `pa` is the address of `va` itself; the result holds for
+    the 4 KiB page around it, even in a block mapping. Permissions are the requesting EL's."""
 
     va: int
     pa: int

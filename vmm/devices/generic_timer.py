@@ -103,7 +103,11 @@ class GenericTimer:
     # --- VMM side -------------------------------------------------------------------------------
     @property
     def cntvoff(self) -> int:
-        """Virtual offset in ticks: CNTVCT = CNTPCT - cntvoff (mod 2**64)."""
+        """Virtual offset in ticks: CNTVCT = CNTPCT - cntvoff (mod 2**64).
+
+        Keep it <= now: while now < cntvoff the virtual count has wrapped to near 2**64 and
+        every enabled virtual timer condition is met, as on hardware.
+        """
         return self._s.cntvoff
 
     @cntvoff.setter
