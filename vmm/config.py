@@ -8,6 +8,7 @@ from vmm.layout import MAX_VCPUS, MIB, RAM_DEFAULT_SIZE, RAM_MAX_SIZE, RAM_MIN_S
 
 DEFAULT_QUANTUM = 100_000  # instructions per vCPU per scheduling round
 MAX_QUANTUM = 100_000_000
+DIRTY_GRANULES = ("page", "per-block", "global")
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,10 @@ class VmConfig:
     - `image`: path of a user's flat binary or ELF, loaded at the start of RAM.
     - `params`: guest parameters by name (built-in guests declare theirs).
     - `track_dirty_pages`: keep a dirty-page bitmap (needed for diff snapshots).
+    - `dirty_granule`: "page" (exact 4 KiB pages, the default), "per-block" (start with 2 MiB
+      blocks, step hot blocks down to pages) or "global" (squib: all blocks step down at once).
+      Here a TLB fill happens per page whatever the granule, so coarse blocks save no faults
+      and only enlarge diffs; see snapshot/dirty.py and the `dirty` benchmark.
     - `seed`: seeds every guest-visible pseudo-random value (e.g. MMDS tokens).
     - `mmds_version`: 1 (plain GET) or 2 (session tokens, the default).
     """
@@ -32,6 +37,7 @@ class VmConfig:
     image: str | None = None
     params: dict[str, int] = field(default_factory=dict)
     track_dirty_pages: bool = False
+    dirty_granule: str = "page"
     seed: int = 0
     mmds_version: int = 2
 
@@ -49,6 +55,8 @@ class VmConfig:
             raise ConfigError(f"quantum must be an integer from 1 to {MAX_QUANTUM}, got {self.quantum!r}")
         if self.guest is not None and self.image is not None:
             raise ConfigError("give either a built-in guest or an image, not both")
+        if self.dirty_granule not in DIRTY_GRANULES:
+            raise ConfigError(f"dirty_granule must be one of {', '.join(DIRTY_GRANULES)}, got {self.dirty_granule!r}")
         if self.mmds_version not in (1, 2):
             raise ConfigError(f"mmds_version must be 1 or 2, got {self.mmds_version!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
@@ -71,6 +79,7 @@ class VmConfig:
             "image": self.image,
             "params": dict(sorted(self.params.items())),
             "track_dirty_pages": self.track_dirty_pages,
+            "dirty_granule": self.dirty_granule,
             "seed": self.seed,
             "mmds_version": self.mmds_version,
         }

@@ -15,6 +15,7 @@ import msgpack
 import xxhash
 
 import guests
+from snapshot.dirty import AdaptiveController, DirtyBitmap, TrackingConfig, TrackingStats
 from vmm import layout
 from vmm.config import VmConfig
 from vmm.devicetree import build_dtb
@@ -28,6 +29,7 @@ from vmm.mmio import MmioBus
 from vmm.psci import Psci
 from vmm.scheduler import RunResult, Scheduler, StopReason
 from vmm.sysreg_traps import base_sysreg_traps
+from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
 
 
@@ -57,7 +59,14 @@ class MicroVM:
         self.bus.add("uart0", layout.UART0_BASE, layout.UART0_SIZE, self.uart)
         self.bus.add("mmds", layout.MMDS_BASE, layout.MMDS_SIZE, self.mmds_device)
         self.psci = Psci(self.vcpus, self.memory)
-        hooks = VcpuHooks(psci=self.psci, on_fault=self._on_fault)
+        self.dirty_tracker: AdaptiveController | None = None
+        if config.track_dirty_pages:
+            self.dirty_tracker = AdaptiveController(config.mem_size, DIRTY_PAGE_SIZE, _tracking_config(config))
+            self.memory.add_write_sink(self.dirty_tracker)
+        self.tlb = TlbFiller(self.memory, self.bus, lambda: self.scheduler.clock, self.dirty_tracker)
+        hooks = VcpuHooks(psci=self.psci, on_fault=self._on_fault, tlb_fill=self.tlb, on_restore=self.tlb.invalidate)
+        for enc in TRANSLATION_REGS:
+            hooks.sysreg_observe[enc] = self.tlb.invalidate
         base_sysreg_traps(hooks, self.scheduler)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
@@ -116,6 +125,27 @@ class MicroVM:
         """Everything the guest has written to the UART since this VM object was created."""
         return bytes(self._console)
 
+    # --- dirty tracking -----------------------------------------------------------------------------
+    @property
+    def dirty(self) -> DirtyBitmap:
+        """Pages written since the current dirty epoch began (4 KiB pages of RAM)."""
+        return self._tracker().bitmap
+
+    def dirty_stats(self) -> TrackingStats:
+        """Faults, dirty pages and granule state of the current epoch."""
+        return self._tracker().stats()
+
+    def start_dirty_epoch(self) -> None:
+        """Forget what was dirty: clear the bitmap and make every vCPU refill its TLB."""
+        self._tracker().new_epoch()
+        for v in self.vcpus:
+            v.flush_tlb()
+
+    def _tracker(self) -> AdaptiveController:
+        if self.dirty_tracker is None:
+            raise ConfigError("dirty-page tracking is off; create the VM with track_dirty_pages=True")
+        return self.dirty_tracker
+
     @property
     def mmds(self) -> MmdsStore:
         """The MMDS data store: `put(obj)`, `patch(obj)` (RFC 7396 merge patch), `get(path)`."""
@@ -155,3 +185,9 @@ class MicroVM:
     @property
     def vcpus_on(self) -> int:
         return sum(1 for v in self.vcpus if v.power is PowerState.ON)
+
+
+def _tracking_config(config: VmConfig) -> TrackingConfig:
+    if config.dirty_granule == "page":
+        return TrackingConfig(threshold=0)
+    return TrackingConfig(mode=config.dirty_granule)

@@ -26,11 +26,14 @@ from unicorn import (
     UC_ARCH_ARM64,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
+    UC_HOOK_MEM_PROT,
     UC_HOOK_MEM_UNMAPPED,
     UC_HOOK_TLB_FILL,
     UC_MEM_FETCH,
+    UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE,
+    UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
     UC_MODE_ARM,
     UC_PROT_ALL,
@@ -200,12 +203,16 @@ class VcpuHooks:
     # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
     sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
     sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
+    # Observed system-register writes: called before the MSR, which then runs natively.
+    sysreg_observe: dict[SysReg, Callable[["Vcpu"], None]] = field(default_factory=dict)
     # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
     psci: Callable[["Vcpu", int], None] | None = None
     # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
     tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
     # MMIO dispatch errors and other faults end up here for a report.
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
+    # Called after restore_state() (cached per-vCPU facts must be dropped).
+    on_restore: Callable[["Vcpu"], None] | None = None
 
 
 class Vcpu:
@@ -223,6 +230,7 @@ class Vcpu:
         self.pc = 0
         self._exit: SliceExit | None = None
         self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
+        self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
         self._hook_error: BaseException | None = None
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -241,6 +249,7 @@ class Vcpu:
         uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
+        uc.hook_add(UC_HOOK_MEM_PROT, self._on_unmapped)
         uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
         self.uc = uc
@@ -302,6 +311,7 @@ class Vcpu:
         self._exit = None
         self._unmapped = None
         self._hook_error = None
+        self.pending_abort = None
         uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 4)  # CLREX: clear the exclusive monitor
         try:
             uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
@@ -309,6 +319,8 @@ class Vcpu:
             self.pc = uc.reg_read(_PC)
             if self._hook_error is not None:
                 return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
+            if self.pending_abort is not None:
+                return self._translation_abort(self.pending_abort)
             return self._memory_fault(e)
         self.pc = uc.reg_read(_PC)
         if self._hook_error is not None:
@@ -327,8 +339,8 @@ class Vcpu:
         """An access Unicorn could not complete: a physical hole or a fetch from non-RAM."""
         if self._unmapped is not None:
             access, addr = self._unmapped
-            fetch = access == UC_MEM_FETCH_UNMAPPED
-            write = access == UC_MEM_WRITE_UNMAPPED
+            fetch = access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT)
+            write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
             what = "instruction fetch from" if fetch else ("write to" if write else "read from")
             el0 = arch.pstate_el(self.pstate) == 0
             if fetch:
@@ -337,11 +349,29 @@ class Vcpu:
             else:
                 ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
                 iss = arch.FSC_SYNC_EXTERNAL | (arch.ISS_DABT_WNR if write else 0)
-            reason = f"{what} unmapped guest physical address {addr:#x}"
+            where = "MMIO" if access == UC_MEM_FETCH_PROT else "unmapped"
+            reason = f"{what} {where} guest physical address {addr:#x}"
             if self.deliver_sync(ec, iss, far=addr, preferred_return=self.pc):
                 return None  # the guest's abort handler runs from the next slice
             return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=addr)
         return self._fault(f"emulation stopped: {err}")
+
+    def _translation_abort(self, fault: object) -> SliceExit | None:
+        """A stage-1 translation fault from the TLB fill: an instruction or data abort."""
+        from vmm.mmu import AccessKind, TranslationFault
+
+        assert isinstance(fault, TranslationFault)
+        el0 = arch.pstate_el(self.pstate) == 0
+        if fault.is_instruction_abort:
+            ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
+            iss = fault.fsc
+        else:
+            ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
+            iss = fault.fsc | (arch.ISS_DABT_WNR if fault.access is AccessKind.WRITE else 0)
+        if self.deliver_sync(ec, iss, far=fault.va, preferred_return=self.pc):
+            return None
+        reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {fault.va:#x}"
+        return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=fault.va)
 
     # --- exception entry ------------------------------------------------------------------------
     def _vbar(self) -> int:
@@ -420,7 +450,11 @@ class Vcpu:
             entry.paddr = vaddr  # type: ignore[attr-defined]
             entry.perms = UC_PROT_ALL  # type: ignore[attr-defined]
             return True
-        result = fill(self, vaddr, access)
+        try:
+            result = fill(self, vaddr, access)
+        except Exception as e:  # e.g. UnsupportedTranslation: stop, do not unwind through Unicorn
+            self._hook_error = e
+            return False
         if result is None:
             return False
         entry.paddr, entry.perms = result  # type: ignore[attr-defined]
@@ -478,6 +512,10 @@ class Vcpu:
 
     def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        observer = self.hooks.sysreg_observe.get(enc)
+        if observer is not None:
+            self._guard(lambda: observer(self))
+            return 0
         handler = self.hooks.sysreg_write.get(enc)
         if handler is None:
             return 0
@@ -544,8 +582,14 @@ class Vcpu:
         self.pending_entry = state.pending_entry
         self.pending_context = state.pending_context
         self.flush_caches()
+        if self.hooks.on_restore is not None:
+            self.hooks.on_restore(self)
 
     def flush_caches(self) -> None:
         """Drop translated code and TLB entries (after RAM changed behind Unicorn's back)."""
         self.uc.ctl_flush_tb()
+        self.flush_tlb()
+
+    def flush_tlb(self) -> None:
+        """Drop TLB entries, so every page is filled (and write-checked) again."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)

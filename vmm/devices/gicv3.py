@@ -73,8 +73,7 @@ NUM_SGIS = 16  # SGIs are INTIDs 0-15
 NUM_PRIVATE = 32  # SGIs and PPIs (16-31), banked per redistributor
 SPI_FIRST = 32
 MAX_SPIS = 960  # keeps SPI INTIDs below the special range 1020-1023 with a multiple of 32
-INTID_SPECIAL_FIRST = 1020  # IHI 0069 2.2.1 special INTIDs 1020-1023
-INTID_SPURIOUS = 1023  # "no pending interrupt"
+INTID_SPURIOUS = 1023  # IHI 0069 2.2 special INTIDs (1020-1023): "no pending interrupt"
 
 # --- Priorities (IHI 0069 4.8 "Interrupt prioritization") ------------------------------------------
 PRIORITY_BITS = 5  # implemented priority bits [7:3]: 32 levels
