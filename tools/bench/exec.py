@@ -40,11 +40,11 @@ def _bare_uc(image: bytes, mem_size: int, params: list[int]) -> tuple[Uc, np.nda
 
     uc.hook_add(UC_HOOK_INTR, on_hvc)
     # The parameter block the runtime reads: x1 points at it.
-    params = RAM_BASE + mem_size - 1024 * 1024
+    params_addr = RAM_BASE + mem_size - 1024 * 1024
     block = [guests.PARAMS_MAGIC, 1, RAM_BASE, mem_size, len(params), *params]
-    off = params - RAM_BASE
+    off = params_addr - RAM_BASE
     ram[off : off + 8 * len(block)] = np.frombuffer(b"".join(v.to_bytes(8, "little") for v in block), dtype=np.uint8)
-    uc.reg_write(a64.UC_ARM64_REG_X1, params)
+    uc.reg_write(a64.UC_ARM64_REG_X1, params_addr)
     return uc, ram
 
 
