@@ -8,6 +8,7 @@ parameter block (guests/__init__.py). Secondary vCPUs start powered off (PSCI CP
 from __future__ import annotations
 
 import hashlib
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +25,7 @@ from vmm.devices.pl011 import Pl011
 from vmm.errors import ConfigError, ImageError
 from vmm.fault import FaultReport, build_report
 from vmm.image import load_image
+from vmm.interrupts import Interrupts
 from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
 from vmm.psci import Psci
@@ -45,17 +47,20 @@ class MicroVM:
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
-        self.scheduler = Scheduler(self.vcpus, config.quantum)
-        self.irq_lines: dict[int, bool] = {}  # SPI line levels driven by devices
-        self.uart = Pl011(on_tx=self._tx, set_irq=self._line(layout.SPI_UART0))
+        self.interrupts = Interrupts(config.vcpus, now=lambda: self.scheduler.clock)
+        self.scheduler = Scheduler(self.vcpus, config.quantum, self.interrupts)
+        self.uart = Pl011(on_tx=self._tx, set_irq=self.interrupts.line(layout.SPI_UART0))
         self.mmds_device = MmdsDevice(
             self.memory,
             now_ns=lambda: self.scheduler.clock,
-            set_irq=self._line(layout.SPI_MMDS),
+            set_irq=self.interrupts.line(layout.SPI_MMDS),
             token_secret=hashlib.blake2b(config.seed.to_bytes(8, "little"), person=b"microvm-mmds").digest(),
             version=config.mmds_version,
         )
         self.bus = MmioBus()
+        gic = self.interrupts.gic
+        self.bus.add("gicd", layout.GICD_BASE, layout.GICD_SIZE, gic.distributor)
+        self.bus.add("gicr", layout.GICR_BASE, layout.gicr_region_size(config.vcpus), gic.redistributors)
         self.bus.add("uart0", layout.UART0_BASE, layout.UART0_SIZE, self.uart)
         self.bus.add("mmds", layout.MMDS_BASE, layout.MMDS_SIZE, self.mmds_device)
         self.psci = Psci(self.vcpus, self.memory)
@@ -68,6 +73,7 @@ class MicroVM:
         for enc in TRANSLATION_REGS:
             hooks.sysreg_observe[enc] = self.tlb.invalidate
         base_sysreg_traps(hooks, self.scheduler)
+        self.interrupts.install_traps(hooks)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
         self._boot()
@@ -92,7 +98,7 @@ class MicroVM:
             named = dict(sorted(cfg.params.items()))
         else:
             raise ConfigError("nothing to boot: give a built-in guest or an image")
-        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=False, with_mmds=True)
+        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=True, with_mmds=True)
         self.memory.write(fdt_addr, dtb)
         block = [guests.PARAMS_MAGIC, cfg.vcpus, layout.RAM_BASE, cfg.mem_size, len(values), *values]
         self.memory.write(params_addr, b"".join(v.to_bytes(8, "little") for v in block))
@@ -151,14 +157,6 @@ class MicroVM:
         """The MMDS data store: `put(obj)`, `patch(obj)` (RFC 7396 merge patch), `get(path)`."""
         return self.mmds_device.store
 
-    def _line(self, intid: int) -> Callable[[bool], None]:
-        """The interrupt line `intid` as a device sees it: a level setter."""
-
-        def set_level(level: bool) -> None:
-            self.irq_lines[intid] = level
-
-        return set_level
-
     def _tx(self, byte: int) -> None:
         b = bytes((byte,))
         self._console += b
@@ -178,7 +176,8 @@ class MicroVM:
         h = xxhash.xxh3_128()
         vcpus = [v.save_state().__dict__ for v in self.vcpus]
         devices = {"uart0": self.uart.save_state().__dict__, "mmds": self.mmds_device.save_state().__dict__}
-        h.update(msgpack.packb({"vcpus": vcpus, "devices": devices, "clock": self.clock}))
+        irq = asdict(self.interrupts.save_state())
+        h.update(msgpack.packb({"vcpus": vcpus, "devices": devices, "interrupts": irq, "clock": self.clock}))
         h.update(self.memory.view().data)
         return h.hexdigest()
 

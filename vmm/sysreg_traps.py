@@ -1,9 +1,9 @@
 """System registers the VMM traps on every vCPU for determinism and identity.
 
-Unicorn reads CNTVCT_EL0/CNTPCT_EL0 and PMCCNTR_EL0 from host time and RNDR from the host's
-entropy; any of those would make a run depend on the host. They are trapped here (the
-generic timer model replaces the counter traps once it is attached). MPIDR_EL1 is trapped
-because Unicorn reports the same value on every instance.
+Unicorn reads PMCCNTR_EL0 from host time and RNDR from the host's entropy; either would make a
+run depend on the host, so they are trapped here (the generic counters and timers belong to
+`vmm.interrupts`). MPIDR_EL1 is trapped because Unicorn reports the same value on every
+instance.
 """
 from __future__ import annotations
 
@@ -15,16 +15,10 @@ if TYPE_CHECKING:
     from vmm.scheduler import Scheduler
 
 MPIDR_EL1: SysReg = (3, 0, 0, 0, 5)
-CNTFRQ_EL0: SysReg = (3, 3, 14, 0, 0)
-CNTPCT_EL0: SysReg = (3, 3, 14, 0, 1)
-CNTVCT_EL0: SysReg = (3, 3, 14, 0, 2)
-CNTPCTSS_EL0: SysReg = (3, 3, 14, 0, 5)  # FEAT_ECV self-synchronised views
-CNTVCTSS_EL0: SysReg = (3, 3, 14, 0, 6)
 PMCCNTR_EL0: SysReg = (3, 3, 9, 13, 0)
 RNDR: SysReg = (3, 3, 2, 4, 0)  # FEAT_RNG
 RNDRRS: SysReg = (3, 3, 2, 4, 1)
 
-COUNTER_HZ = 1_000_000_000  # virtual counter frequency: 1 tick = 1 ns = 1 instruction
 NZCV = 0x4000_0000  # PSTATE.Z: RNDR "no entropy available" result (DDI 0487 C6.2.x RNDR)
 
 
@@ -38,19 +32,13 @@ def _rndr_fails(vcpu: Vcpu) -> int:
 
 def base_sysreg_traps(hooks: VcpuHooks, scheduler: Scheduler) -> None:
     """Install the traps every machine needs into `hooks`."""
-    now = lambda v: scheduler.clock  # noqa: E731 - the slice start: exact to the round
     reads = {
         MPIDR_EL1: lambda v: v.mpidr,
-        CNTFRQ_EL0: lambda v: COUNTER_HZ,
-        CNTPCT_EL0: now,
-        CNTVCT_EL0: now,
-        CNTPCTSS_EL0: now,
-        CNTVCTSS_EL0: now,
-        PMCCNTR_EL0: now,
+        PMCCNTR_EL0: lambda v: scheduler.clock,  # virtual cycles = instructions
         RNDR: _rndr_fails,
         RNDRRS: _rndr_fails,
     }
     hooks.sysreg_read.update(reads)
     # Writes to the counters and MPIDR are ignored, as for read-only registers at EL1.
-    for enc in (MPIDR_EL1, CNTFRQ_EL0, PMCCNTR_EL0):
+    for enc in (MPIDR_EL1, PMCCNTR_EL0):
         hooks.sysreg_write[enc] = lambda v, value: None

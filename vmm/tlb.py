@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
+import numpy as np
 from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from vmm import arch
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from vmm.vcpu import SysReg, Vcpu
 
 DIRTY_PAGE_SIZE = 4096  # bytes: the dirty bitmap's page (the AArch64 4 KiB granule)
+UC_PAGE_SIZE = 1024  # bytes: Unicorn's AArch64 TLB page (see vmm/vcpu.py)
 
 # Registers whose writes change translation (Arm ARM D17.2); MSRs to them drop the cache.
 SCTLR_EL1: SysReg = (3, 0, 1, 0, 0)
@@ -76,6 +78,16 @@ class TlbFiller:
             self._regs[vcpu.index] = regs
         return regs
 
+    def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
+        """Hook every WFI in the page about to be executed (Unicorn runs WFI as a NOP)."""
+        pa_page = pa & ~(UC_PAGE_SIZE - 1)
+        if not self.memory.contains(pa_page, UC_PAGE_SIZE):
+            return
+        words = self.memory.view(pa_page, UC_PAGE_SIZE).view(np.uint32)
+        va_page = vaddr & ~(UC_PAGE_SIZE - 1)
+        for i in np.flatnonzero(words == arch.INSN_WFI):
+            vcpu.watch_wfi(va_page + 4 * int(i))
+
     def _read_u64(self, pa: int) -> int | None:
         return self.memory.read_u64(pa) if self.memory.contains(pa, 8) else None
 
@@ -100,6 +112,8 @@ class TlbFiller:
             pa = vaddr
         mem = self.memory
         if mem.base <= pa < mem.end:
+            if kind is AccessKind.FETCH:
+                self._watch_wfis(vcpu, vaddr, pa)
             dirty = self.dirty
             if dirty is not None:
                 page = (pa - mem.base) // DIRTY_PAGE_SIZE

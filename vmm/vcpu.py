@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 from unicorn import (
     UC_ARCH_ARM64,
+    UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_PROT,
@@ -231,6 +232,7 @@ class Vcpu:
         self._exit: SliceExit | None = None
         self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
+        self._wfi_watched: set[int] = set()
         self._hook_error: BaseException | None = None
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -459,6 +461,24 @@ class Vcpu:
             return False
         entry.paddr, entry.perms = result  # type: ignore[attr-defined]
         return True
+
+    def watch_wfi(self, vaddr: int) -> None:
+        """Stop at the WFI at virtual address `vaddr` (Unicorn treats WFI as a NOP).
+
+        The TLB-fill policy calls this for every WFI it finds in a page about to be executed;
+        the hook is added before that page's code is translated.
+        """
+        if vaddr not in self._wfi_watched:
+            self._wfi_watched.add(vaddr)
+            self.uc.hook_add(UC_HOOK_CODE, self._on_wfi, None, vaddr, vaddr)
+
+    def _on_wfi(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        if self._exit is not None:
+            return
+        # The vCPU waits for an interrupt and resumes after the WFI (DDI 0487 D1.6.2).
+        self.waiting = True
+        uc.reg_write(_PC, address + 4)
+        self.request_exit(ExitKind.WAIT, "WFI")
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _ud: object) -> bool:
         self._unmapped = (access, address)

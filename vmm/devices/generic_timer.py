@@ -1,7 +1,8 @@
 """`GenericTimer`: one vCPU's Arm generic timer, the EL1 virtual and EL1 physical timers.
 
 Source: Arm ARM DDI 0487, D12 "The Generic Timer in AArch64 state" (D12.1 counter, D12.2 timers)
-and the register descriptions of CNTFRQ_EL0, CNTPCT_EL0, CNTVCT_EL0, CNT{P,V}_{CTL,CVAL,TVAL}_EL0
+and the register descriptions of CNTFRQ_EL0, CNTPCT_EL0, CNTVCT_EL0 (and their FEAT_ECV
+self-synchronized views CNTPCTSS_EL0/CNTVCTSS_EL0, identical here), CNT{P,V}_{CTL,CVAL,TVAL}_EL0
 and CNTKCTL_EL1.
 
 Time contract: the model never reads host time. Every call takes `now`, the physical count
@@ -95,7 +96,9 @@ class GenericTimer:
         sysreg.CNTP_CVAL_EL0: ("phys", "cval"),
         sysreg.CNTP_TVAL_EL0: ("phys", "tval"),
     }
-    _OTHER_REGS = frozenset({sysreg.CNTFRQ_EL0, sysreg.CNTPCT_EL0, sysreg.CNTVCT_EL0, sysreg.CNTKCTL_EL1})
+    _PHYS_COUNT_REGS = frozenset({sysreg.CNTPCT_EL0, sysreg.CNTPCTSS_EL0})
+    _VIRT_COUNT_REGS = frozenset({sysreg.CNTVCT_EL0, sysreg.CNTVCTSS_EL0})
+    _OTHER_REGS = _PHYS_COUNT_REGS | _VIRT_COUNT_REGS | {sysreg.CNTFRQ_EL0, sysreg.CNTKCTL_EL1}
 
     def __init__(self) -> None:
         self._s = TimerState()
@@ -158,9 +161,9 @@ class GenericTimer:
         k = self._s.cntkctl
         if reg == sysreg.CNTFRQ_EL0:
             return not write and bool(k & (CNTKCTL_EL0PCTEN | CNTKCTL_EL0VCTEN))
-        if reg == sysreg.CNTPCT_EL0:
+        if reg in self._PHYS_COUNT_REGS:
             return not write and bool(k & CNTKCTL_EL0PCTEN)
-        if reg == sysreg.CNTVCT_EL0:
+        if reg in self._VIRT_COUNT_REGS:
             return not write and bool(k & CNTKCTL_EL0VCTEN)
         if reg in self._CHANNEL_REGS:
             channel, _ = self._CHANNEL_REGS[reg]
@@ -172,9 +175,9 @@ class GenericTimer:
         s = self._s
         if reg == sysreg.CNTFRQ_EL0:
             return CNTFRQ_HZ
-        if reg == sysreg.CNTPCT_EL0:
+        if reg in self._PHYS_COUNT_REGS:
             return now & MASK64
-        if reg == sysreg.CNTVCT_EL0:
+        if reg in self._VIRT_COUNT_REGS:
             return self.virtual_count(now)
         if reg == sysreg.CNTKCTL_EL1:
             return s.cntkctl
@@ -191,7 +194,7 @@ class GenericTimer:
     def sysreg_write(self, reg: SysReg, value: int, now: int) -> None:
         """Effect of an MSR of `value` to `reg` at physical count `now`."""
         s = self._s
-        if reg in (sysreg.CNTFRQ_EL0, sysreg.CNTPCT_EL0, sysreg.CNTVCT_EL0):
+        if reg == sysreg.CNTFRQ_EL0 or reg in self._PHYS_COUNT_REGS or reg in self._VIRT_COUNT_REGS:
             return  # fixed frequency; the counters are read-only
         if reg == sysreg.CNTKCTL_EL1:
             s.cntkctl = value & CNTKCTL_WRITABLE
