@@ -81,6 +81,14 @@ CATALOG: dict[str, GuestSpec] = {
             "CPU-bound checksum loop that prints its result; the execution-speed workload",
             (ParamSpec("iterations", 2_000_000, "loop iterations"),),
         ),
+        GuestSpec(
+            "mmds",
+            "MMDS client: gets a session token, fetches metadata (IMDS text and JSON) with and without it, prints the responses",
+            (
+                ParamSpec("ttl", 60, "token lifetime in seconds sent in X-metadata-token-ttl-seconds"),
+                ParamSpec("resp_cap", 65536, "response buffer capacity in bytes (at most 65536)"),
+            ),
+        ),
     )
 }
 
