@@ -12,6 +12,7 @@ import sys
 
 BENCHMARKS = {
     "exec": "execution speed: harness vs a bare Unicorn loop on the compute guest",
+    "dirty": "dirty-tracking cost: off vs TLB-fill tracking vs a per-store write hook; granule modes",
 }
 
 
