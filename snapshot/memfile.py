@@ -1,0 +1,443 @@
+"""The memory file `<name>.mem`: a raw image of guest RAM, no header (Firecracker/squib layout).
+
+Byte offset in the file = guest physical address - RAM base; the file is exactly as long as
+RAM. A *full* file holds every page (all-zero pages may be filesystem holes, which read as
+zeros). A *diff* file holds only the dirty page runs at their offsets; everything else is a
+hole, and it is restored by laying it over its base (the image it was taken against).
+
+Which file a state file belongs to is recorded as a `MemFileInfo`, whose `digest` is defined
+over what the file logically contains, so a verifier can recompute it from the file alone
+(`compute_digest`). It is XXH3-128, as its canonical 32-char lowercase hex:
+
+- full: XXH3-128 of the whole file, bytes [0, length), holes read as zeros. This is exactly
+  `xxhsum -H2 <name>.mem`.
+- diff: XXH3-128 of
+      DIFF_DIGEST_DOMAIN || le64(length) || le64(page_size) || parent digest (16 raw bytes)
+      || for each recorded run, in order: le64(first_page) || le64(page_count)
+                                          || file bytes [first_page, first_page + page_count)
+  so the digest also binds the run list and the parent the diff applies to.
+
+XXH3 detects accidents (a torn or mismatched pair), not forgery: snapshot files are trusted to
+be the user's own. Readers still treat them as hostile input: lengths are checked against the
+recorded info before anything is read, and nothing past the recorded extents is read.
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import re
+import threading
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterable, Iterator, Literal
+
+import numpy as np
+import xxhash
+
+from snapshot.errors import (
+    IncompatibleError,
+    MemoryFileMismatchError,
+    MemoryIoError,
+    MissingParentError,
+    ParentMismatchError,
+    from_os_error,
+    open_regular_readonly,
+)
+from snapshot.plain import U32, U64
+
+FULL: Literal["full"] = "full"
+DIFF: Literal["diff"] = "diff"
+DEFAULT_PAGE_SIZE = 4096  # bytes; AArch64 4 KiB translation granule
+MIN_PAGE_SIZE = 512  # bytes; smallest page size accepted (a power of two)
+MAX_IO_CHUNK = 64 << 20  # bytes per pwrite/pread call (crosvm's RAM chunk size)
+DIFF_DIGEST_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"  # prefix of every diff digest
+DIGEST_HEX_CHARS = 32  # XXH3-128 as hex
+FILE_MODE = 0o600  # new memory files hold guest secrets: owner-only
+
+_HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
+Run = tuple[int, int]  # (first_page, page_count)
+
+
+def _check_digest_text(name: str, value: object) -> None:
+    if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
+        raise ValueError(f"{name} must be {DIGEST_HEX_CHARS} lowercase hex characters")
+
+
+def check_page_size(page_size: int) -> None:
+    """ValueError unless `page_size` (bytes) is a power of two >= MIN_PAGE_SIZE."""
+    if type(page_size) is not int or page_size < MIN_PAGE_SIZE or page_size & (page_size - 1):
+        raise ValueError(f"page size must be a power of two >= {MIN_PAGE_SIZE}, got {page_size!r}")
+
+
+@dataclass(frozen=True)
+class MemFileInfo:
+    """What a state file records about its memory file (plain dataclass: see snapshot.plain).
+
+    kind: "full" or "diff". length: file length = RAM size, bytes. page_size: bytes.
+    digest: see the module docstring. pages_written: pages holding data (full: non-zero pages;
+    diff: dirty pages). runs (diff only): sorted, non-adjacent (first_page, page_count) runs.
+    parent_digest (diff only): digest of the image the diff must be laid over.
+    """
+
+    kind: Literal["full", "diff"]
+    length: U64
+    page_size: U32
+    digest: str
+    pages_written: U64
+    runs: tuple[tuple[U64, U64], ...] = ()
+    parent_digest: str | None = None
+
+    def __post_init__(self) -> None:
+        check_page_size(self.page_size)
+        if self.length <= 0 or self.length % self.page_size:
+            raise ValueError(f"length {self.length} is not a positive multiple of the page size")
+        _check_digest_text("digest", self.digest)
+        npages = self.length // self.page_size
+        if self.kind == FULL:
+            if self.runs or self.parent_digest is not None:
+                raise ValueError("a full memory file has no runs and no parent")
+            if self.pages_written > npages:
+                raise ValueError(f"pages_written {self.pages_written} exceeds {npages} pages")
+        else:
+            _check_digest_text("parent_digest", self.parent_digest)
+            if check_runs(self.runs, npages) != self.pages_written:
+                raise ValueError("pages_written is not the number of pages in runs")
+
+    @property
+    def pages(self) -> int:
+        """Number of pages the file covers (length / page_size)."""
+        return self.length // self.page_size
+
+
+def check_runs(runs: Iterable[Run], npages: int) -> int:
+    """Number of pages in canonical `runs`: sorted, count >= 1, gaps between runs, all within
+    `npages`. ValueError otherwise."""
+    end = -1
+    total = 0
+    for first, count in runs:
+        if count < 1 or first <= end or first + count > npages:
+            raise ValueError(
+                f"runs: ({first}, {count}) is not a sorted, non-adjacent run within {npages} pages"
+            )
+        end = first + count
+        total += count
+    return total
+
+
+def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
+    """`runs` sorted with overlapping and adjacent runs merged. ValueError for a run that is
+    empty, negative or past `npages`."""
+    cleaned = sorted((int(first), int(count)) for first, count in runs)
+    merged: list[list[int]] = []
+    for first, count in cleaned:
+        if first < 0 or count < 1 or first + count > npages:
+            raise ValueError(f"dirty run ({first}, {count}) is empty or outside {npages} pages")
+        if merged and first <= merged[-1][0] + merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], first + count - merged[-1][0])
+        else:
+            merged.append([first, count])
+    return tuple((f, c) for f, c in merged)
+
+
+def _runs_of(mask: np.ndarray) -> tuple[Run, ...]:
+    """Runs of True in a per-page bool mask, as (first_page, page_count)."""
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    starts = np.flatnonzero(edges == 1)
+    ends = np.flatnonzero(edges == -1)
+    return tuple(zip(starts.tolist(), (ends - starts).tolist()))
+
+
+# --- digest -----------------------------------------------------------------------------------
+def _new_hasher(kind: str, length: int, page_size: int, parent_digest: str | None) -> xxhash.xxh3_128:
+    if kind == FULL:
+        return xxhash.xxh3_128()
+    assert parent_digest is not None
+    return xxhash.xxh3_128(
+        DIFF_DIGEST_DOMAIN
+        + length.to_bytes(8, "little")
+        + page_size.to_bytes(8, "little")
+        + bytes.fromhex(parent_digest)
+    )
+
+
+def _regions(kind: str, length: int, page_size: int, runs: Iterable[Run]) -> Iterator[tuple[int, int, bytes]]:
+    """(byte offset, byte count, digest prefix) of each extent the digest covers, in order."""
+    if kind == FULL:
+        yield 0, length, b""
+        return
+    for first, count in runs:
+        yield first * page_size, count * page_size, first.to_bytes(8, "little") + count.to_bytes(8, "little")
+
+
+def _chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
+    """[offset, offset+count) split into (offset, count) pieces of at most MAX_IO_CHUNK bytes."""
+    end = offset + count
+    while offset < end:
+        n = min(MAX_IO_CHUNK, end - offset)
+        yield offset, n
+        offset += n
+
+
+# --- low-level I/O ----------------------------------------------------------------------------
+def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
+    """Write all of `data` at byte `offset` of `fd` (retrying short writes); OSError passes."""
+    data = memoryview(data)
+    while data:
+        n = os.pwrite(fd, data, offset)
+        data, offset = data[n:], offset + n
+
+
+def _pread_exact(fd: int, into: memoryview, offset: int, where: object) -> None:
+    while into:
+        n = os.preadv(fd, [into], offset)
+        if n == 0:
+            raise MemoryIoError(f"{where}: file ended early at byte {offset} (changed while read?)")
+        into, offset = into[n:], offset + n
+
+
+@contextmanager
+def _dest_fd(dest: int | str | os.PathLike[str]) -> Iterator[int]:
+    """`dest` itself if it is an fd (left open), else `dest` created/truncated and closed after."""
+    if isinstance(dest, int):
+        yield dest
+        return
+    try:
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, FILE_MODE)
+    except OSError as exc:
+        raise from_os_error(exc, "creating", dest, MemoryIoError) from exc
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _source_fd(src: int | str | os.PathLike[str]) -> Iterator[int]:
+    """`src` itself if it is an fd (left open), else `src` opened read-only as untrusted input."""
+    if isinstance(src, int):
+        yield src
+        return
+    fd = open_regular_readonly(src, MemoryIoError)
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _ram_view(ram: np.ndarray, page_size: int, *, writable: bool = False) -> memoryview:
+    """`ram` as a flat byte memoryview, after checking it is whole pages of uint8."""
+    check_page_size(page_size)
+    if not isinstance(ram, np.ndarray) or ram.dtype != np.uint8 or ram.ndim != 1:
+        raise TypeError("ram must be a 1-D numpy uint8 array")
+    if not ram.flags.c_contiguous or ram.size == 0 or ram.size % page_size:
+        raise ValueError(f"ram must be contiguous and a positive multiple of {page_size} bytes")
+    if writable and not ram.flags.writeable:
+        raise ValueError("ram must be writable to restore into it")
+    return memoryview(ram).cast("B")
+
+
+def _check_length(fd: int, where: object, expected: int) -> None:
+    try:
+        size = os.fstat(fd).st_size
+    except OSError as exc:
+        raise from_os_error(exc, "inspecting", where, MemoryIoError) from exc
+    if size != expected:
+        raise MemoryFileMismatchError(where, "length", f"{size} bytes", f"{expected} bytes")
+
+
+def _reset_length(fd: int, length: int) -> None:
+    """Make the file `length` bytes of holes: drop old contents, then extend."""
+    os.ftruncate(fd, 0)
+    os.ftruncate(fd, length)
+
+
+class _BackgroundDigest:
+    """XXH3-128 of a buffer, computed on a thread (xxhash releases the GIL) while I/O runs."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._hasher = xxhash.xxh3_128()
+        self._data = data
+        self._thread = threading.Thread(target=self._run, name="memfile-digest", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        for offset, n in _chunks(0, len(self._data)):
+            self._hasher.update(self._data[offset : offset + n])
+
+    def hexdigest(self) -> str:
+        self._thread.join()
+        return self._hasher.hexdigest()
+
+
+# --- writers ----------------------------------------------------------------------------------
+def write_full(
+    dest: int | str | os.PathLike[str], ram: np.ndarray, page_size: int = DEFAULT_PAGE_SIZE
+) -> MemFileInfo:
+    """Write all of `ram` as a full memory file at `dest` (an fd, or a path created mode 0600).
+
+    The file is truncated, set to len(ram) bytes, and only runs of non-zero pages are written
+    (zero pages stay holes). `ram` must not change during the call. Does not fsync (the commit
+    does). Raises MemoryIoError (errno in the message) if writing fails.
+    """
+    view = _ram_view(ram, page_size)
+    npages = len(view) // page_size
+    digest = _BackgroundDigest(view)
+    try:
+        # Per-page "any non-zero" over 8-byte words (page sizes are multiples of 8).
+        nonzero = ram.view(np.uint64).reshape(npages, -1).any(axis=1)
+        runs = _runs_of(nonzero)
+        with _dest_fd(dest) as fd:
+            try:
+                _reset_length(fd, len(view))
+                for first, count in runs:
+                    for offset, n in _chunks(first * page_size, count * page_size):
+                        pwrite_all(fd, view[offset : offset + n], offset)
+            except OSError as exc:
+                raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
+    finally:
+        hexdigest = digest.hexdigest()  # always join: the thread reads `ram`
+    return MemFileInfo(FULL, len(view), page_size, hexdigest, int(nonzero.sum()))
+
+
+def write_diff(
+    dest: int | str | os.PathLike[str],
+    ram: np.ndarray,
+    runs: Iterable[Run],
+    page_size: int = DEFAULT_PAGE_SIZE,
+    *,
+    parent_digest: str,
+) -> MemFileInfo:
+    """Write the dirty page `runs` [(first_page, page_count), ...] of `ram` as a diff memory
+    file at `dest`: length = len(ram) bytes, only the runs written, the rest holes.
+
+    `parent_digest` is the digest of the image this diff applies on top of (the MemFileInfo of
+    the snapshot the dirty epoch started from); restoring checks it. Runs are canonicalised
+    (sorted, merged). Raises MemoryIoError if writing fails, ValueError for bad runs.
+    """
+    view = _ram_view(ram, page_size)
+    _check_digest_text("parent_digest", parent_digest)
+    length = len(view)
+    canon = canonical_runs(runs, length // page_size)
+    hasher = _new_hasher(DIFF, length, page_size, parent_digest)
+    with _dest_fd(dest) as fd:
+        try:
+            _reset_length(fd, length)
+            for offset, count, prefix in _regions(DIFF, length, page_size, canon):
+                hasher.update(prefix)
+                for off, n in _chunks(offset, count):
+                    part = view[off : off + n]
+                    hasher.update(part)
+                    pwrite_all(fd, part, off)
+        except OSError as exc:
+            raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
+    pages = sum(count for _, count in canon)
+    return MemFileInfo(DIFF, length, page_size, hasher.hexdigest(), pages, canon, parent_digest)
+
+
+# --- readers ----------------------------------------------------------------------------------
+def _stream(fd: int, where: object, info: MemFileInfo, dest: memoryview | None, hash_it: bool) -> str | None:
+    """Read the extents `info` records from `fd`, into `dest` at the same offsets (or a scratch
+    buffer if None), hashing them if `hash_it`. Returns the hex digest or None. Reads nothing
+    outside the recorded extents."""
+    hasher = _new_hasher(info.kind, info.length, info.page_size, info.parent_digest) if hash_it else None
+    scratch = None if dest is not None else memoryview(bytearray(min(MAX_IO_CHUNK, info.length)))
+    try:
+        for offset, count, prefix in _regions(info.kind, info.length, info.page_size, info.runs):
+            if hasher is not None:
+                hasher.update(prefix)
+            for off, n in _chunks(offset, count):
+                into = dest[off : off + n] if dest is not None else scratch[:n]  # type: ignore[index]
+                _pread_exact(fd, into, off, where)
+                if hasher is not None:
+                    hasher.update(into)
+    except OSError as exc:
+        raise from_os_error(exc, "reading", where, MemoryIoError) from exc
+    return hasher.hexdigest() if hasher is not None else None
+
+
+def _check_digest(where: object, found: str | None, info: MemFileInfo) -> None:
+    if found is not None and found != info.digest:
+        raise MemoryFileMismatchError(where, "digest", found, info.digest)
+
+
+def compute_digest(src: int | str | os.PathLike[str], info: MemFileInfo) -> str:
+    """Recompute the digest of the memory file `src` (path or fd) for the extents `info`
+    records (see the module docstring). Checks the file length first (MemoryFileMismatchError)."""
+    with _source_fd(src) as fd:
+        _check_length(fd, src, info.length)
+        digest = _stream(fd, src, info, None, True)
+    assert digest is not None
+    return digest
+
+
+def _check_parent(info: MemFileInfo, parent: MemFileInfo | None) -> None:
+    if info.kind != DIFF:
+        return
+    assert info.parent_digest is not None
+    if parent is None:
+        raise MissingParentError(info.parent_digest)
+    if parent.digest != info.parent_digest:
+        raise ParentMismatchError(info.parent_digest, parent.digest)
+
+
+def read_into(
+    src: int | str | os.PathLike[str],
+    ram: np.ndarray,
+    info: MemFileInfo,
+    verify_digest: bool = True,
+    *,
+    parent: MemFileInfo | None = None,
+) -> None:
+    """Eager restore: copy the memory file `src` (path or fd) into writable `ram`.
+
+    Full: every byte of ram is overwritten. Diff: only the recorded runs are copied over what
+    `ram` already holds, which must be the image `parent` (MissingParentError /
+    ParentMismatchError otherwise). The file length must equal `info.length` and len(ram)
+    (MemoryFileMismatchError / IncompatibleError, checked before anything is read). With
+    `verify_digest`, a digest mismatch raises MemoryFileMismatchError after the copy: on any
+    error `ram` holds unspecified contents and must be discarded.
+    """
+    view = _ram_view(ram, info.page_size, writable=True)
+    if len(view) != info.length:
+        raise IncompatibleError(
+            f"memory file holds {info.length} bytes of RAM, the VM has {len(view)} bytes"
+        )
+    _check_parent(info, parent)
+    with _source_fd(src) as fd:
+        _check_length(fd, src, info.length)
+        found = _stream(fd, src, info, view, verify_digest)
+    _check_digest(src, found, info)
+
+
+def map_private(
+    src: int | str | os.PathLike[str],
+    size: int,
+    *,
+    info: MemFileInfo | None = None,
+    verify_digest: bool = False,
+) -> np.ndarray:
+    """Lazy restore: a writable numpy uint8 array of `size` bytes over a MAP_PRIVATE mapping of
+    the memory file `src` (path or fd; pages load on first touch; writes are copy-on-write and never reach the
+    file), like Firecracker's File backend.
+
+    The file length must equal `size` (MemoryFileMismatchError). With `info`, it must be a full
+    file of that size (a diff is only meaningful over its base: use read_into), and
+    `verify_digest` recomputes its digest first (reads the whole file once). The file must not
+    be modified while mapped: MAP_PRIVATE shows later changes to pages not yet copied.
+    """
+    if type(size) is not int or size <= 0:
+        raise ValueError(f"size must be a positive number of bytes, got {size!r}")
+    if info is not None:
+        if info.kind != FULL:
+            raise IncompatibleError("a diff memory file cannot be mapped; lay it over its base")
+        if info.length != size:
+            raise IncompatibleError(f"memory file holds {info.length} bytes of RAM, the VM has {size} bytes")
+    with _source_fd(src) as fd:
+        _check_length(fd, src, size)
+        if info is not None and verify_digest:
+            _check_digest(src, _stream(fd, src, info, None, True), info)
+        try:
+            mapping = mmap.mmap(fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        except OSError as exc:
+            raise from_os_error(exc, "mapping", src, MemoryIoError) from exc
+    return np.frombuffer(mapping, dtype=np.uint8)

@@ -1,0 +1,295 @@
+"""snapshot.memfile: full and diff memory files, their digest, eager and lazy restore."""
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xxhash
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from snapshot import memfile
+from snapshot.errors import (
+    EncodingError,
+    IncompatibleError,
+    InvalidPathError,
+    MemoryFileMismatchError,
+    MemoryIoError,
+    MissingParentError,
+    ParentMismatchError,
+)
+from snapshot.memfile import (
+    DIFF_DIGEST_DOMAIN,
+    MemFileInfo,
+    canonical_runs,
+    compute_digest,
+    map_private,
+    read_into,
+    write_diff,
+    write_full,
+)
+from snapshot.plain import from_plain, to_plain
+
+PAGE = 4096
+RAM_SIZE = 64 * PAGE
+
+
+def make_ram(seed: int, nonzero_pages: list[int], size: int = RAM_SIZE) -> np.ndarray:
+    """Read-only RAM that is zero except for random bytes in `nonzero_pages`."""
+    rng = np.random.default_rng(seed)
+    ram = np.zeros(size, dtype=np.uint8)
+    for p in nonzero_pages:
+        ram[p * PAGE : (p + 1) * PAGE] = rng.integers(1, 256, PAGE, dtype=np.uint8)
+    ram.flags.writeable = False
+    return ram
+
+
+def diff_digest_by_definition(ram: np.ndarray, runs: list[tuple[int, int]], parent: str) -> str:
+    """The module docstring's diff digest, computed independently from RAM."""
+    h = xxhash.xxh3_128(
+        DIFF_DIGEST_DOMAIN + len(ram).to_bytes(8, "little") + PAGE.to_bytes(8, "little") + bytes.fromhex(parent)
+    )
+    for first, count in runs:
+        h.update(first.to_bytes(8, "little") + count.to_bytes(8, "little"))
+        h.update(ram[first * PAGE : (first + count) * PAGE].tobytes())
+    return h.hexdigest()
+
+
+def test_full_file_is_the_raw_image_with_holes(tmp_path: Path) -> None:
+    ram = make_ram(1, [0, 1, 2, 40])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    assert path.read_bytes() == ram.tobytes()
+    assert info == MemFileInfo("full", RAM_SIZE, PAGE, xxhash.xxh3_128(ram.tobytes()).hexdigest(), 4)
+    assert compute_digest(path, info) == info.digest
+    assert os.stat(path).st_blocks * 512 < RAM_SIZE // 2  # zero pages were left as holes
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_full_rewrites_an_existing_file_and_accepts_an_fd(tmp_path: Path) -> None:
+    path = tmp_path / "vm.mem"
+    path.write_bytes(b"\xaa" * (2 * RAM_SIZE))
+    ram = make_ram(2, [5])
+    fd = os.open(path, os.O_RDWR)
+    try:
+        info = write_full(fd, ram, PAGE)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == ram.tobytes()  # old junk is gone from the zero pages too
+    assert info.pages_written == 1
+
+
+def test_all_zero_and_all_nonzero_ram(tmp_path: Path) -> None:
+    zero = np.zeros(RAM_SIZE, np.uint8)
+    info = write_full(tmp_path / "z.mem", zero, PAGE)
+    assert info.pages_written == 0 and (tmp_path / "z.mem").read_bytes() == bytes(RAM_SIZE)
+    full = make_ram(3, list(range(64)))
+    info = write_full(tmp_path / "f.mem", full, PAGE)
+    assert info.pages_written == 64 and (tmp_path / "f.mem").read_bytes() == full.tobytes()
+
+
+def test_diff_file_holds_only_its_runs(tmp_path: Path) -> None:
+    base = make_ram(4, list(range(0, 64, 3)))
+    base_info = write_full(tmp_path / "base.mem", base, PAGE)
+    new = base.copy()
+    new[10 * PAGE + 7] ^= 0xFF
+    new[11 * PAGE : 13 * PAGE] = 9
+    new[63 * PAGE] = 1
+    new.flags.writeable = False
+    info = write_diff(tmp_path / "d.mem", new, [(12, 1), (10, 2), (63, 1)], PAGE, parent_digest=base_info.digest)
+    assert info.runs == ((10, 3), (63, 1))  # sorted and merged
+    assert info.pages_written == 4 and info.parent_digest == base_info.digest
+    assert info.digest == diff_digest_by_definition(new, [(10, 3), (63, 1)], base_info.digest)
+    data = (tmp_path / "d.mem").read_bytes()
+    assert len(data) == RAM_SIZE
+    expected = np.zeros(RAM_SIZE, np.uint8)
+    for first, count in info.runs:
+        expected[first * PAGE : (first + count) * PAGE] = new[first * PAGE : (first + count) * PAGE]
+    assert data == expected.tobytes()
+    assert compute_digest(tmp_path / "d.mem", info) == info.digest
+
+    restored = np.zeros(RAM_SIZE, np.uint8)
+    read_into(tmp_path / "base.mem", restored, base_info)
+    read_into(tmp_path / "d.mem", restored, info, parent=base_info)
+    assert np.array_equal(restored, new)
+
+
+def test_diff_chain_and_parent_checks(tmp_path: Path) -> None:
+    a = make_ram(5, [1, 2, 3])
+    a_info = write_full(tmp_path / "a.mem", a, PAGE)
+    b = a.copy()
+    b[2 * PAGE] = 0x55
+    b_info = write_diff(tmp_path / "b.mem", b, [(2, 1)], PAGE, parent_digest=a_info.digest)
+    c = b.copy()
+    c[30 * PAGE] = 0x66
+    c_info = write_diff(tmp_path / "c.mem", c, [(30, 1)], PAGE, parent_digest=b_info.digest)
+
+    ram = np.zeros(RAM_SIZE, np.uint8)
+    read_into(tmp_path / "a.mem", ram, a_info)
+    before = ram.copy()
+    with pytest.raises(MissingParentError, match=a_info.digest):
+        read_into(tmp_path / "b.mem", ram, b_info)
+    with pytest.raises(ParentMismatchError, match=f"applies to a base with digest {b_info.digest}"):
+        read_into(tmp_path / "c.mem", ram, c_info, parent=a_info)  # skipped a link of the chain
+    assert np.array_equal(ram, before)  # refused before anything was copied
+    read_into(tmp_path / "b.mem", ram, b_info, parent=a_info)
+    read_into(tmp_path / "c.mem", ram, c_info, parent=b_info)
+    assert np.array_equal(ram, c)
+
+
+def test_restore_never_reads_past_the_recorded_runs(tmp_path: Path) -> None:
+    base = make_ram(6, [0])
+    base_info = write_full(tmp_path / "base.mem", base, PAGE)
+    new = base.copy()
+    new[5 * PAGE] = 1
+    info = write_diff(tmp_path / "d.mem", new, [(5, 1)], PAGE, parent_digest=base_info.digest)
+    with open(tmp_path / "d.mem", "r+b") as f:  # junk outside the runs: not recorded, not read
+        f.seek(20 * PAGE)
+        f.write(b"\xee" * PAGE)
+    assert compute_digest(tmp_path / "d.mem", info) == info.digest
+    ram = base.copy()
+    read_into(tmp_path / "d.mem", ram, info, parent=base_info)
+    assert np.array_equal(ram, new)
+
+
+def test_corruption_and_length_mismatch_are_detected(tmp_path: Path) -> None:
+    ram = make_ram(7, [3, 4])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    with open(path, "r+b") as f:
+        f.seek(4 * PAGE + 10)
+        f.write(b"\x00")
+    target = np.zeros(RAM_SIZE, np.uint8)
+    with pytest.raises(MemoryFileMismatchError, match=f"digest is [0-9a-f]{{32}}, state file records {info.digest}"):
+        read_into(path, target, info)
+    read_into(path, target, info, verify_digest=False)  # trusted fast path: no check
+    assert target[4 * PAGE + 10] == 0
+
+    os.truncate(path, RAM_SIZE - PAGE)
+    untouched = np.full(RAM_SIZE, 0x11, np.uint8)
+    with pytest.raises(MemoryFileMismatchError, match=f"length is {RAM_SIZE - PAGE} bytes, state file records {RAM_SIZE} bytes"):
+        read_into(path, untouched, info)
+    assert (untouched == 0x11).all()  # checked before anything was read
+    with pytest.raises(MemoryFileMismatchError, match="length"):
+        compute_digest(path, info)
+    with pytest.raises(IncompatibleError, match="the VM has"):
+        read_into(path, np.zeros(2 * RAM_SIZE, np.uint8), info)
+
+
+def test_map_private_is_lazy_copy_on_write(tmp_path: Path) -> None:
+    ram = make_ram(8, [0, 9])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    mapped = map_private(path, RAM_SIZE, info=info, verify_digest=True)
+    assert mapped.flags.writeable and mapped.dtype == np.uint8 and mapped.size == RAM_SIZE
+    assert np.array_equal(mapped, ram)
+    mapped[9 * PAGE : 10 * PAGE] = 0
+    assert path.read_bytes() == ram.tobytes()  # writes never reach the file
+
+    with pytest.raises(MemoryFileMismatchError, match="length"):
+        map_private(path, 2 * RAM_SIZE)
+    with pytest.raises(IncompatibleError, match="the VM has"):
+        map_private(path, 2 * RAM_SIZE, info=info)
+    diff = write_diff(tmp_path / "d.mem", ram, [(0, 1)], PAGE, parent_digest=info.digest)
+    with pytest.raises(IncompatibleError, match="cannot be mapped"):
+        map_private(tmp_path / "d.mem", RAM_SIZE, info=diff)
+    with open(path, "r+b") as f:
+        f.write(b"\x01")
+    with pytest.raises(MemoryFileMismatchError, match="digest"):
+        map_private(path, RAM_SIZE, info=info, verify_digest=True)
+    with pytest.raises(InvalidPathError, match="ENOENT"):
+        map_private(tmp_path / "missing.mem", RAM_SIZE)
+
+
+def test_write_errors_name_the_errno(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    ram = make_ram(9, [1])
+    path = tmp_path / "ro.mem"
+    path.write_bytes(b"")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        with pytest.raises(MemoryIoError) as exc:
+            write_full(fd, ram, PAGE)
+    finally:
+        os.close(fd)
+    assert exc.value.errno in (errno.EBADF, errno.EINVAL) and "fd " in str(exc.value)
+
+    def no_space(*args: object) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", no_space)
+    with pytest.raises(MemoryIoError, match=r"ENOSPC \(No space left on device\)") as exc:
+        write_diff(tmp_path / "d.mem", ram, [(1, 1)], PAGE, parent_digest="0" * 32)
+    assert exc.value.errno == errno.ENOSPC
+    with pytest.raises(MemoryIoError, match="ENOSPC"):
+        write_full(tmp_path / "f.mem", ram, PAGE)
+
+
+def test_bad_arguments_are_programming_errors(tmp_path: Path) -> None:
+    with pytest.raises(ValueError):
+        write_full(tmp_path / "x.mem", np.zeros(PAGE + 1, np.uint8), PAGE)
+    with pytest.raises(ValueError):
+        write_full(tmp_path / "x.mem", np.zeros(RAM_SIZE, np.uint8), 3000)
+    with pytest.raises(TypeError):
+        write_full(tmp_path / "x.mem", np.zeros(RAM_SIZE, np.uint16), PAGE)
+    with pytest.raises(ValueError):
+        canonical_runs([(63, 2)], 64)
+    with pytest.raises(ValueError):
+        canonical_runs([(1, 0)], 64)
+    with pytest.raises(ValueError):
+        write_diff(tmp_path / "x.mem", np.zeros(RAM_SIZE, np.uint8), [], PAGE, parent_digest="nothex")
+
+
+def test_canonical_runs_merge() -> None:
+    assert canonical_runs([(5, 1), (0, 2), (2, 1), (4, 3), (10, 1)], 64) == ((0, 3), (4, 3), (10, 1))
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"runs": [[3, 1], [2, 1]]}, "runs"),
+        ({"runs": [[3, 1], [4, 1]]}, "non-adjacent"),  # must be merged
+        ({"runs": [[63, 2]]}, "within 64 pages"),
+        ({"pages_written": 5}, "pages_written"),
+        ({"digest": "ABC"}, "digest must be 32 lowercase hex"),
+        ({"parent_digest": None}, "parent_digest"),
+        ({"kind": "partial"}, "kind: expected one of 'full', 'diff'"),
+        ({"length": RAM_SIZE + 1}, "multiple of the page size"),
+        ({"page_size": 4095}, "power of two"),
+    ],
+)
+def test_recorded_info_is_validated(change: dict[str, object], message: str) -> None:
+    info = MemFileInfo("diff", RAM_SIZE, PAGE, "a" * 32, 2, ((3, 1), (7, 1)), "b" * 32)
+    plain = to_plain(info)
+    assert from_plain(MemFileInfo, plain) == info
+    plain.update(change)
+    with pytest.raises(EncodingError, match=message):
+        from_plain(MemFileInfo, plain, path="data.memory")
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    dirty=st.lists(st.tuples(st.integers(0, 63), st.integers(1, 8)), max_size=12),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_any_diff_laid_over_its_base_reproduces_ram(
+    tmp_path_factory: pytest.TempPathFactory, dirty: list[tuple[int, int]], seed: int
+) -> None:
+    d = tmp_path_factory.mktemp("prop")
+    base = make_ram(seed, list(range(0, 64, 5)))
+    base_info = write_full(d / "base.mem", base, PAGE)
+    runs = [(first, min(count, 64 - first)) for first, count in dirty]
+    new = base.copy()
+    rng = np.random.default_rng(seed + 1)
+    for first, count in runs:
+        new[first * PAGE : (first + count) * PAGE] = rng.integers(0, 256, count * PAGE, dtype=np.uint8)
+    info = write_diff(d / "d.mem", new, runs, PAGE, parent_digest=base_info.digest)
+    assert info.digest == diff_digest_by_definition(new, list(info.runs), base_info.digest)
+    assert info == from_plain(MemFileInfo, to_plain(info))
+    ram = np.zeros(RAM_SIZE, np.uint8)
+    read_into(d / "base.mem", ram, base_info)
+    read_into(d / "d.mem", ram, info, parent=base_info)
+    assert np.array_equal(ram, new)
+    assert memfile.compute_digest(d / "d.mem", info) == info.digest
