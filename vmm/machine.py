@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 import msgpack
+import numpy as np
 import xxhash
 
 import guests
@@ -41,9 +42,19 @@ class MicroVM:
     `on_console` (if given) receives every byte the guest writes to the UART, as it is written.
     """
 
-    def __init__(self, config: VmConfig, *, on_console: Callable[[bytes], None] | None = None) -> None:
+    def __init__(
+        self,
+        config: VmConfig,
+        *,
+        on_console: Callable[[bytes], None] | None = None,
+        ram: np.ndarray | None = None,
+        boot: bool = True,
+    ) -> None:
+        """`ram` (a writable uint8 array of mem_size bytes) and `boot=False` are for restoring
+        snapshots (`snapshot.load_snapshot`): the machine is built but no image is loaded."""
         self.config = config
-        self.memory = GuestMemory(layout.RAM_BASE, config.mem_size)
+        self.memory = GuestMemory(layout.RAM_BASE, config.mem_size, ram)
+        self.lineage: object | None = None  # snapshot.persist.Lineage of the last save/load
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
@@ -76,7 +87,8 @@ class MicroVM:
         self.interrupts.install_traps(hooks)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
-        self._boot()
+        if boot:
+            self._boot()
 
     # --- boot -------------------------------------------------------------------------------------
     def _boot(self) -> None:

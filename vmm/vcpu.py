@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import numpy as np
 from unicorn import (
@@ -48,6 +48,7 @@ from unicorn import (
 )
 from unicorn import arm64_const as a64
 
+from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 
@@ -145,23 +146,25 @@ class PowerState(str, enum.Enum):
 
 @dataclass
 class VcpuState:
-    """Everything architecturally visible about one vCPU, as plain data."""
+    """Everything architecturally visible about one vCPU, as plain data.
 
-    index: int
-    mpidr: int
-    x: list[int]  # X0..X30
-    sp_el0: int
-    sp_el1: int
-    pc: int
-    pstate: int
-    v: list[bytes]  # V0..V31, 16 bytes each, little-endian
-    fpcr: int
-    fpsr: int
-    sysregs: dict[str, int]  # keyed by SavedSysreg.key
-    power: str  # PowerState value
+    Widths are checked when a snapshot is decoded (snapshot.plain markers)."""
+
+    index: Annotated[int, Width(5)]  # 0..31
+    mpidr: U64
+    x: Annotated[list[U64], Len(31)]  # X0..X30
+    sp_el0: U64
+    sp_el1: U64
+    pc: U64
+    pstate: U32
+    v: Annotated[list[Annotated[bytes, Len(16)]], Len(32)]  # V0..V31, little-endian
+    fpcr: U32
+    fpsr: U32
+    sysregs: Annotated[dict[str, U64], MaxLen(64)]  # keyed by SavedSysreg.key
+    power: Literal["on", "off", "on_pending"]
     waiting: bool = False  # in WFI or PSCI CPU_SUSPEND (standby), until an interrupt
-    pending_entry: int = 0  # CPU_ON entry point while ON_PENDING
-    pending_context: int = 0  # CPU_ON context id while ON_PENDING
+    pending_entry: U64 = 0  # CPU_ON entry point while ON_PENDING
+    pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
 
 
 class ExitKind(str, enum.Enum):

@@ -1,0 +1,162 @@
+"""Snapshots of running guests: run(N + M) == run(N) -> save -> load -> run(M), byte for byte."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from snapshot.errors import (
+    CrcMismatchError,
+    IncompatibleError,
+    MemoryFileMismatchError,
+    MissingParentError,
+    ParentMismatchError,
+    SnapshotError,
+)
+from snapshot.persist import describe, load_snapshot, save_snapshot
+from vmm import MicroVM, StopReason, VmConfig
+
+Q = 2_000  # quantum of every VM here; pauses land on multiples of it
+
+GUESTS = {
+    "smp": VmConfig(guest="smp", vcpus=3, quantum=Q, track_dirty_pages=True, params={"iterations": 20_000}),
+    "memwalk": VmConfig(guest="memwalk", quantum=Q, track_dirty_pages=True, params={"rounds": 0, "pattern": 2, "writes": 300}),
+    "compute": VmConfig(guest="compute", quantum=Q, track_dirty_pages=True, params={"iterations": 60_000}),
+    "mmds": VmConfig(guest="mmds", quantum=Q, track_dirty_pages=True),
+}
+
+
+def _fresh(name: str) -> MicroVM:
+    vm = MicroVM(GUESTS[name])
+    if name == "mmds":
+        vm.mmds.put({"latest": {"meta-data": {"instance-id": "i-123", "zone": "z"}}})
+    return vm
+
+
+def _reference(name: str, total: int) -> tuple[str, bytes, StopReason]:
+    vm = _fresh(name)
+    r = vm.run(total)
+    return vm.state_digest(), vm.console_output, r.reason
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    name=st.sampled_from(sorted(GUESTS)),
+    steps=st.lists(st.integers(1, 12), min_size=1, max_size=5),
+    tail=st.integers(0, 40),
+    backend=st.sampled_from(["copy", "mmap"]),
+    diffs=st.booleans(),
+)
+def test_restored_vm_continues_bit_for_bit(tmp_path, name: str, steps: list[int], tail: int, backend: str, diffs: bool) -> None:
+    directory = Path(os.path.join(tmp_path, f"{name}-{len(os.listdir(tmp_path))}"))
+    directory.mkdir()
+    total = (sum(steps) + tail) * Q
+    digest, console, reason = _reference(name, total)
+
+    vm = _fresh(name)
+    printed = b""
+    for i, n in enumerate(steps):
+        vm.run(n * Q)
+        kind = "diff" if diffs and i > 0 else "full"
+        save_snapshot(vm, directory / f"s{i}", kind)
+    printed = vm.console_output
+    restored = load_snapshot(directory / f"s{len(steps) - 1}", backend)
+    assert restored.state_digest() == vm.state_digest()
+    r = restored.run(tail * Q)
+    assert restored.state_digest() == digest
+    assert printed + restored.console_output == console
+    if reason is not StopReason.BUDGET:
+        assert r.reason is reason
+
+
+def test_a_snapshot_of_a_stopped_vm_stays_stopped(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="hello"))
+    vm.run()
+    save_snapshot(vm, tmp_path / "off")
+    restored = load_snapshot(tmp_path / "off")
+    assert restored.stopped is StopReason.POWER_OFF
+    assert restored.run().reason is StopReason.POWER_OFF
+
+
+def test_diff_needs_tracking_and_a_base(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}))
+    vm.run(10_000)
+    with pytest.raises(IncompatibleError, match="dirty-page tracking"):
+        save_snapshot(vm, tmp_path / "d", "diff")
+    vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
+    with pytest.raises(IncompatibleError, match="earlier snapshot"):
+        save_snapshot(vm, tmp_path / "d", "diff")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_diff_files_hold_only_dirty_pages_and_clear_the_bitmap_after_commit(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0, "writes": 16, "pattern": 3, "hot_pages": 4}))
+    vm.run(200_000)
+    full = save_snapshot(vm, tmp_path / "base")
+    assert vm.dirty.count() == 0
+    vm.run(200_000)
+    dirty = vm.dirty.count()
+    diff = save_snapshot(vm, tmp_path / "next", "diff")
+    assert 0 < diff.pages_written == dirty < full.pages_written
+    assert os.stat(tmp_path / "next.mem").st_blocks * 512 < 64 * 4096  # holes, not data
+    assert vm.dirty.count() == 0
+
+
+def test_chain_links_are_checked(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
+    vm.run(100_000)
+    save_snapshot(vm, tmp_path / "a")
+    vm.run(100_000)
+    save_snapshot(vm, tmp_path / "b", "diff")
+    other = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
+    other.run(300_000)
+    save_snapshot(other, tmp_path / "z")
+    with pytest.raises(ParentMismatchError):
+        load_snapshot(tmp_path / "b", base=tmp_path / "z")
+    os.rename(tmp_path / "a.snap", tmp_path / "gone.snap")
+    with pytest.raises(MissingParentError):
+        load_snapshot(tmp_path / "b")
+    # The chain survives a move of both files to another directory.
+    os.rename(tmp_path / "gone.snap", tmp_path / "a.snap")
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    for name in ("a.snap", "a.mem", "b.snap", "b.mem"):
+        os.rename(tmp_path / name, moved / name)
+    assert load_snapshot(moved / "b").state_digest() == vm.state_digest()
+
+
+def test_corrupt_or_mismatched_files_are_refused_and_the_snapshot_survives(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}))
+    vm.run(100_000)
+    save_snapshot(vm, tmp_path / "good")
+    blob = (tmp_path / "good.snap").read_bytes()
+    (tmp_path / "bad.snap").write_bytes(blob[:100] + bytes([blob[100] ^ 1]) + blob[101:])
+    os.link(tmp_path / "good.mem", tmp_path / "bad.mem")
+    with pytest.raises(CrcMismatchError):
+        load_snapshot(tmp_path / "bad")
+    with pytest.raises(SnapshotError):
+        describe(tmp_path / "bad")
+    # A memory file from another snapshot: caught by the pair digest.
+    vm.run(100_000)
+    save_snapshot(vm, tmp_path / "later")
+    (tmp_path / "mixed.snap").write_bytes(blob)
+    os.link(tmp_path / "later.mem", tmp_path / "mixed.mem")
+    with pytest.raises(MemoryFileMismatchError):
+        load_snapshot(tmp_path / "mixed")
+    assert describe(tmp_path / "mixed", verify=True)["pair_ok"] is False
+    assert describe(tmp_path / "good", verify=True)["pair_ok"] is True
+    assert load_snapshot(tmp_path / "good").clock == 100_000
+
+
+def test_describe_reports_squibs_fields(tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="smp", vcpus=2))
+    vm.run(100_000)
+    save_snapshot(vm, tmp_path / "s")
+    info = describe(tmp_path / "s.snap")
+    assert info["magic"] == "0x07101984aaaa0000"
+    assert info["vcpus"] == 2 and info["kind"] == "full" and info["mmds_present"] is True
+    assert info["memory_size"] == 128 * 1024 * 1024 and info["crc_ok"] is True
+    assert info["pair_ok"] is None  # the memory file is not read without verify
