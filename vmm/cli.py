@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Callable, Sequence
 
 import guests
 from vmm.config import DEFAULT_QUANTUM, VmConfig
+from snapshot.errors import SnapshotError
 from vmm.errors import VmmError
 from vmm.layout import MIB
 from vmm.machine import MicroVM
 from vmm.scheduler import RunResult, StopReason
+
+# snapshot imports vmm; import it lazily in the commands that need it.
 
 EXIT_OK = 0
 EXIT_FAULT = 1
@@ -150,36 +154,126 @@ def _report(result: RunResult, vm: MicroVM, seconds: float) -> None:
     print(line, file=sys.stderr)
 
 
+def _snapshot_points(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        points = [int(p, 0) for p in text.split(",")]
+    except ValueError:
+        raise UsageError(f"--snapshot-at takes comma-separated instruction counts, got {text!r}") from None
+    if any(p < 0 for p in points) or points != sorted(set(points)):
+        raise UsageError("--snapshot-at points must be increasing and not negative")
+    return points
+
+
 def cmd_run(args: argparse.Namespace) -> int:
+    from snapshot.persist import save_snapshot
+
+    points = _snapshot_points(args.snapshot_at)
+    if points and not args.snapshot_dir:
+        raise UsageError("--snapshot-at needs --snapshot-dir")
     config = _config_from(args)
+    if points and args.kind != "full":
+        config = VmConfig(**{**config.__dict__, "track_dirty_pages": True})
     vm = MicroVM(config, on_console=_write_stdout)
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
-    result = vm.run(args.max_instructions)
+    result: RunResult | None = None
+    for i, point in enumerate(points):
+        if args.max_instructions is not None and point > args.max_instructions:
+            break
+        result = vm.run(point - vm.clock if point > vm.clock else 0)
+        kind = "full" if i == 0 or args.kind == "full" else "diff"
+        os.makedirs(args.snapshot_dir, exist_ok=True)
+        report = save_snapshot(vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind)
+        if not args.quiet:
+            print(
+                f"microvm: {kind} snapshot at {vm.clock:,} -> {report.state_path} "
+                f"({report.pages_written} pages, {report.seconds * 1000:.1f} ms)",
+                file=sys.stderr,
+            )
+        if result.reason.final:
+            break
+    remaining = None if args.max_instructions is None else max(args.max_instructions - vm.clock, 0)
+    if result is None or not result.reason.final:
+        result = vm.run(remaining)
     seconds = time.perf_counter() - t0
     if not args.quiet:
         _report(result, vm, seconds)
     return EXIT_CODES[result.reason]
 
 
+def cmd_restore(args: argparse.Namespace) -> int:
+    from snapshot.persist import load_snapshot
+
+    t0 = time.perf_counter()
+    vm = load_snapshot(args.path, args.mem_backend, on_console=_write_stdout)
+    restore_s = time.perf_counter() - t0
+    if not args.quiet:
+        print(f"microvm: restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}", file=sys.stderr)
+    t0 = time.perf_counter()
+    result = vm.run(args.max_instructions)
+    if not args.quiet:
+        _report(result, vm, time.perf_counter() - t0)
+    return EXIT_CODES[result.reason]
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from snapshot.persist import describe
+
+    info = describe(args.path, verify=args.verify)
+    if args.json:
+        print(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        print_table([(k, "" if v is None else str(v)) for k, v in info.items()], headers=None)
+    return EXIT_FAULT if info["pair_ok"] is False else EXIT_OK
+
+
+def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
+    """Print `rows` as aligned columns (with a header line if given)."""
+    all_rows = ([tuple(headers)] if headers else []) + [tuple(r) for r in rows]
+    widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    for r in all_rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
-    rows = []
-    for name, vcpus in (("hello", 1), ("smp", 4)):
-        for attempt in (1, 2):
-            vm = MicroVM(VmConfig(guest=name, vcpus=vcpus))
-            t0 = time.perf_counter()
-            result = vm.run(args.max_instructions)
-            seconds = time.perf_counter() - t0
-            out = vm.console_output.decode(errors="replace").strip()
-            rows.append((f"{name} #{attempt}", str(vcpus), result.reason.value, f"{result.instructions:,}", f"{seconds:.2f}", vm.state_digest()[:16], out.splitlines()[-1] if out else ""))
-    headers = ("run", "vCPUs", "stop", "instructions", "host s", "state digest", "last console line")
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
-    print("  ".join(h.ljust(w) for h, w in zip(headers, widths)))
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)))
-    same = rows[0][5] == rows[1][5] and rows[2][5] == rows[3][5]
-    print(f"\ndeterminism: each guest ran twice; digests {'identical' if same else 'DIFFER'}")
-    return EXIT_OK if same else EXIT_FAULT
+    """Run smp on 4 vCPUs; take a full then two diff snapshots; restore the chain into a fresh
+    VM; continue both and compare."""
+    import tempfile
+
+    from snapshot.persist import load_snapshot, save_snapshot
+
+    config = VmConfig(guest="smp", vcpus=4, quantum=10_000, track_dirty_pages=True, params={"iterations": 200_000})
+    step = 400_000
+    print(f"microvm demo: guest smp on 4 vCPUs; snapshots every {step:,} instructions of virtual time\n")
+    with tempfile.TemporaryDirectory(prefix="microvm-demo-") as tmp:
+        original = MicroVM(config)
+        rows = []
+        for i, kind in enumerate(("full", "diff", "diff")):
+            original.run(step)
+            report = save_snapshot(original, os.path.join(tmp, f"s{i}"), kind)
+            rows.append((report.state_path.name, kind, f"{original.clock:,}", f"{report.pages_written:,}", f"{report.memory_bytes_written / 1024:,.0f}", f"{report.seconds * 1000:.1f}"))
+        print_table(rows, ("snapshot", "kind", "at instr", "pages", "KiB written", "save ms"))
+        t0 = time.perf_counter()
+        restored = load_snapshot(os.path.join(tmp, "s2"), "mmap")
+        restore_ms = (time.perf_counter() - t0) * 1000
+        printed = original.console_output
+        r1 = original.run(args.max_instructions)
+        r2 = restored.run(args.max_instructions)
+    same = original.state_digest() == restored.state_digest()
+    same_out = original.console_output == printed + restored.console_output
+    print(f"\nrestored the chain s0 <- s1 <- s2 into a fresh VM (mmap backend) in {restore_ms:.1f} ms; both continue:\n")
+    print_table(
+        [
+            ("original", r1.reason.value, f"{original.clock:,}", original.state_digest()[:16], original.console_output.decode().strip()),
+            ("restored", r2.reason.value, f"{restored.clock:,}", restored.state_digest()[:16], restored.console_output.decode().strip()),
+        ],
+        ("VM", "stop", "virtual time", "state digest", "console"),
+    )
+    verdict = "identical" if same and same_out else "DIFFERENT"
+    print(f"\nstate digests and console output: {verdict}")
+    return EXIT_OK if same and same_out else EXIT_FAULT
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -212,9 +306,49 @@ def build_parser() -> argparse.ArgumentParser:
         help="stop after N instructions of virtual time per vCPU (rounded up to a scheduling round)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+    p.add_argument(
+        "--snapshot-at",
+        metavar="N[,N2,...]",
+        help="take snapshots at these points (instructions of virtual time; each lands on the next round end)",
+    )
+    p.add_argument("--snapshot-dir", metavar="DIR", help="where --snapshot-at writes snap-<N>.snap/.mem")
+    p.add_argument(
+        "--kind",
+        choices=("diff", "full"),
+        default="diff",
+        help="diff (default): the first snapshot is full, later ones diffs; full: every snapshot full",
+    )
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("demo", help="a guided tour: run guests twice and show identical results")
+    p = sub.add_parser(
+        "restore",
+        help="restore a snapshot and run it on",
+        description="Restore the snapshot PATH (a .snap file; a diff's chain is found from its recorded parents) and continue running it.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT,
+    )
+    p.add_argument("path", metavar="PATH", help="the snapshot's .snap file (or its name without .snap)")
+    p.add_argument(
+        "--mem-backend",
+        choices=("copy", "mmap"),
+        default="copy",
+        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+    )
+    p.add_argument("--max-instructions", type=_positive_int, default=None, metavar="N", help="stop after N more instructions of virtual time")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+    p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "describe",
+        help="show a snapshot's metadata without restoring it",
+        description="Print a snapshot's metadata: magic, version, kind, vCPUs, memory, devices, chain parent, and (with --verify) whether the memory file matches.",
+    )
+    p.add_argument("path", metavar="PATH", help="the snapshot's .snap file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--verify", action="store_true", help="also read the memory file and check its digest (exit 1 if it does not match)")
+    p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
     p.add_argument("--max-instructions", type=_positive_int, default=2_000_000_000, metavar="N", help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_demo)
     return parser
@@ -229,7 +363,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return func(args)
-    except (VmmError, UsageError) as e:
+    except (VmmError, UsageError, SnapshotError) as e:
         print(f"microvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
