@@ -12,6 +12,7 @@ import sys
 
 BENCHMARKS = {
     "exec": "execution speed: harness vs a bare Unicorn loop on the compute guest",
+    "snapshot": "save/restore speed on a 1 GiB guest vs plain file I/O; diff vs full; mmap restore scaling",
     "dirty": "dirty-tracking cost: off vs TLB-fill tracking vs a per-store write hook; granule modes",
 }
 
