@@ -89,6 +89,25 @@ CATALOG: dict[str, GuestSpec] = {
                 ParamSpec("resp_cap", 65536, "response buffer capacity in bytes (at most 65536)"),
             ),
         ),
+        GuestSpec(
+            "ticker",
+            "programs the virtual timer for a fixed period, sleeps in WFI and prints each tick's CNTVCT; the timer-IRQ workload",
+            (
+                ParamSpec("period_ns", 1_000_000, "timer period in ns (counter ticks at 1 GHz)"),
+                ParamSpec("ticks", 5, "timer interrupts to take before powering off"),
+            ),
+        ),
+        GuestSpec(
+            "ipi",
+            "passes a token around a ring of all vCPUs with SGIs (ICC_SGI1R_EL1), logs the visits, the primary prints them",
+            (ParamSpec("rounds", 3, "times the token goes around the ring (at most 100000)"),),
+            default_vcpus=4,
+        ),
+        GuestSpec(
+            "echo",
+            "PL011 RX interrupts: echoes received bytes upper-cased until it receives the quit byte",
+            (ParamSpec("quit", ord("q"), "byte value that ends the session after it is echoed (> 255: never)"),),
+        ),
     )
 }
 
