@@ -140,3 +140,43 @@ def test_interrupt_state_is_part_of_the_digest() -> None:
     assert a.state_digest() == b.state_digest()
     b.interrupts.gic.set_line(40, True)
     assert a.state_digest() != b.state_digest()
+
+
+def test_linux_style_masked_idle_loop_takes_its_interrupt(tmp_path) -> None:
+    """daifset; wfi; daifclr; isb; daifset: the IRQ must be taken right after the unmask."""
+    src = f"""
+        {RESULTS_PTR}
+        adr x0, vectors
+        msr vbar_el1, x0
+        {GIC_SETUP}
+        mov w0, #(1 << 27)
+        str w0, [x22, #0x100]
+        mrs x1, cntvct_el0
+        {mov64("x2", 50_000)}
+        add x1, x1, x2
+        msr cntv_cval_el0, x1
+        mov x0, #1
+        msr cntv_ctl_el0, x0
+    idle:
+        msr daifset, #2
+        ldr x3, [x28, #16]
+        cbnz x3, done
+        wfi
+        msr daifclr, #2
+        isb
+        b idle
+    done:
+        {POWER_OFF}
+    irq_handler:
+        mrs x4, ICC_IAR1_EL1
+        mov x5, #1
+        str x5, [x28, #16]
+        msr cntv_ctl_el0, xzr
+        msr ICC_EOIR1_EL1, x4
+        eret
+    {VECTORS_IRQ}
+    """
+    vm = boot(tmp_path, src, quantum=10_000)
+    r = vm.run(5_000_000)
+    assert r.reason is StopReason.POWER_OFF, r
+    assert result(vm, 2) == 1

@@ -93,4 +93,7 @@ def imm16(insn: int) -> int:
 # --- Instruction encodings the VMM recognises ------------------------------------------------------
 INSN_WFI = 0xD503_207F
 INSN_CLREX = 0xD503_305F  # CLREX #15
+MSR_DAIFCLR = 0xD503_40FF  # MSR DAIFClr, #imm (imm4 in bits [11:8])
+MSR_DAIFCLR_MASK = 0xFFFF_F0FF
+DAIF_IMM_I = 0x200  # imm4 bit 1 in place: the I (IRQ) mask
 INSN_B_SELF = 0x1400_0000  # B . (branch to itself)

@@ -80,7 +80,13 @@ class MicroVM:
             self.dirty_tracker = AdaptiveController(config.mem_size, DIRTY_PAGE_SIZE, _tracking_config(config))
             self.memory.add_write_sink(self.dirty_tracker)
         self.tlb = TlbFiller(self.memory, self.bus, lambda: self.scheduler.clock, self.dirty_tracker)
-        hooks = VcpuHooks(psci=self.psci, on_fault=self._on_fault, tlb_fill=self.tlb, on_restore=self.tlb.invalidate)
+        hooks = VcpuHooks(
+            psci=self.psci,
+            on_fault=self._on_fault,
+            tlb_fill=self.tlb,
+            on_restore=self.tlb.invalidate,
+            irq_pending=lambda v: self.interrupts.wakeup_pending(v.index),
+        )
         for enc in TRANSLATION_REGS:
             hooks.sysreg_observe[enc] = self.tlb.invalidate
         base_sysreg_traps(hooks, self.scheduler)

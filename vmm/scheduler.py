@@ -5,8 +5,10 @@ timer's counter runs at 1 GHz, so counter ticks = virtual ns = instructions per 
 
 The schedule is a sequence of *rounds*. A round [t0, t1) runs every runnable vCPU in index
 order for t1 - t0 instructions. Round ends lie on a grid that depends only on guest state:
-multiples of the quantum, plus the timers' deadlines (so timer interrupts fire at exactly
-their programmed time). Between rounds the VMM powers on vCPUs started with CPU_ON, updates
+multiples of the quantum, plus the timer deadlines known when the round starts (so a timer
+armed before the round fires at exactly its programmed time; one armed during the round, for
+a deadline before the round's end, fires at the round end: Unicorn cannot tell how far into a
+slice a vCPU got, so a slice cannot be cut short and accounted exactly). Between rounds the VMM powers on vCPUs started with CPU_ON, updates
 interrupt lines, wakes waiting vCPUs and delivers IRQs. A vCPU whose slice ends early (WFI,
 CPU_SUSPEND, CPU_OFF, power-off, fault) gives up the rest of its slice.
 

@@ -79,7 +79,8 @@ class TlbFiller:
         return regs
 
     def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
-        """Hook every WFI in the page about to be executed (Unicorn runs WFI as a NOP)."""
+        """Hook every WFI, and every instruction after an IRQ-unmasking MSR DAIFClr, in the
+        page about to be executed (Unicorn runs WFI as a NOP and does not report DAIFClr)."""
         pa_page = pa & ~(UC_PAGE_SIZE - 1)
         if not self.memory.contains(pa_page, UC_PAGE_SIZE):
             return
@@ -87,6 +88,9 @@ class TlbFiller:
         va_page = vaddr & ~(UC_PAGE_SIZE - 1)
         for i in np.flatnonzero(words == arch.INSN_WFI):
             vcpu.watch_wfi(va_page + 4 * int(i))
+        unmask = ((words & arch.MSR_DAIFCLR_MASK) == arch.MSR_DAIFCLR) & ((words & arch.DAIF_IMM_I) != 0)
+        for i in np.flatnonzero(unmask):
+            vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
 
     def _read_u64(self, pa: int) -> int | None:
         return self.memory.read_u64(pa) if self.memory.contains(pa, 8) else None

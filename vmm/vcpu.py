@@ -217,6 +217,9 @@ class VcpuHooks:
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
     # Called after restore_state() (cached per-vCPU facts must be dropped).
     on_restore: Callable[["Vcpu"], None] | None = None
+    # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI and after
+    # an instruction that unmasks IRQs.
+    irq_pending: Callable[["Vcpu"], bool] | None = None
 
 
 class Vcpu:
@@ -236,6 +239,7 @@ class Vcpu:
         self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
         self._wfi_watched: set[int] = set()
+        self._unmask_watched: set[int] = set()
         self._hook_error: BaseException | None = None
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
@@ -478,10 +482,29 @@ class Vcpu:
     def _on_wfi(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         if self._exit is not None:
             return
+        pending = self.hooks.irq_pending
+        if pending is not None and self._guard(lambda: pending(self)):
+            return  # WFI completes at once when an interrupt is pending, masked or not
         # The vCPU waits for an interrupt and resumes after the WFI (DDI 0487 D1.6.2).
         self.waiting = True
         uc.reg_write(_PC, address + 4)
         self.request_exit(ExitKind.WAIT, "WFI")
+
+    def watch_irq_unmask(self, vaddr: int) -> None:
+        """Check for a pending IRQ at `vaddr`, the instruction after an `MSR DAIFClr` that
+        unmasks IRQs (Unicorn's MSR hook does not see the immediate form). Without this an
+        idle loop that unmasks and re-masks within one slice would never take its IRQ."""
+        if vaddr not in self._unmask_watched:
+            self._unmask_watched.add(vaddr)
+            self.uc.hook_add(UC_HOOK_CODE, self._on_unmask, None, vaddr, vaddr)
+
+    def _on_unmask(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        pending = self.hooks.irq_pending
+        if self._exit is not None or pending is None or uc.reg_read(_PSTATE) & arch.PSTATE_I:
+            return
+        if self._guard(lambda: pending(self)):
+            self.pc = address
+            self.enter_exception(arch.VECTOR_IRQ, address)
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _ud: object) -> bool:
         self._unmapped = (access, address)
