@@ -43,3 +43,16 @@ def result(vm: MicroVM, index: int) -> int:
 
 POWER_OFF = "\n".join([mov64("x0", 0x8400_0008), "hvc #0"])
 RESULTS_PTR = mov64("x28", RESULTS)
+
+
+def vector_table(**entries: str) -> str:
+    """A VBAR_EL1 table labelled `vectors`: 16 entries of 0x80 bytes, each `b <label>` for the
+    entries named (keys: cur_sp0_sync, cur_spx_sync, cur_spx_irq, lower_sync, ...), else `b .`."""
+    kinds = ("sync", "irq", "fiq", "serror")
+    groups = ("cur_sp0", "cur_spx", "lower", "lower32")
+    lines = [".p2align 11", "vectors:"]
+    for group in groups:
+        for kind in kinds:
+            target = entries.get(f"{group}_{kind}", ".")
+            lines += [f"    b {target}", ".p2align 7"]
+    return "\n".join(lines)

@@ -1,7 +1,7 @@
 """Interrupt delivery in a running VM: timer IRQ at exactly its deadline, WFI idle, UART RX."""
 from __future__ import annotations
 
-from asm import POWER_OFF, RESULTS_PTR, boot, mov64, result
+from asm import POWER_OFF, RESULTS_PTR, boot, mov64, result, vector_table
 
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import GICD_BASE, GICR_BASE, UART0_BASE
@@ -19,26 +19,7 @@ GIC_SETUP = f"""
     msr ICC_IGRPEN1_EL1, x0
 """
 
-VECTORS_IRQ = """
-.p2align 11
-vectors:
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b irq_handler
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-"""
+VECTORS_IRQ = vector_table(cur_spx_irq="irq_handler")
 
 
 def test_timer_interrupt_fires_at_exactly_the_programmed_virtual_time(tmp_path) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 import pytest
-from asm import POWER_OFF, RESULTS, RESULTS_PTR, boot, mov64, result
+from asm import POWER_OFF, RESULTS_PTR, boot, mov64, result, vector_table
 
 from vmm import ConfigError, ImageError, MicroVM, StopReason, VmConfig
 from vmm import arch, psci
@@ -214,36 +214,7 @@ def test_psci_over_smc_works_too(tmp_path) -> None:
 
 
 # --- exceptions -------------------------------------------------------------------------------------
-VECTORS = """
-.p2align 11
-vectors:
-    b handler_cur_sp0
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b handler_cur_spx
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b handler_lower
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-    b .
-.p2align 7
-"""
+VECTORS = vector_table(cur_sp0_sync="handler_cur_sp0", cur_spx_sync="handler_cur_spx", lower_sync="handler_lower")
 
 # Each handler records (vector id, ESR, ELR, SPSR, FAR, SP) in the next 6-slot record and
 # returns past the faulting instruction (or to ELR for SVC).

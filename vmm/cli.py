@@ -99,6 +99,17 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--max-instructions",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="stop after N (more) instructions of virtual time per vCPU (rounded up to a scheduling round)",
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+
+
 def _config_from(args: argparse.Namespace) -> VmConfig:
     target = args.guest
     is_builtin = target in guests.CATALOG
@@ -298,14 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("guest", metavar="GUEST", help="built-in guest name or image path")
     _add_machine_args(p)
-    p.add_argument(
-        "--max-instructions",
-        type=_positive_int,
-        default=None,
-        metavar="N",
-        help="stop after N instructions of virtual time per vCPU (rounded up to a scheduling round)",
-    )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+    _add_run_args(p)
     p.add_argument(
         "--snapshot-at",
         metavar="N[,N2,...]",
@@ -334,8 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="copy",
         help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
     )
-    p.add_argument("--max-instructions", type=_positive_int, default=None, metavar="N", help="stop after N more instructions of virtual time")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+    _add_run_args(p)
     p.set_defaults(func=cmd_restore)
 
     p = sub.add_parser(
