@@ -25,7 +25,8 @@ does not belong together is reported (MemoryFileMismatchError), never silently r
     -> previous snapshot.
  2. Recover from an earlier crash (`recover`): delete stale `.N.*.tmp-U` files; for a staged
     file, rename it to N.mem if N.snap records its digest (finish that commit: roll forward),
-    else delete it (that commit never reached its commit point). fsync the directory.
+    else delete it (that commit never reached its commit point). If N.snap exists but cannot
+    be read, staged files are kept (no guessing). fsync the directory.
     -> previous snapshot (now without leftovers).
  3. Write the memory file to .N.mem.tmp-U (callback), check its length, fsync.
     -> previous snapshot (+ a temp, deleted by step 2 of the next commit).
@@ -49,7 +50,8 @@ snapshot is untouched. A failure after step 6 also raises it, with `committed=Tr
 snapshot is in place (loadable through the loader rule) but its last step is not confirmed.
 
 Concurrency: commits to one directory are serialised by the lock; `open_pair` takes it shared,
-so a loader never sees a half-finished commit. A memory file that is mmapped stays valid after
+so a loader never observes a commit in progress (only, after a crash, its leftovers, which the
+loader rule handles). A memory file that is mmapped stays valid after
 it is replaced, because files are only ever renamed over, never rewritten in place.
 """
 from __future__ import annotations
@@ -59,7 +61,7 @@ import os
 import re
 import secrets
 import stat
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -72,7 +74,6 @@ from snapshot.errors import (
     InvalidPathError,
     MemoryIoError,
     SnapshotError,
-    SnapshotIoError,
     errno_text,
     from_os_error,
     open_regular_readonly,
@@ -111,7 +112,9 @@ class SnapshotPaths:
         return cls(path.parent, path.name[: -len(STATE_SUFFIX)])
 
     @classmethod
-    def for_pair(cls, state_path: str | os.PathLike[str], memory_path: str | os.PathLike[str]) -> SnapshotPaths:
+    def for_pair(
+        cls, state_path: str | os.PathLike[str], memory_path: str | os.PathLike[str]
+    ) -> SnapshotPaths:
         """Paths of the pair (state_path, memory_path), which must be `<name>.snap` and
         `<name>.mem` in the same directory."""
         paths = cls.for_state(state_path)
@@ -158,7 +161,9 @@ def recorded_memory(data: dict[str, Any]) -> MemFileInfo:
     """The MemFileInfo a state's plain `data` records under MEMORY_FIELD (EncodingError if it
     is invalid, IncompatibleError if absent or None)."""
     if data.get(MEMORY_FIELD) is None:
-        raise IncompatibleError(f"state does not record its memory file (no {MEMORY_FIELD!r} field)")
+        raise IncompatibleError(
+            f"state does not record its memory file (no {MEMORY_FIELD!r} field)"
+        )
     info: MemFileInfo = from_plain(MemFileInfo, data[MEMORY_FIELD], path=f"data.{MEMORY_FIELD}")
     return info
 
@@ -205,17 +210,12 @@ def _locked_directory(directory: Path, *, exclusive: bool) -> Iterator[int]:
 
 
 def _remove_quietly(dirfd: int, names: list[str]) -> None:
+    """Best effort: anything left behind is removed by the next commit's recovery."""
     for name in names:
-        try:
+        with suppress(OSError):
             os.unlink(name, dir_fd=dirfd)
-        except FileNotFoundError:
-            pass
-        except OSError:
-            pass  # best effort: a leftover temp is removed by the next commit's recovery
-    try:
+    with suppress(OSError):
         os.fsync(dirfd)
-    except OSError:
-        pass
 
 
 def _cleanup_temps(dirfd: int, paths: SnapshotPaths) -> list[str]:
@@ -226,29 +226,28 @@ def _cleanup_temps(dirfd: int, paths: SnapshotPaths) -> list[str]:
     return removed
 
 
-def _current_memory(paths: SnapshotPaths) -> MemFileInfo | None:
-    """What the current state file records, or None if there is none or it is unusable.
-    Raises SnapshotIoError if it could not be read (recovery must not guess then)."""
+def _current_memory(paths: SnapshotPaths) -> tuple[bool, MemFileInfo | None]:
+    """(known, info): what the current state file records; (True, None) if there is no state
+    file; (False, None) if it cannot be read or decoded (recovery must not guess then)."""
+    if not os.path.lexists(paths.state):
+        return True, None
     try:
         _, data = read_state_file(paths.state)
-        return recorded_memory(data)
-    except InvalidPathError:
-        return None
-    except SnapshotIoError:
-        raise
+        return True, recorded_memory(data)
     except SnapshotError:
-        return None
+        return False, None
 
 
 def _recover(dirfd: int, paths: SnapshotPaths) -> tuple[MemFileInfo | None, list[str]]:
     """Step 2 of the protocol, under the exclusive lock. Returns (what the current state file
-    records, actions taken)."""
+    records, actions taken). Staged files are left alone while the state file is unreadable:
+    it may be from a newer version, and its memory file could be the staged one."""
     actions = [f"removed {n}" for n in _cleanup_temps(dirfd, paths)]
-    current = _current_memory(paths)
+    known, current = _current_memory(paths)
     pattern = paths.staged_pattern
     for name in os.listdir(dirfd):
         match = pattern.fullmatch(name)
-        if match is None:
+        if match is None or not known:
             continue
         if current is not None and match.group(1) == current.digest:
             os.replace(name, paths.memory_name, src_dir_fd=dirfd, dst_dir_fd=dirfd)
@@ -308,8 +307,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def _errno_of(exc: BaseException) -> int | None:
+    return exc.errno if isinstance(exc, (OSError, SnapshotError)) else None
+
+
 def _create(dirfd: int, name: str) -> int:
-    return os.open(name, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE, dir_fd=dirfd)
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+    return os.open(name, flags, FILE_MODE, dir_fd=dirfd)
 
 
 def commit_pair(
@@ -335,14 +339,9 @@ def commit_pair(
         try:
             previous, _ = _recover(dirfd, paths)
         except (OSError, SnapshotError) as exc:
-            raise AtomicCommitFailedError(
-                paths.state, f"recovering an earlier commit: {_describe(exc)}", errno=_errno_of(exc)
-            ) from exc
+            reason = f"recovering an earlier commit: {_describe(exc)}"
+            raise AtomicCommitFailedError(paths.state, reason, errno=_errno_of(exc)) from exc
         return _commit(dirfd, paths, previous, write_mem, state_for)
-
-
-def _errno_of(exc: BaseException) -> int | None:
-    return exc.errno if isinstance(exc, (OSError, SnapshotError)) else None
 
 
 def _commit(
@@ -378,7 +377,9 @@ def _commit(
         stage = "building the state file"
         blob = encode_state(state_for(info))
         if recorded_memory(decode_state(blob)[1]) != info:
-            raise IncompatibleError(f"the state's {MEMORY_FIELD!r} field is not the memory file written")
+            raise IncompatibleError(
+                f"the state's {MEMORY_FIELD!r} field is not the memory file written"
+            )
         if info.kind == DIFF and previous is not None and info.parent_digest == previous.digest:
             raise IncompatibleError(
                 f"refusing to replace {paths.memory_name} with a diff whose base it is"

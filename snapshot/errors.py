@@ -76,7 +76,9 @@ class MagicMismatchError(SnapshotError):
     """The state file's magic is not this architecture's (wrong arch or not a snapshot)."""
 
     def __init__(self, found: int, expected: int) -> None:
-        super().__init__(f"snapshot magic mismatch (file: {found:#018x}, expected: {expected:#018x})")
+        super().__init__(
+            f"snapshot magic mismatch (file: {found:#018x}, expected: {expected:#018x})"
+        )
         self.found = found
         self.expected = expected
 

@@ -17,8 +17,9 @@ unless the dataclass gives it a default (how add-only minor-version fields read 
 files); an unknown field is an error. Data errors raise `EncodingError` whose detail names the
 field path, e.g. "vcpus[3].x[31]: expected int in 0..2**64-1, got -1". Only fields with
 `init=True` are converted; `__post_init__` ValueError/TypeError become EncodingError too.
-Encoding accepts bytes, bytearray and memoryview for `bytes` and emits bytes; tuples are emitted
-as lists and read back from lists.
+Encoding accepts bytes, bytearray and memoryview for `bytes`, and subclasses of str and float
+(e.g. str Enums, numpy.float64), and emits the exact plain type; tuples are emitted as lists
+and read back from lists.
 """
 from __future__ import annotations
 
@@ -105,17 +106,20 @@ class _Spec:
 
 @dataclass(frozen=True)
 class _Sized:
-    """Length bounds from MaxLen / Len markers, in items, characters or bytes."""
+    """Length bound from a MaxLen (at most `limit`) or Len (`exact`ly `limit`) marker, in
+    items, characters or bytes; no bound if `limit` is None."""
 
-    low: int = 0
-    high: int | None = None
+    limit: int | None = None
+    exact: bool = False
 
     def check(self, value: Any, unit: str, path: _Path) -> None:
+        if self.limit is None:
+            return
         n = len(value)
-        if self.high is not None and self.low == self.high and n != self.high:
-            raise _fail(path, f"expected exactly {self.high} {unit}, got {n}")
-        if self.high is not None and n > self.high:
-            raise _fail(path, f"expected at most {self.high} {unit}, got {n}")
+        if self.exact and n != self.limit:
+            raise _fail(path, f"expected exactly {self.limit} {unit}, got {n}")
+        if n > self.limit:
+            raise _fail(path, f"expected at most {self.limit} {unit}, got {n}")
 
 
 _UNBOUNDED = _Sized()
@@ -126,7 +130,10 @@ class _Int(_Spec):
         self.low, self.high, self.label = low, high, label
 
     def convert(self, value: Any, path: _Path, decoding: bool) -> int:
-        ok = type(value) is int if decoding else isinstance(value, int) and not isinstance(value, bool)
+        if decoding:
+            ok = type(value) is int
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool)
         if not ok:
             raise _fail(path, f"expected int, got {_type_name(value)}")
         if not self.low <= value <= self.high:
@@ -134,8 +141,14 @@ class _Int(_Spec):
         return int(value)
 
 
+# How an accepted subclass or bytes-like value becomes the exact plain type when encoding
+# (str.__str__ gives a str-mixin Enum's value, where str() would give its name).
+_TO_EXACT: dict[type, Any] = {str: str.__str__, float: float.__float__, bytes: bytes}
+
+
 class _Scalar(_Spec):
-    """bool, float, str, bytes or None: exact type when decoding, `accepts` when encoding."""
+    """bool, float, str, bytes or None: exact type when decoding; when encoding, `accepts`
+    (subclasses, and bytes-like for bytes), converted to the exact type."""
 
     def __init__(self, exact: type, accepts: tuple[type, ...], sized: _Sized, unit: str) -> None:
         self.exact, self.accepts, self.sized, self.unit = exact, accepts, sized, unit
@@ -149,10 +162,9 @@ class _Scalar(_Spec):
             )
         if not ok:
             raise _fail(path, f"expected {self.exact.__name__}, got {_type_name(value)}")
-        if self.sized is not _UNBOUNDED:
-            self.sized.check(value, self.unit, path)
-        if self.exact is bytes and type(value) is not bytes:
-            return bytes(value)
+        self.sized.check(value, self.unit, path)
+        if type(value) is not self.exact:
+            value = _TO_EXACT[self.exact](value)
         return value
 
 
@@ -289,9 +301,9 @@ def _sized_from(markers: list[Any], annotation: object) -> _Sized:
     sized = _UNBOUNDED
     for m in markers:
         if isinstance(m, MaxLen):
-            sized = _Sized(0, m.n)
+            sized = _Sized(m.n)
         elif isinstance(m, Len):
-            sized = _Sized(m.n, m.n)
+            sized = _Sized(m.n, exact=True)
         elif isinstance(m, Width):
             raise TypeError(f"Width marker on non-int annotation {annotation!r}")
     return sized

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import os
+import resource
 import threading
-import tracemalloc
 from pathlib import Path
 
 import msgpack
@@ -23,6 +23,7 @@ from snapshot.envelope import (
     encode_state,
     read_state_file,
 )
+from snapshot import errors
 from snapshot.errors import (
     CrcMismatchError,
     EncodingError,
@@ -160,16 +161,24 @@ def test_msgpack_bombs_fail_fast(payload: bytes) -> None:
 
 
 def test_container_flood_is_bounded_in_memory() -> None:
-    n = MAX_DECODED_CONTAINERS + 500_000  # 1.5 MB of empty arrays would decode to ~100 MB
-    payload = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
-    tracemalloc.start()
-    try:
-        with pytest.raises(EncodingError, match="more than 1000000 maps and arrays"):
-            decode_state(seal(payload))
-        _, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
-    assert peak < 150 << 20
+    """5 MB of empty arrays would decode to ~350 MB of lists; decoding must stop at the budget
+    and stay within 200 MB more address space than the process already has."""
+    n = 5 * MAX_DECODED_CONTAINERS
+    blob = seal(b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n)
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        try:
+            with open("/proc/self/statm") as f:
+                mapped = int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+            resource.setrlimit(resource.RLIMIT_AS, (mapped + (200 << 20), resource.RLIM_INFINITY))
+            decode_state(blob)
+            os._exit(1)
+        except EncodingError as exc:
+            os._exit(0 if "more than 1000000 maps and arrays" in str(exc) else 2)
+        except BaseException:
+            os._exit(3)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_encode_refuses_what_could_not_load_back() -> None:
@@ -240,3 +249,43 @@ def test_random_payloads_are_typed_errors(payload: bytes) -> None:
         decode_state(seal(payload))
     except SnapshotError:
         pass
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        errors.QuiesceTimeoutError(100),
+        errors.MagicMismatchError(1, MAGIC_AARCH64),
+        errors.VersionMismatchError((2, 0, 0), SNAPSHOT_VERSION),
+        errors.CrcMismatchError(1, 2),
+        errors.TooShortError(3, 8),
+        errors.IncompatibleError("a\nb"),
+        errors.AtomicCommitFailedError("/x/a\nb.snap", "writing: ENOSPC", committed=True),
+        errors.AtomicCommitCrossFsError("/a\n", "/b"),
+        errors.InvalidPathError("/a\r\nb", "reason"),
+        errors.EncodingError("x\ny" * 1000),
+        errors.SizeLimitExceededError(10, 11),
+        errors.MemoryIoError("a\nb"),
+        errors.SnapshotIoError("a\nb"),
+        errors.MemoryFileMismatchError("/m\n", "digest", "a", "b"),
+        errors.ParentMismatchError("a" * 32, "b" * 32),
+        errors.MissingParentError("a" * 32),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_every_error_is_one_bounded_line(error: SnapshotError) -> None:
+    text = str(error)
+    assert isinstance(error, SnapshotError) and type(error).__doc__
+    assert "\n" not in text and "\r" not in text and 0 < len(text) <= 1000
+
+
+def test_os_errors_map_to_typed_errors_naming_the_errno() -> None:
+    missing = errors.from_os_error(FileNotFoundError(2, "No such file or directory"), "opening", "/x")
+    assert isinstance(missing, InvalidPathError) and missing.errno == 2
+    assert str(missing) == "invalid snapshot path '/x': opening: ENOENT (No such file or directory)"
+    full = errors.from_os_error(OSError(28, "No space left on device"), "writing", "/x", errors.MemoryIoError)
+    assert isinstance(full, errors.MemoryIoError)
+    assert str(full) == "snapshot memory file I/O error: writing '/x': ENOSPC (No space left on device)"
+    for code, name in ((5, "EIO"), (30, "EROFS"), (13, "EACCES")):
+        err = errors.from_os_error(OSError(code, os.strerror(code)), "writing", "/x")
+        assert isinstance(err, errors.SnapshotIoError) and f": {name} (" in str(err)

@@ -1,10 +1,12 @@
 """snapshot.plain: dataclass <-> plain data, strict validation against type hints."""
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass, field
 from typing import Annotated, Literal, Optional
 
 import msgpack
+import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -234,6 +236,23 @@ def test_to_plain_validates_before_anything_is_saved() -> None:
     assert to_plain(vm)["devices"]["net0"]["blob"] == b"ok"
     with pytest.raises(TypeError):
         to_plain({"not": "a dataclass"})
+
+
+class Psci(str, enum.Enum):
+    ON = "on"
+
+
+def test_subclasses_are_emitted_as_exact_plain_types() -> None:
+    vm = make_vm()
+    vm.ratio = np.float64(0.25)  # type: ignore[assignment]
+    vm.mmds = Psci.ON  # str() of this would be "Psci.ON"
+    vm.vcpus[0].psci = "on"
+    plain = to_plain(vm)
+    assert type(plain["ratio"]) is float and plain["ratio"] == 0.25
+    assert type(plain["mmds"]) is str and plain["mmds"] == "on"
+    vm.vcpus[0].pc = np.uint64(5)  # type: ignore[assignment]  # not an int subclass
+    with pytest.raises(EncodingError, match=r"vcpus\[0\]\.pc: expected int, got uint64"):
+        to_plain(vm)
 
 
 def test_recursive_types_and_deep_data() -> None:
