@@ -58,3 +58,13 @@ def test_demo_shows_identical_continuation(capsys) -> None:
     assert main(["demo"]) == 0
     out = capsys.readouterr().out
     assert "state digests and console output: identical" in out
+
+
+def test_dirty_report_prints_pages_per_epoch(capsys) -> None:
+    argv = ["run", "memwalk", "--param", "rounds=3", "--param", "writes=512", "--quantum", "5000", "--dirty-report", "10000", "-q"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.startswith("microvm: epoch")]
+    assert len(lines) >= 2 and "epoch 0 [0, 10,000)" in lines[0]
+    pages = [int(line.split(": ")[2].split()[0]) for line in lines]
+    assert sum(pages) > 0 and captured.out.endswith("memwalk done\n")

@@ -183,9 +183,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     points = _snapshot_points(args.snapshot_at)
     if points and not args.snapshot_dir:
         raise UsageError("--snapshot-at needs --snapshot-dir")
+    if points and args.dirty_report is not None:
+        raise UsageError("--dirty-report and --snapshot-at cannot be combined")
     config = _config_from(args)
-    if points and args.kind != "full":
+    if (points and args.kind != "full") or args.dirty_report is not None:
         config = VmConfig(**{**config.__dict__, "track_dirty_pages": True})
+    if args.dirty_report is not None:
+        return _run_dirty_report(config, args)
     vm = MicroVM(config, on_console=_write_stdout)
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
@@ -211,6 +215,37 @@ def cmd_run(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - t0
     if not args.quiet:
         _report(result, vm, seconds)
+    return EXIT_CODES[result.reason]
+
+
+def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
+    """Run in epochs of args.dirty_report instructions, printing the dirty pages of each."""
+    if args.dirty_report == 0:
+        raise UsageError("--dirty-report epoch must be at least 1 instruction")
+    vm = MicroVM(config, on_console=_write_stdout)
+    _load_mmds(vm, args.mmds_data)
+    vm.start_dirty_epoch()
+    epoch = 0
+    t0 = time.perf_counter()
+    while True:
+        start = vm.clock
+        budget = args.dirty_report
+        if args.max_instructions is not None:
+            budget = min(budget, max(args.max_instructions - vm.clock, 0))
+        result = vm.run(budget)
+        runs = vm.dirty.runs()
+        pages = sum(n for _, n in runs)
+        print(
+            f"microvm: epoch {epoch} [{start:,}, {vm.clock:,}): {pages} dirty pages ({pages * 4} KiB) in {len(runs)} runs",
+            file=sys.stderr,
+        )
+        vm.start_dirty_epoch()
+        epoch += 1
+        limit_hit = args.max_instructions is not None and vm.clock >= args.max_instructions
+        if result.reason is not StopReason.BUDGET or limit_hit:
+            break
+    if not args.quiet:
+        _report(result, vm, time.perf_counter() - t0)
     return EXIT_CODES[result.reason]
 
 
@@ -316,6 +351,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="take snapshots at these points (instructions of virtual time; each lands on the next round end)",
     )
     p.add_argument("--snapshot-dir", metavar="DIR", help="where --snapshot-at writes snap-<N>.snap/.mem")
+    p.add_argument(
+        "--dirty-report",
+        type=_positive_int,
+        nargs="?",
+        const=1_000_000,
+        default=None,
+        metavar="EPOCH",
+        help="track dirty pages and print, per epoch of EPOCH instructions (default 1,000,000), how many 4 KiB pages were written",
+    )
     p.add_argument(
         "--kind",
         choices=("diff", "full"),
