@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from snapshot.commit import STATE_SUFFIX, OpenedPair, commit_pair, open_pair
 from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, SNAPSHOT_VERSION
 from snapshot.errors import (
@@ -249,8 +251,6 @@ def load_snapshot(
         if mem_backend == "mmap":
             ram = map_private(first.pair.memory_fd, size, info=first.state.memory, verify_digest=verify)
         else:
-            import numpy as np
-
             ram = np.empty(size, dtype=np.uint8)
             read_into(first.pair.memory_fd, ram, first.state.memory, verify)
         for older, newer in zip(chain, chain[1:]):

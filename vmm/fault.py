@@ -62,13 +62,15 @@ def disassemble(word: int, pc: int) -> str:
 
 def build_report(vcpu: Vcpu, info: FaultInfo) -> FaultReport:
     """Collect registers and the faulting instruction for `info` on `vcpu`."""
-    regs = {f"x{i}": vcpu.reg(i) for i in range(31)}
+    from vmm.vcpu import saved_sysreg_key
+
     state = vcpu.save_state()
+    regs = {f"x{i}": value for i, value in enumerate(state.x)}
     regs["sp_el0"] = state.sp_el0
     regs["sp_el1"] = state.sp_el1
     regs["pstate"] = state.pstate
-    regs["elr_el1"] = state.sysregs.get("S3_0_C4_C0_1", 0)
-    regs["vbar_el1"] = state.sysregs.get("S3_0_C12_C0_0", 0)
+    regs["elr_el1"] = state.sysregs[saved_sysreg_key("ELR_EL1")]
+    regs["vbar_el1"] = state.sysregs[saved_sysreg_key("VBAR_EL1")]
     word = vcpu.memory.read_u32(info.pc) if vcpu.memory.contains(info.pc, 4) else None
     return FaultReport(
         vcpu=vcpu.index,

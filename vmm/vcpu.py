@@ -130,6 +130,11 @@ SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
 _SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
 
 
+def saved_sysreg_key(name: str) -> str:
+    """The `VcpuState.sysregs` key of a saved system register, e.g. 'ELR_EL1'."""
+    return _SYSREG_BY_NAME[name].key
+
+
 def _cp(enc: SysReg) -> tuple[int, int, int, int, int]:
     """Unicorn's CP_REG tuple order (crn, crm, op0, op1, op2) from an encoding."""
     op0, op1, crn, crm, op2 = enc
@@ -442,9 +447,7 @@ class Vcpu:
         """Take an IRQ exception now (between slices) if PSTATE.I is clear. True if taken."""
         if self.uc.reg_read(_PSTATE) & arch.PSTATE_I:
             return False
-        pc = self.pc
-        self.uc.reg_write(_PC, pc)
-        self.enter_exception(arch.VECTOR_IRQ, pc)
+        self.enter_exception(arch.VECTOR_IRQ, self.pc)
         return True
 
     # --- hooks (run inside emu_start) ---------------------------------------------------------

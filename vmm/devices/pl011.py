@@ -54,6 +54,18 @@ CR_RESET = 0x300  # TXE | RXE, UARTEN clear (DDI 0183G 3.3.8 reset value)
 IFLS_RESET = 0x12  # half-full triggers
 FIFO_DEPTH = 16
 
+# Plain read/write registers: offset -> (Pl011State field, writable bits).
+_PLAIN_REGS: dict[int, tuple[str, int]] = {
+    UARTILPR: ("ilpr", 0xFF),
+    UARTIBRD: ("ibrd", 0xFFFF),
+    UARTFBRD: ("fbrd", 0x3F),
+    UARTLCR_H: ("lcr_h", 0xFF),
+    UARTCR: ("cr", 0xFFFF),
+    UARTIFLS: ("ifls", 0x3F),
+    UARTIMSC: ("imsc", INT_ALL),
+    UARTDMACR: ("dmacr", 0x7),
+}
+
 # IFLS RX trigger levels: 1/8, 1/4, 1/2, 3/4, 7/8 of 16 entries (DDI 0183G 3.3.9).
 _RX_TRIGGER = (2, 4, 8, 12, 14)
 
@@ -115,20 +127,14 @@ class Pl011:
             return PERIPH_ID[(offset - PERIPH_ID_BASE) // 4]
         if PCELL_ID_BASE <= offset < PCELL_ID_BASE + 16 and offset % 4 == 0:
             return PCELL_ID[(offset - PCELL_ID_BASE) // 4]
-        simple = {
-            UARTRSR_ECR: 0,
-            UARTILPR: s.ilpr,
-            UARTIBRD: s.ibrd,
-            UARTFBRD: s.fbrd,
-            UARTLCR_H: s.lcr_h,
-            UARTCR: s.cr,
-            UARTIFLS: s.ifls,
-            UARTIMSC: s.imsc,
-            UARTRIS: s.ris,
-            UARTMIS: s.ris & s.imsc,
-            UARTDMACR: s.dmacr,
-        }
-        return simple.get(offset, 0)
+        plain = _PLAIN_REGS.get(offset)
+        if plain is not None:
+            return int(getattr(s, plain[0]))
+        if offset == UARTRIS:
+            return s.ris
+        if offset == UARTMIS:
+            return s.ris & s.imsc
+        return 0  # UARTRSR_ECR (no receive errors) and reserved offsets
 
     def mmio_write(self, offset: int, size: int, value: int, vcpu: int) -> None:
         s = self._s
@@ -139,22 +145,9 @@ class Pl011:
             s.ris |= INT_TX  # the (instantly drained) TX FIFO is below its trigger level
         elif offset == UARTICR:
             s.ris &= ~value & INT_ALL
-        elif offset == UARTIMSC:
-            s.imsc = value & INT_ALL
-        elif offset == UARTLCR_H:
-            s.lcr_h = value & 0xFF
-        elif offset == UARTCR:
-            s.cr = value & 0xFFFF
-        elif offset == UARTIBRD:
-            s.ibrd = value & 0xFFFF
-        elif offset == UARTFBRD:
-            s.fbrd = value & 0x3F
-        elif offset == UARTIFLS:
-            s.ifls = value & 0x3F
-        elif offset == UARTDMACR:
-            s.dmacr = value & 0x7
-        elif offset == UARTILPR:
-            s.ilpr = value & 0xFF
+        elif offset in _PLAIN_REGS:
+            name, mask = _PLAIN_REGS[offset]
+            setattr(s, name, value & mask)
         self._update_rx_interrupts()
 
     # --- internals ----------------------------------------------------------------------------
