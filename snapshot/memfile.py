@@ -13,9 +13,11 @@ over what the file logically contains, so a verifier can recompute it from the f
   `xxhsum -H2 <name>.mem` prints).
 - diff: XXH3-128 of
       DIFF_DIGEST_DOMAIN || le64(length) || le64(page_size) || parent digest (16 raw bytes)
-      || for each recorded run, in order: le64(first_page) || le64(page_count)
+      || for each run of the page map, in order: le64(first_page) || le64(page_count)
                                           || file bytes [first_page, first_page + page_count)
-  so the digest also binds the run list and the parent the diff applies to.
+  so the digest also binds the page map and the parent the diff applies to. A diff's pages
+  are recorded as a page map: one bit per page of RAM, bit i = byte i // 8, bit i % 8 (LSB
+  first), padding bits zero; its runs are the maximal runs of set bits.
 
 XXH3 detects accidents (a torn or mismatched pair), not forgery: snapshot files are trusted to
 be the user's own. Readers still treat them as hostile input: lengths are checked against the
@@ -29,7 +31,8 @@ import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Literal
+from functools import cached_property
+from typing import Annotated, Iterable, Iterator, Literal
 
 import numpy as np
 import xxhash
@@ -44,7 +47,8 @@ from snapshot.errors import (
     open_regular_readonly,
     show_path,
 )
-from snapshot.plain import U32, U64
+from snapshot.plain import U32, U64, MaxLen
+from snapshot.progress import Progress, no_progress
 
 FULL: Literal["full"] = "full"
 DIFF: Literal["diff"] = "diff"
@@ -58,6 +62,9 @@ MIN_HOLE = 1 << 20
 DIFF_DIGEST_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"  # prefix of every diff digest
 DIGEST_HEX_CHARS = 32  # XXH3-128 as hex
 FILE_MODE = 0o600  # new memory files hold guest secrets: owner-only
+# Ours: a diff's page map is one bit per page; 16 GiB of RAM (vmm.layout's maximum) in
+# MIN_PAGE_SIZE pages needs 4 MiB, well inside the state file's 10 MB limit.
+MAX_PAGE_MAP_BYTES = (16 << 30) // MIN_PAGE_SIZE // 8
 
 _HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
 Run = tuple[int, int]  # (first_page, page_count)
@@ -82,7 +89,10 @@ class MemFileInfo:
     kind: "full" or "diff". length: file length = RAM size, bytes. page_size: bytes.
     digest: see the module docstring. pages_written: pages written as data rather than left
     as holes (full: non-zero pages plus short zero gaps between them; diff: the dirty pages).
-    runs (diff only): sorted, non-adjacent (first_page, page_count) runs.
+    page_map (diff only): the diff's pages, one bit per page (module docstring); `runs` gives
+    them as sorted, non-adjacent (first_page, page_count) runs. A bitmap rather than a run
+    list keeps the state file small and bounded (length/page_size/8 bytes) and its encoding
+    cheap however scattered the dirty pages are.
     parent_digest (diff only): digest of the image the diff must be laid over.
     """
 
@@ -91,7 +101,7 @@ class MemFileInfo:
     page_size: U32
     digest: str
     pages_written: U64
-    runs: tuple[tuple[U64, U64], ...] = ()
+    page_map: Annotated[bytes, MaxLen(MAX_PAGE_MAP_BYTES)] = b""
     parent_digest: str | None = None
 
     def __post_init__(self) -> None:
@@ -101,44 +111,65 @@ class MemFileInfo:
         _check_digest_text("digest", self.digest)
         npages = self.length // self.page_size
         if self.kind == FULL:
-            if self.runs or self.parent_digest is not None:
-                raise ValueError("a full memory file has no runs and no parent")
+            if self.page_map or self.parent_digest is not None:
+                raise ValueError("a full memory file has no page map and no parent")
             if self.pages_written > npages:
                 raise ValueError(f"pages_written {self.pages_written} exceeds {npages} pages")
         else:
             _check_digest_text("parent_digest", self.parent_digest)
-            if check_runs(self.runs, npages) != self.pages_written:
-                raise ValueError("pages_written is not the number of pages in runs")
+            if _count_page_map(self.page_map, npages) != self.pages_written:
+                raise ValueError("pages_written is not the number of pages in the page map")
+
+    @classmethod
+    def diff(
+        cls, length: int, page_size: int, digest: str, runs: Iterable[Run], parent_digest: str
+    ) -> MemFileInfo:
+        """The info of a diff holding the pages of `runs` (any order; see page_mask)."""
+        mask = page_mask(runs, length // page_size)
+        pages = int(np.count_nonzero(mask))
+        page_map = np.packbits(mask, bitorder="little").tobytes()
+        return cls(DIFF, length, page_size, digest, pages, page_map, parent_digest)
+
+    @cached_property
+    def runs(self) -> tuple[Run, ...]:
+        """The diff's pages as sorted, non-adjacent (first_page, page_count) runs; () if full."""
+        if not self.page_map:
+            return ()
+        bits = np.unpackbits(np.frombuffer(self.page_map, np.uint8), bitorder="little")
+        return _runs_of(bits[: self.length // self.page_size].astype(bool))
 
 
-def check_runs(runs: Iterable[Run], npages: int) -> int:
-    """Number of pages in canonical `runs`: sorted, count >= 1, gaps between runs, all within
-    `npages`. ValueError otherwise."""
-    end = -1
-    total = 0
-    for first, count in runs:
-        if count < 1 or first <= end or first + count > npages:
-            raise ValueError(
-                f"runs: ({first}, {count}) is not a sorted, non-adjacent run within {npages} pages"
-            )
-        end = first + count
-        total += count
-    return total
+def _count_page_map(page_map: bytes, npages: int) -> int:
+    """Number of set bits of a page map; ValueError unless it is exactly ceil(npages / 8)
+    bytes with zero padding bits."""
+    if len(page_map) != (npages + 7) // 8:
+        raise ValueError(f"page_map is {len(page_map)} bytes, expected {(npages + 7) // 8} for {npages} pages")
+    packed = np.frombuffer(page_map, np.uint8)
+    if npages % 8 and packed[-1] >> (npages % 8):
+        raise ValueError("page_map has bits set past the last page")
+    return int(np.unpackbits(packed).sum(dtype=np.int64))
+
+
+def page_mask(runs: Iterable[Run], npages: int) -> np.ndarray:
+    """Bool mask over `npages` pages of the pages in `runs` (first_page, page_count), which
+    may overlap and come in any order. ValueError for a run that is empty, negative or past
+    `npages`."""
+    arr = np.asarray(list(runs), dtype=np.int64).reshape(-1, 2)
+    first, count = arr[:, 0], arr[:, 1]
+    bad = (first < 0) | (count < 1) | (first > npages - count)
+    if bad.any():
+        f, c = arr[np.argmax(bad)].tolist()
+        raise ValueError(f"dirty run ({f}, {c}) is empty or outside {npages} pages")
+    delta = np.zeros(npages + 1, dtype=np.int64)
+    np.add.at(delta, first, 1)
+    np.add.at(delta, first + count, -1)
+    return np.cumsum(delta[:-1]) > 0
 
 
 def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
     """`runs` sorted with overlapping and adjacent runs merged. ValueError for a run that is
     empty, negative or past `npages`."""
-    cleaned = sorted((int(first), int(count)) for first, count in runs)
-    merged: list[list[int]] = []
-    for first, count in cleaned:
-        if first < 0 or count < 1 or first + count > npages:
-            raise ValueError(f"dirty run ({first}, {count}) is empty or outside {npages} pages")
-        if merged and first <= merged[-1][0] + merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], first + count - merged[-1][0])
-        else:
-            merged.append([first, count])
-    return tuple((f, c) for f, c in merged)
+    return _runs_of(page_mask(runs, npages))
 
 
 def _runs_of(mask: np.ndarray, min_gap: int = 1) -> tuple[Run, ...]:
@@ -298,16 +329,22 @@ class _BackgroundDigest:
 
 # --- writers ----------------------------------------------------------------------------------
 def write_full(
-    dest: FileRef, ram: np.ndarray, page_size: int = DEFAULT_PAGE_SIZE
+    dest: FileRef,
+    ram: np.ndarray,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    *,
+    progress: Progress | None = None,
 ) -> MemFileInfo:
     """Write all of `ram` as a full memory file at `dest` (an fd, or a path created mode 0600).
 
     The file is truncated, set to len(ram) bytes, and only runs of non-zero pages are written:
     zero gaps of at least MIN_HOLE bytes stay holes, shorter ones are written as zeros. `ram`
     must not change during the call. Does not fsync (the commit does). Raises MemoryIoError
-    (errno in the message) if writing fails.
+    (errno in the message) if writing fails. `progress` advances by len(ram) bytes in all
+    (holes count as done when passed).
     """
     view = _ram_view(ram, page_size)
+    advance = progress or no_progress
     npages = len(view) // page_size
     digest = _BackgroundDigest(view)
     try:
@@ -317,9 +354,13 @@ def write_full(
         with _dest_fd(dest) as fd:
             try:
                 _reset_length(fd, len(view))
+                done = 0
                 for first, count in runs:
                     for offset, n in _chunks(first * page_size, count * page_size):
                         pwrite_all(fd, view[offset : offset + n], offset)
+                        advance(offset + n - done)
+                        done = offset + n
+                advance(len(view) - done)
             except OSError as exc:
                 raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
     finally:
@@ -334,6 +375,7 @@ def write_diff(
     page_size: int = DEFAULT_PAGE_SIZE,
     *,
     parent_digest: str,
+    progress: Progress | None = None,
 ) -> MemFileInfo:
     """Write the dirty page `runs` [(first_page, page_count), ...] of `ram` as a diff memory
     file at `dest`: length = len(ram) bytes, only the runs written, the rest holes.
@@ -341,8 +383,10 @@ def write_diff(
     `parent_digest` is the digest of the image this diff applies on top of (the MemFileInfo of
     the snapshot the dirty epoch started from); restoring checks it. Runs are canonicalised
     (sorted, merged). Raises MemoryIoError if writing fails, ValueError for bad runs.
+    `progress` advances by the bytes of the runs written.
     """
     view = _ram_view(ram, page_size)
+    advance = progress or no_progress
     _check_digest_text("parent_digest", parent_digest)
     length = len(view)
     canon = canonical_runs(runs, length // page_size)
@@ -355,11 +399,12 @@ def write_diff(
                 for off, n in _chunks(offset, count):
                     part = view[off : off + n]
                     hasher.update(part)
-                    pwrite_all(fd, part, off)
+                    if os.pwrite(fd, part, off) != n:  # one call for nearly every run
+                        pwrite_all(fd, part, off)
+                    advance(n)
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
-    pages = sum(count for _, count in canon)
-    return MemFileInfo(DIFF, length, page_size, hasher.hexdigest(), pages, canon, parent_digest)
+    return MemFileInfo.diff(length, page_size, hasher.hexdigest(), canon, parent_digest)
 
 
 # --- readers ----------------------------------------------------------------------------------
@@ -369,10 +414,12 @@ def _stream(
     info: MemFileInfo,
     dest: memoryview | None,
     hash_it: bool,
+    progress: Progress | None = None,
 ) -> str | None:
     """Read the extents `info` records from `fd`, into `dest` at the same offsets (or a scratch
     buffer if None), hashing them if `hash_it`. Returns the hex digest or None. Reads nothing
-    outside the recorded extents."""
+    outside the recorded extents. `progress` advances by extent_bytes(info) in all."""
+    advance = progress or no_progress
     hasher = None
     if hash_it:
         hasher = _new_hasher(info.kind, info.length, info.page_size, info.parent_digest)
@@ -390,9 +437,16 @@ def _stream(
                 _pread_exact(fd, into, off, where)
                 if hasher is not None:
                     hasher.update(into)
+                advance(n)
     except OSError as exc:
         raise from_os_error(exc, "reading", where, MemoryIoError) from exc
     return hasher.hexdigest() if hasher is not None else None
+
+
+def extent_bytes(info: MemFileInfo) -> int:
+    """Bytes of the extents `info` records (what reading or verifying the file goes through):
+    the whole length for a full file, the pages of the runs for a diff."""
+    return info.length if info.kind == FULL else info.pages_written * info.page_size
 
 
 def _check_digest(where: FileRef, found: str | None, info: MemFileInfo) -> None:
@@ -400,12 +454,13 @@ def _check_digest(where: FileRef, found: str | None, info: MemFileInfo) -> None:
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
 
-def compute_digest(src: FileRef, info: MemFileInfo) -> str:
+def compute_digest(src: FileRef, info: MemFileInfo, *, progress: Progress | None = None) -> str:
     """Recompute the digest of the memory file `src` (path or fd) for the extents `info`
-    records (see the module docstring). Checks the file length first (MemoryFileMismatchError)."""
+    records (see the module docstring). Checks the file length first (MemoryFileMismatchError).
+    `progress` advances by extent_bytes(info) in all."""
     with _source_fd(src) as fd:
         _check_length(fd, src, info.length)
-        digest = _stream(fd, src, info, None, True)
+        digest = _stream(fd, src, info, None, True, progress)
     assert digest is not None
     return digest
 
@@ -427,6 +482,7 @@ def read_into(
     verify_digest: bool = True,
     *,
     parent: MemFileInfo | None = None,
+    progress: Progress | None = None,
 ) -> None:
     """Eager restore: copy the memory file `src` (path or fd) into writable `ram`.
 
@@ -435,14 +491,15 @@ def read_into(
     ParentMismatchError otherwise). The file length must equal `info.length` and len(ram)
     (MemoryFileMismatchError / IncompatibleError, checked before anything is read). With
     `verify_digest`, a digest mismatch raises MemoryFileMismatchError after the copy: on any
-    error `ram` holds unspecified contents and must be discarded.
+    error `ram` holds unspecified contents and must be discarded. `progress` advances by
+    extent_bytes(info) in all.
     """
     view = _ram_view(ram, info.page_size, writable=True)
     _check_ram_size(info, len(view))
     _check_parent(info, parent)
     with _source_fd(src) as fd:
         _check_length(fd, src, info.length)
-        found = _stream(fd, src, info, view, verify_digest)
+        found = _stream(fd, src, info, view, verify_digest, progress)
     _check_digest(src, found, info)
 
 
@@ -452,6 +509,7 @@ def map_private(
     *,
     info: MemFileInfo | None = None,
     verify_digest: bool = False,
+    progress: Progress | None = None,
 ) -> np.ndarray:
     """Lazy restore: a writable numpy uint8 array of `size` bytes over a MAP_PRIVATE mapping of
     the memory file `src` (path or fd), like Firecracker's File backend: pages load on first
@@ -461,6 +519,7 @@ def map_private(
     file of that size (a diff is only meaningful over its base: use read_into), and
     `verify_digest` recomputes its digest first (reads the whole file once). The file must not
     be modified while mapped: MAP_PRIVATE shows later changes to pages not yet copied.
+    `progress` advances by the bytes verified (extent_bytes(info) with `verify_digest`, else 0).
     """
     if type(size) is not int or size <= 0:
         raise ValueError(f"size must be a positive number of bytes, got {size!r}")
@@ -471,7 +530,7 @@ def map_private(
     with _source_fd(src) as fd:
         _check_length(fd, src, size)
         if info is not None and verify_digest:
-            _check_digest(src, _stream(fd, src, info, None, True), info)
+            _check_digest(src, _stream(fd, src, info, None, True, progress), info)
         try:
             mapping = mmap.mmap(
                 fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE

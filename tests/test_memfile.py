@@ -251,9 +251,10 @@ def test_canonical_runs_merge() -> None:
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"runs": [[3, 1], [2, 1]]}, "runs"),
-        ({"runs": [[3, 1], [4, 1]]}, "non-adjacent"),  # must be merged
-        ({"runs": [[63, 2]]}, "within 64 pages"),
+        ({"page_map": b"\x00" * 7}, "page_map is 7 bytes, expected 8"),
+        ({"page_map": b"\x00" * 9}, "page_map is 9 bytes"),
+        ({"page_map": b"\x08" + b"\x00" * 7}, "pages_written"),  # one page, 2 recorded
+        ({"page_map": "x" * 8}, "page_map"),
         ({"pages_written": 5}, "pages_written"),
         ({"digest": "ABC"}, "digest must be 32 lowercase hex"),
         ({"parent_digest": None}, "parent_digest"),
@@ -263,7 +264,8 @@ def test_canonical_runs_merge() -> None:
     ],
 )
 def test_recorded_info_is_validated(change: dict[str, object], message: str) -> None:
-    info = MemFileInfo("diff", RAM_SIZE, PAGE, "a" * 32, 2, ((3, 1), (7, 1)), "b" * 32)
+    info = MemFileInfo.diff(RAM_SIZE, PAGE, "a" * 32, ((3, 1), (7, 1)), "b" * 32)
+    assert info.runs == ((3, 1), (7, 1)) and info.page_map == b"\x88" + b"\x00" * 7
     plain = to_plain(info)
     assert from_plain(MemFileInfo, plain) == info
     plain.update(change)
@@ -295,3 +297,11 @@ def test_any_diff_laid_over_its_base_reproduces_ram(
     read_into(d / "d.mem", ram, info, parent=base_info)
     assert np.array_equal(ram, new)
     assert memfile.compute_digest(d / "d.mem", info) == info.digest
+
+
+def test_page_map_padding_bits_must_be_zero() -> None:
+    length = 60 * PAGE  # 60 pages: the map's last byte has 4 padding bits
+    ok = MemFileInfo.diff(length, PAGE, "a" * 32, ((56, 4),), "b" * 32)
+    assert ok.page_map[-1] == 0x0F and ok.runs == ((56, 4),)
+    with pytest.raises(ValueError, match="past the last page"):
+        MemFileInfo("diff", length, PAGE, "a" * 32, 5, ok.page_map[:-1] + b"\x1f", "b" * 32)
