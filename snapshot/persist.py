@@ -31,8 +31,9 @@ from snapshot.errors import (
     ParentMismatchError,
     SnapshotError,
 )
-from snapshot.memfile import DIFF, FULL, MemFileInfo, compute_digest, map_private, read_into, write_diff, write_full
+from snapshot.memfile import DIFF, FULL, MemFileInfo, compute_digest, extent_bytes, map_private, read_into, write_diff, write_full
 from snapshot.plain import from_plain, to_plain
+from snapshot.progress import ProgressBars, progress_bars
 from snapshot.state import Devices, MicrovmState, ParentLink, SavedConfig, VmInfo
 from vmm.config import VmConfig
 from vmm.errors import ConfigError
@@ -41,6 +42,7 @@ from vmm.machine import MicroVM
 from vmm.tlb import DIRTY_PAGE_SIZE
 
 MAX_CHAIN = 64  # longest diff chain followed when loading
+_NO_BARS = progress_bars(enabled=False)
 
 
 @dataclass
@@ -102,9 +104,16 @@ def capture(vm: MicroVM, memory: MemFileInfo, parent: ParentLink | None = None) 
     )
 
 
-def save_snapshot(vm: MicroVM, path: str | os.PathLike[str], kind: Literal["full", "diff"] = "full") -> SaveReport:
+def save_snapshot(
+    vm: MicroVM,
+    path: str | os.PathLike[str],
+    kind: Literal["full", "diff"] = "full",
+    *,
+    progress_bars: ProgressBars | None = None,
+) -> SaveReport:
     """Save `vm` to `<path>.snap` + `<path>.mem` (crash-safe: the previous snapshot at that name
-    survives any failure). A diff needs dirty tracking and an earlier save or load of this VM."""
+    survives any failure). A diff needs dirty tracking and an earlier save or load of this VM.
+    `progress_bars` (snapshot.progress) shows the memory write; default: none."""
     if kind not in (FULL, DIFF):
         raise ValueError(f"kind must be 'full' or 'diff', got {kind!r}")
     snap, mem = snapshot_paths(path)
@@ -124,16 +133,19 @@ def save_snapshot(vm: MicroVM, path: str | os.PathLike[str], kind: Literal["full
             memory_digest=lineage.memory.digest,
         )
         base_digest = lineage.memory.digest
+        work = sum(count for _, count in runs) * DIRTY_PAGE_SIZE
 
         def write_mem(fd: int) -> MemFileInfo:
-            return write_diff(fd, ram, runs, DIRTY_PAGE_SIZE, parent_digest=base_digest)
+            return write_diff(fd, ram, runs, DIRTY_PAGE_SIZE, parent_digest=base_digest, progress=advance)
 
     else:
+        work = len(ram)
 
         def write_mem(fd: int) -> MemFileInfo:
-            return write_full(fd, ram, DIRTY_PAGE_SIZE)
+            return write_full(fd, ram, DIRTY_PAGE_SIZE, progress=advance)
 
-    info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
+    with (progress_bars or _NO_BARS)(work, f"saving {snap.name}") as advance:
+        info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
     vm.lineage = Lineage(snap, _state_crc(snap), info)
@@ -227,6 +239,7 @@ def load_snapshot(
     *,
     verify_memory: bool | None = None,
     on_console: Any = None,
+    progress_bars: ProgressBars | None = None,
 ) -> MicroVM:
     """A new MicroVM restored from the snapshot at `path`, paused, ready to `run()`.
 
@@ -234,7 +247,8 @@ def load_snapshot(
     MAP_PRIVATE (lazy, copy-on-write) and lays diffs over it. `base`: the diff's base snapshot,
     instead of the recorded parent. `verify_memory`: check memory-file digests (default: yes
     for copy, where it costs one pass that is done anyway; no for mmap, whose point is not to
-    read the file; length and chain digests are always checked).
+    read the file; length and chain digests are always checked). `progress_bars`
+    (snapshot.progress) shows the memory reads; default: none.
     """
     if mem_backend not in ("copy", "mmap"):
         raise ValueError(f"mem_backend must be 'copy' or 'mmap', got {mem_backend!r}")
@@ -248,13 +262,17 @@ def load_snapshot(
         first = chain[0]
         if first.state.memory.kind != FULL:
             raise MissingParentError(f"{first.pair.paths.state}: the chain does not start with a full snapshot")
-        if mem_backend == "mmap":
-            ram = map_private(first.pair.memory_fd, size, info=first.state.memory, verify_digest=verify)
-        else:
-            ram = np.empty(size, dtype=np.uint8)
-            read_into(first.pair.memory_fd, ram, first.state.memory, verify)
-        for older, newer in zip(chain, chain[1:]):
-            read_into(newer.pair.memory_fd, ram, newer.state.memory, verify, parent=older.state.memory)
+        work = sum(extent_bytes(link.state.memory) for link in chain)
+        if mem_backend == "mmap" and not verify:
+            work -= extent_bytes(first.state.memory)  # mapped, not read
+        with (progress_bars or _NO_BARS)(work, f"restoring {snap.name}") as advance:
+            if mem_backend == "mmap":
+                ram = map_private(first.pair.memory_fd, size, info=first.state.memory, verify_digest=verify, progress=advance)
+            else:
+                ram = np.empty(size, dtype=np.uint8)
+                read_into(first.pair.memory_fd, ram, first.state.memory, verify, progress=advance)
+            for older, newer in zip(chain, chain[1:]):
+                read_into(newer.pair.memory_fd, ram, newer.state.memory, verify, parent=older.state.memory, progress=advance)
         vm = MicroVM(config, on_console=on_console, ram=ram, boot=False)
         restore_devices(vm, top)
         top_pair = chain[-1].pair
@@ -281,9 +299,12 @@ def restore_devices(vm: MicroVM, state: MicrovmState) -> None:
 
 
 # --- describe ---------------------------------------------------------------------------------
-def describe(path: str | os.PathLike[str], *, verify: bool = False) -> dict[str, Any]:
+def describe(
+    path: str | os.PathLike[str], *, verify: bool = False, progress_bars: ProgressBars | None = None
+) -> dict[str, Any]:
     """A snapshot's metadata without restoring it (squib's fields plus kind, chain and pair
-    check). Reads the memory file only with `verify`. Raises SnapshotError for a bad file."""
+    check). Reads the memory file only with `verify` (shown by `progress_bars`). Raises
+    SnapshotError for a bad file."""
     snap, _ = snapshot_paths(path)
     with open_pair(snap) as pair:
         state = decode(pair)
@@ -309,7 +330,8 @@ def describe(path: str | os.PathLike[str], *, verify: bool = False) -> dict[str,
         }
         if verify:
             try:
-                out["pair_ok"] = compute_digest(pair.memory_fd, info) == info.digest
+                with (progress_bars or _NO_BARS)(extent_bytes(info), f"verifying {snap.name}") as advance:
+                    out["pair_ok"] = compute_digest(pair.memory_fd, info, progress=advance) == info.digest
             except SnapshotError:
                 out["pair_ok"] = False
     return out

@@ -15,6 +15,7 @@ from typing import Callable, Sequence
 import guests
 from vmm.config import DEFAULT_QUANTUM, VmConfig
 from snapshot.errors import SnapshotError
+from snapshot.progress import ProgressBars, progress_bars
 from vmm.errors import VmmError
 from vmm.layout import MIB
 from vmm.machine import MicroVM
@@ -107,7 +108,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         metavar="N",
         help="stop after N (more) instructions of virtual time per vCPU (rounded up to a scheduling round)",
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output (no progress bars)")
 
 
 def _config_from(args: argparse.Namespace) -> VmConfig:
@@ -138,6 +139,11 @@ def _load_mmds(vm: MicroVM, path: str | None) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"MMDS data {path} is not valid JSON: {e}") from None
     vm.mmds.put(data)
+
+
+def _bars(args: argparse.Namespace) -> ProgressBars:
+    """Progress bars on stderr for long snapshot work: only on a terminal, never with --quiet."""
+    return progress_bars(enabled=False if getattr(args, "quiet", False) else None)
 
 
 def _write_stdout(data: bytes) -> None:
@@ -200,7 +206,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         result = vm.run(point - vm.clock if point > vm.clock else 0)
         kind = "full" if i == 0 or args.kind == "full" else "diff"
         os.makedirs(args.snapshot_dir, exist_ok=True)
-        report = save_snapshot(vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind)
+        report = save_snapshot(vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, progress_bars=_bars(args))
         if not args.quiet:
             print(
                 f"microvm: {kind} snapshot at {vm.clock:,} -> {report.state_path} "
@@ -253,7 +259,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from snapshot.persist import load_snapshot
 
     t0 = time.perf_counter()
-    vm = load_snapshot(args.path, args.mem_backend, on_console=_write_stdout)
+    vm = load_snapshot(args.path, args.mem_backend, on_console=_write_stdout, progress_bars=_bars(args))
     restore_s = time.perf_counter() - t0
     if not args.quiet:
         print(f"microvm: restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}", file=sys.stderr)
@@ -267,7 +273,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
 def cmd_describe(args: argparse.Namespace) -> int:
     from snapshot.persist import describe
 
-    info = describe(args.path, verify=args.verify)
+    info = describe(args.path, verify=args.verify, progress_bars=_bars(args))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -393,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="the snapshot's .snap file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="also read the memory file and check its digest (exit 1 if it does not match)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while verifying")
     p.set_defaults(func=cmd_describe)
 
     p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
