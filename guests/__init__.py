@@ -108,6 +108,18 @@ CATALOG: dict[str, GuestSpec] = {
             "PL011 RX interrupts: echoes received bytes upper-cased until it receives the quit byte",
             (ParamSpec("quit", ord("q"), "byte value that ends the session after it is echoed (> 255: never)"),),
         ),
+        GuestSpec(
+            "mmu",
+            "builds stage-1 tables (TTBR0 and TTBR1, 2 MiB blocks and 4 KiB pages), turns the MMU on, writes through "
+            "aliased mappings, reads back through another and prints a checksum; optionally takes translation and "
+            "permission faults in its own handler and prints ESR/FAR",
+            (
+                ParamSpec("pages", 16, "4 KiB data pages written through the aliases (1 to 256)"),
+                ParamSpec("words", 64, "8-byte words written per page (1 to 512)"),
+                ParamSpec("seed", 1, "seed of the written values"),
+                ParamSpec("faults", 0, "bit mask: 1 load from an unmapped VA, 2 store to a read-only page"),
+            ),
+        ),
     )
 }
 

@@ -342,6 +342,20 @@ def test_unsupported_configurations(ram: Ram) -> None:
         xlate(ram, ok, 0x5000, el=2)
 
 
+def test_decoded_registers_follow_every_register_change(ram: Ram) -> None:
+    # translate() caches the decoded TCR/TTBR per register set; switching back and forth between
+    # two sets (as a guest switching TTBR0 or toggling EPD0) must never reuse the other's decode.
+    a, b = Tables(ram), Tables(ram)
+    a.map(0x5000, (RAM_BASE + 0x1000) | PAGE | AF)
+    b.map(0x5000, (RAM_BASE + 0x2000) | PAGE | AF)
+    ra, rb = regs(a.root), regs(b.root)
+    off = regs(a.root, tcr=TCR_48 | EPD1 | EPD0)
+    for _ in range(2):
+        assert xlate(ram, ra, 0x5000).pa == RAM_BASE + 0x1000
+        assert xlate(ram, rb, 0x5000).pa == RAM_BASE + 0x2000
+        assert_fault(xlate(ram, off, 0x5000), FaultKind.TRANSLATION, 0, 0b000100)
+
+
 # --- differential check against Unicorn's own walker (default TLB mode) --------------------------
 def _cp(crn: int, op2: int, crm: int = 0, op1: int = 0) -> tuple[int, int, int, int, int]:
     return (crn, crm, 3, op1, op2)  # (crn, crm, op0, op1, op2) of a system register

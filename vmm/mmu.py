@@ -30,8 +30,9 @@ Not modelled: stage 2, contiguous-bit TLB effects, memory attributes (MAIR), ASI
 from __future__ import annotations
 
 import enum
+import functools
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 from vmm.errors import VmmError
 
@@ -81,7 +82,10 @@ DESC_UXN_TABLE = 1 << 60  # table: UXN (XNTable) for all subsequent levels
 DESC_AP_TABLE_NO_EL0 = 1 << 61  # APTable[0]: no EL0 access at subsequent levels
 DESC_AP_TABLE_RO = 1 << 62  # APTable[1]: no write access at subsequent levels
 DESC_OA_MASK = 0x0000_FFFF_FFFF_F000  # output / next-table address [47:12]
+_TABLE_ATTRS = DESC_PXN_TABLE | DESC_UXN_TABLE | DESC_AP_TABLE_NO_EL0 | DESC_AP_TABLE_RO
 FIRST_BLOCK_LEVEL = 1  # 4 KiB granule: blocks at levels 1 and 2 only
+_LEVEL_SHIFT = tuple(PAGE_SHIFT + _BITS_PER_LEVEL * (3 - level) for level in range(4))  # VA bits below a level's index
+_TABLE_INDEX_MASK = (1 << _BITS_PER_LEVEL) - 1
 
 
 class UnsupportedTranslation(VmmError):
@@ -115,10 +119,10 @@ class TranslationRegs:
     ttbr1: int
 
 
-@dataclass(frozen=True)
-class Translation:
+class Translation(NamedTuple):
     """One successful translation: `pa` is the address of `va` itself; the result holds for
-    the 4 KiB page around it, even in a block mapping. Permissions are the requesting EL's."""
+    the 4 KiB page around it, even in a block mapping. Permissions are the requesting EL's.
+    (A named tuple: one is made per TLB fill, and a frozen dataclass costs several times more.)"""
 
     va: int
     pa: int
@@ -159,27 +163,37 @@ class TranslationFault:
 ReadU64 = Callable[[int], int | None]  # descriptor read at a PA; None = not RAM
 
 
-@dataclass(frozen=True)
-class _Half:
-    """The decoded TCR_EL1 fields for one VA half."""
+class _Half(NamedTuple):
+    """The decoded TCR_EL1 fields for one VA half, and what follows from them."""
 
-    txsz: int
-    disabled: bool
+    usable: bool  # walks enabled (EPDx = 0) and TxSZ in range
+    granule_ok: bool  # TGx selects the 4 KiB granule
     tg: int
-    tg_4k: int
     tbi: bool
     tbid: bool
     hpd: bool
-    ttbr: int
+    input_bits: int  # 64 - TxSZ
+    level: int  # start level
+    index_bits: int  # bits of the VA indexing the start-level table
+    table: int  # start-level table address (TTBRx.BADDR, aligned to the table size)
 
 
+@functools.lru_cache(maxsize=64)
 def _half(regs: TranslationRegs, upper: bool) -> _Half:
+    """Decode one half (cached: the registers change rarely, and a fill needs this every time)."""
     tcr = regs.tcr
     if upper:
-        return _Half((tcr >> TCR_T1SZ_SHIFT) & 0x3F, bool(tcr & TCR_EPD1), (tcr >> TCR_TG1_SHIFT) & 3,
-                     TG1_4K, bool(tcr & TCR_TBI1), bool(tcr & TCR_TBID1), bool(tcr & TCR_HPD1), regs.ttbr1)
-    return _Half((tcr >> TCR_T0SZ_SHIFT) & 0x3F, bool(tcr & TCR_EPD0), (tcr >> TCR_TG0_SHIFT) & 3,
-                 TG0_4K, bool(tcr & TCR_TBI0), bool(tcr & TCR_TBID0), bool(tcr & TCR_HPD0), regs.ttbr0)
+        txsz, epd, tg, tg_4k = (tcr >> TCR_T1SZ_SHIFT) & 0x3F, tcr & TCR_EPD1, (tcr >> TCR_TG1_SHIFT) & 3, TG1_4K
+        tbi, tbid, hpd, ttbr = tcr & TCR_TBI1, tcr & TCR_TBID1, tcr & TCR_HPD1, regs.ttbr1
+    else:
+        txsz, epd, tg, tg_4k = (tcr >> TCR_T0SZ_SHIFT) & 0x3F, tcr & TCR_EPD0, (tcr >> TCR_TG0_SHIFT) & 3, TG0_4K
+        tbi, tbid, hpd, ttbr = tcr & TCR_TBI0, tcr & TCR_TBID0, tcr & TCR_HPD0, regs.ttbr0
+    input_bits = 64 - txsz
+    level = start_level(input_bits)
+    index_bits = input_bits - (PAGE_SHIFT + _BITS_PER_LEVEL * (3 - level))
+    table = ttbr & TTBR_BADDR_MASK & ~((8 << index_bits) - 1)
+    usable = not epd and TXSZ_MIN <= txsz <= TXSZ_MAX
+    return _Half(usable, tg == tg_4k, tg, bool(tbi), bool(tbid), bool(hpd), input_bits, level, index_bits, table)
 
 
 def start_level(input_bits: int) -> int:
@@ -199,93 +213,88 @@ def translate(
 ) -> Translation | TranslationFault:
     """Translate `va` for an `access` from EL`el` (0 or 1). `pa_bits` is the implemented
     physical address size (ID_AA64MMFR0_EL1.PARange); `pan` is PSTATE.PAN."""
-    if el not in (0, 1):
+    if el != 0 and el != 1:
         raise ValueError(f"EL{el} is not in the EL1&0 regime")
     va &= _MASK64
-
-    def fault(kind: FaultKind, level: int) -> TranslationFault:
-        return TranslationFault(kind, level, va, access)
-
-    if not regs.sctlr & SCTLR_M:
+    sctlr = regs.sctlr
+    if not sctlr & SCTLR_M:
         if va >> pa_bits:
-            return fault(FaultKind.ADDRESS_SIZE, 0)
+            return TranslationFault(FaultKind.ADDRESS_SIZE, 0, va, access)
         return Translation(va, va, None, True, True, True)
-    if regs.sctlr & SCTLR_EE:
+    if sctlr & SCTLR_EE:
         raise UnsupportedTranslation("big-endian translation tables (SCTLR_EL1.EE = 1)")
     if regs.tcr & TCR_DS:
         raise UnsupportedTranslation("52-bit translation descriptors (TCR_EL1.DS = 1)")
 
     # Select the VA half and check the VA lies in it.
-    upper = bool((va >> 55) & 1)
-    half = _half(regs, upper)
+    upper = (va >> 55) & 1
+    half = _half(regs, bool(upper))
+    if not half.usable:
+        return TranslationFault(FaultKind.TRANSLATION, 0, va, access)
     top = 55 if half.tbi and not (half.tbid and access is AccessKind.FETCH) else 63
-    if half.disabled or not TXSZ_MIN <= half.txsz <= TXSZ_MAX:
-        return fault(FaultKind.TRANSLATION, 0)
-    input_bits = 64 - half.txsz
+    input_bits = half.input_bits
     high_mask = (1 << (top + 1 - input_bits)) - 1  # VA[top:input_bits]
     if (va >> input_bits) & high_mask != (high_mask if upper else 0):
-        return fault(FaultKind.TRANSLATION, 0)
-    if half.tg != half.tg_4k:
+        return TranslationFault(FaultKind.TRANSLATION, 0, va, access)
+    if not half.granule_ok:
         raise UnsupportedTranslation(
-            f"TCR_EL1.TG{1 if upper else 0} = {half.tg:#04b}: only the 4 KiB granule is supported"
+            f"TCR_EL1.TG{upper} = {half.tg:#04b}: only the 4 KiB granule is supported"
         )
     out_bits = min(IPS_BITS.get((regs.tcr >> TCR_IPS_SHIFT) & 7, pa_bits), pa_bits)
 
-    level = start_level(input_bits)
-    index_bits = input_bits - (PAGE_SHIFT + _BITS_PER_LEVEL * (3 - level))
-    table = half.ttbr & TTBR_BADDR_MASK & ~((8 << index_bits) - 1)
+    level = half.level
+    index_mask = (1 << half.index_bits) - 1
+    table = half.table
     if table >> out_bits:
-        return fault(FaultKind.ADDRESS_SIZE, 0)
-    no_el0 = read_only = uxn = pxn = False  # accumulated hierarchical (table) attributes
+        return TranslationFault(FaultKind.ADDRESS_SIZE, 0, va, access)
+    attrs = 0  # accumulated hierarchical (table) attribute bits [62:59]
+    hpd = half.hpd
     while True:
-        shift = PAGE_SHIFT + _BITS_PER_LEVEL * (3 - level)
-        desc = read_u64(table + ((va >> shift) & ((1 << index_bits) - 1)) * 8)
+        shift = _LEVEL_SHIFT[level]
+        desc = read_u64(table + ((va >> shift) & index_mask) * 8)
         if desc is None:
-            return fault(FaultKind.EXTERNAL_ABORT_ON_WALK, level)
+            return TranslationFault(FaultKind.EXTERNAL_ABORT_ON_WALK, level, va, access)
         if not desc & DESC_VALID or (level == 3 and not desc & DESC_TABLE):
-            return fault(FaultKind.TRANSLATION, level)
+            return TranslationFault(FaultKind.TRANSLATION, level, va, access)
         if level == 3 or not desc & DESC_TABLE:
             break
         table = desc & DESC_OA_MASK
         if table >> out_bits:
-            return fault(FaultKind.ADDRESS_SIZE, level)
-        if not half.hpd:
-            no_el0 |= bool(desc & DESC_AP_TABLE_NO_EL0)
-            read_only |= bool(desc & DESC_AP_TABLE_RO)
-            uxn |= bool(desc & DESC_UXN_TABLE)
-            pxn |= bool(desc & DESC_PXN_TABLE)
+            return TranslationFault(FaultKind.ADDRESS_SIZE, level, va, access)
+        if not hpd:
+            attrs |= desc & _TABLE_ATTRS
         level += 1
-        index_bits = _BITS_PER_LEVEL
+        index_mask = _TABLE_INDEX_MASK
 
     if level < FIRST_BLOCK_LEVEL:
-        return fault(FaultKind.TRANSLATION, level)
+        return TranslationFault(FaultKind.TRANSLATION, level, va, access)
     span = 1 << shift  # bytes mapped by this block or page
     pa = (desc & DESC_OA_MASK & ~(span - 1)) | (va & (span - 1))
     if pa >> out_bits:
-        return fault(FaultKind.ADDRESS_SIZE, level)
+        return TranslationFault(FaultKind.ADDRESS_SIZE, level, va, access)
     if not desc & DESC_AF:
-        return fault(FaultKind.ACCESS_FLAG, level)
+        return TranslationFault(FaultKind.ACCESS_FLAG, level, va, access)
 
     readable, writable, executable = _permissions(
-        el0_access=bool(desc & DESC_AP1) and not no_el0,
-        read_only=bool(desc & DESC_AP2) or read_only,
-        uxn=bool(desc & DESC_UXN) or uxn,
-        pxn=bool(desc & DESC_PXN) or pxn,
-        el=el,
-        wxn=bool(regs.sctlr & SCTLR_WXN),
-        pan=pan,
+        bool(desc & DESC_AP1) and not attrs & DESC_AP_TABLE_NO_EL0,
+        bool(desc & DESC_AP2 or attrs & DESC_AP_TABLE_RO),
+        bool(desc & DESC_UXN or attrs & DESC_UXN_TABLE),
+        bool(desc & DESC_PXN or attrs & DESC_PXN_TABLE),
+        el,
+        bool(sctlr & SCTLR_WXN),
+        pan,
     )
     if access is AccessKind.FETCH:
         allowed = executable
     else:
         allowed = writable if access is AccessKind.WRITE else readable
     if not allowed:
-        return fault(FaultKind.PERMISSION, level)
+        return TranslationFault(FaultKind.PERMISSION, level, va, access)
     return Translation(va, pa, level, readable, writable, executable)
 
 
 def _permissions(
-    *, el0_access: bool, read_only: bool, uxn: bool, pxn: bool, el: int, wxn: bool, pan: bool
+    el0_access: bool, read_only: bool, uxn: bool, pxn: bool, el: int, wxn: bool, pan: bool
 ) -> tuple[bool, bool, bool]:
     """(read, write, execute) for EL`el` from the effective AP[1], AP[2], UXN and PXN
     (Arm ARM D5.4 stage 1 data access and instruction execution permissions)."""

@@ -10,9 +10,12 @@ with the access type (read, write, fetch). The hook:
    dirty tracker already holds dirty; read and fetch fills of clean pages get read/exec only,
    so the first store to them comes back here as a write fill;
 3. for MMIO windows and the VMM stub page, grants what they need; anything else maps to
-   itself, where Unicorn finds no memory and reports an unmapped access.
-A translation fault is recorded on the vCPU (`pending_abort`) and the fill fails; the vCPU
-turns it into a data or instruction abort for the guest.
+   itself, where Unicorn finds no memory and reports an unmapped access. The stub page's
+   VA is reserved: with the MMU on it maps to the stub, not through the guest's tables, so
+   the CLREX stub runs between slices whatever the guest mapped.
+A translation fault is recorded on the vCPU (`pending_abort`); the vCPU turns it into a data
+or instruction abort for the guest, with FAR from `fault_address` (a faulting data access is
+let through to FAULT_PAGE, where Unicorn reports its exact address; a fetch fill fails).
 """
 from __future__ import annotations
 
@@ -23,7 +26,7 @@ from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PR
 
 from vmm import arch
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
-from vmm.mmu import AccessKind, Translation, TranslationRegs, translate
+from vmm.mmu import SCTLR_M, AccessKind, Translation, TranslationFault, TranslationRegs, translate
 
 if TYPE_CHECKING:
     from snapshot.dirty import AdaptiveController
@@ -41,11 +44,34 @@ TTBR1_EL1: SysReg = (3, 0, 2, 0, 1)
 TCR_EL1: SysReg = (3, 0, 2, 0, 2)
 TRANSLATION_REGS = (SCTLR_EL1, TTBR0_EL1, TTBR1_EL1, TCR_EL1)
 
+PSTATE_PAN = 1 << 22  # privileged access never (Arm ARM C5.2.18, SPSR_EL1.PAN)
+
+# A guest physical page with nothing behind it (below the first MMIO window, vmm.layout): data
+# accesses that fault in the fill are sent there to learn their exact address.
+FAULT_PAGE = 0x0
+
 _ACCESS = {UC_MEM_WRITE: AccessKind.WRITE, UC_MEM_FETCH: AccessKind.FETCH}
 
 
+def fault_address(fault: TranslationFault, pc: int, reached: int | None) -> int:
+    """FAR_EL1 of a fault the fill recorded: the fill sees only the VA of a 1 KiB TLB page. A
+    data access then reached FAULT_PAGE at its exact offset (`reached`: the physical address
+    Unicorn reported unmapped); an instruction fetch faults at `pc`."""
+    page = fault.va & ~(UC_PAGE_SIZE - 1)
+    if fault.is_instruction_abort:
+        return pc if pc & ~(UC_PAGE_SIZE - 1) == page else fault.va
+    if reached is not None and FAULT_PAGE <= reached < FAULT_PAGE + UC_PAGE_SIZE:
+        return page | (reached - FAULT_PAGE)
+    return fault.va
+
+
 class TlbFiller:
-    """Fill policy for every vCPU of one machine."""
+    """Fill policy for every vCPU of one machine.
+
+    Per fill, the common cases cost one dict lookup and a few integer tests: MMU off (identity),
+    guest RAM, and with tracking either a write fill or a read/exec fill of a page whose write
+    permission is decided by one bitmap lookup. The stage-1 walk runs only with the MMU on.
+    """
 
     def __init__(
         self,
@@ -59,23 +85,26 @@ class TlbFiller:
         self.now_ns = now_ns
         self.dirty = dirty
         self._regs: dict[int, TranslationRegs | None] = {}
+        self._ram_base = memory.base
+        self._ram_size = memory.size
+        self._words = memory.view().view("<u8")  # RAM as little-endian u64, for descriptor reads
         self.fills = 0  # fills served, for stats
         self.write_fills = 0
+        if memory.contains(FAULT_PAGE) or bus.find(FAULT_PAGE) is not None:
+            raise AssertionError(f"FAULT_PAGE {FAULT_PAGE:#x} must have nothing behind it")
 
     def invalidate(self, vcpu: Vcpu) -> None:
         """Forget `vcpu`'s cached translation registers."""
         self._regs[vcpu.index] = None
 
     def _translation_regs(self, vcpu: Vcpu) -> TranslationRegs:
-        regs = self._regs.get(vcpu.index)
-        if regs is None:
-            regs = TranslationRegs(
-                sctlr=vcpu.sysreg("SCTLR_EL1"),
-                tcr=vcpu.sysreg("TCR_EL1"),
-                ttbr0=vcpu.sysreg("TTBR0_EL1"),
-                ttbr1=vcpu.sysreg("TTBR1_EL1"),
-            )
-            self._regs[vcpu.index] = regs
+        regs = TranslationRegs(
+            sctlr=vcpu.sysreg("SCTLR_EL1"),
+            tcr=vcpu.sysreg("TCR_EL1"),
+            ttbr0=vcpu.sysreg("TTBR0_EL1"),
+            ttbr1=vcpu.sysreg("TTBR1_EL1"),
+        )
+        self._regs[vcpu.index] = regs
         return regs
 
     def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
@@ -93,42 +122,70 @@ class TlbFiller:
             vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
 
     def _read_u64(self, pa: int) -> int | None:
-        return self.memory.read_u64(pa) if self.memory.contains(pa, 8) else None
+        """The descriptor at `pa` (8-byte aligned by construction), or None outside RAM."""
+        off = pa - self._ram_base
+        if 0 <= off <= self._ram_size - 8:
+            return int(self._words[off >> 3])
+        return None
+
+    def _translate(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, access: int) -> tuple[int, int] | None:
+        """Stage-1 walk: (pa, perms), or None after recording the fault on the vCPU."""
+        if VMM_STUB_BASE <= vaddr < VMM_STUB_BASE + VMM_STUB_SIZE:
+            # The VMM's CLREX stub runs between slices whatever the guest's tables say: its VA
+            # page is reserved in every address space (docs/machine.md), and maps to itself.
+            return vaddr, UC_PROT_ALL
+        pstate = vcpu.pstate
+        result = translate(
+            regs, vaddr, _ACCESS.get(access, AccessKind.READ), arch.pstate_el(pstate), self._read_u64,
+            pan=bool(pstate & PSTATE_PAN),
+        )
+        if not isinstance(result, Translation):
+            vcpu.pending_abort = result
+            if access == UC_MEM_FETCH:
+                return None  # the abort's FAR is the PC (fault_address)
+            # Let the access reach a page with nothing behind it, so that Unicorn reports its
+            # exact address (the fill sees only the 1 KiB page); the vCPU then delivers the abort.
+            return FAULT_PAGE, UC_PROT_WRITE if access == UC_MEM_WRITE else UC_PROT_READ
+        perms = (
+            (UC_PROT_READ if result.readable else 0)
+            | (UC_PROT_WRITE if result.writable else 0)
+            | (UC_PROT_EXEC if result.executable else 0)
+        )
+        return result.pa, perms
 
     def __call__(self, vcpu: Vcpu, vaddr: int, access: int) -> tuple[int, int] | None:
         self.fills += 1
-        kind = _ACCESS.get(access, AccessKind.READ)
-        regs = self._translation_regs(vcpu)
-        perms = UC_PROT_ALL
-        if regs.sctlr & 1:  # SCTLR_EL1.M: stage-1 translation on
-            el = arch.pstate_el(vcpu.pstate)
-            result = translate(regs, vaddr, kind, el, self._read_u64)
-            if not isinstance(result, Translation):
-                vcpu.pending_abort = result
+        regs = self._regs.get(vcpu.index)
+        if regs is None:
+            regs = self._translation_regs(vcpu)
+        if regs.sctlr & SCTLR_M:
+            translated = self._translate(vcpu, regs, vaddr, access)
+            if translated is None:
                 return None
-            pa = result.pa
-            perms = (
-                (UC_PROT_READ if result.readable else 0)
-                | (UC_PROT_WRITE if result.writable else 0)
-                | (UC_PROT_EXEC if result.executable else 0)
-            )
+            pa, perms = translated
         else:
-            pa = vaddr
-        mem = self.memory
-        if mem.base <= pa < mem.end:
-            if kind is AccessKind.FETCH:
+            pa, perms = vaddr, UC_PROT_ALL
+        offset = pa - self._ram_base
+        if 0 <= offset < self._ram_size:
+            if access == UC_MEM_FETCH:
                 self._watch_wfis(vcpu, vaddr, pa)
             dirty = self.dirty
             if dirty is not None:
-                page = (pa - mem.base) // DIRTY_PAGE_SIZE
-                if kind is AccessKind.WRITE:
+                page = offset // DIRTY_PAGE_SIZE
+                if access == UC_MEM_WRITE:
                     self.write_fills += 1
                     dirty.on_write_fill(page, self.now_ns())
-                elif not dirty.write_allowed(page):
+                elif perms & UC_PROT_WRITE and not dirty.write_allowed(page):
                     perms &= ~UC_PROT_WRITE
             return pa, perms
         if VMM_STUB_BASE <= pa < VMM_STUB_BASE + VMM_STUB_SIZE:
-            return pa, UC_PROT_READ | UC_PROT_EXEC
+            if access != UC_MEM_FETCH:  # a guest load or store: the page is not in its map
+                vcpu.refuse_access(pa & ~(UC_PAGE_SIZE - 1), fetch=False)
+                return FAULT_PAGE, UC_PROT_WRITE if access == UC_MEM_WRITE else UC_PROT_READ
+            return pa, UC_PROT_EXEC
         if self.bus.find(pa) is not None:
+            if access == UC_MEM_FETCH:  # device registers are not executable
+                vcpu.refuse_access(pa & ~(UC_PAGE_SIZE - 1), fetch=True)
+                return None
             return pa, perms & (UC_PROT_READ | UC_PROT_WRITE)
         return pa, perms  # a hole: Unicorn reports the unmapped access
