@@ -367,8 +367,8 @@ def _commit(
             if not isinstance(info, MemFileInfo):
                 raise TypeError(f"write_mem returned {type(info).__name__}, not MemFileInfo")
             size = os.fstat(fd).st_size
-            if size != info.length:
-                raise MemoryIoError(f"memory file is {size} bytes but its info says {info.length}")
+            if size != info.file_length:
+                raise MemoryIoError(f"memory file is {size} bytes but its info says {info.file_length}")
             stage = "syncing the memory file"
             os.fsync(fd)
         finally:

@@ -4,8 +4,9 @@ Every error is a `SnapshotError` whose `str()` is one stable line a CLI can prin
 variants follow squib's set (QuiesceTimeout, MagicMismatch, VersionMismatch, CrcMismatch,
 TooShort, Incompatible, AtomicCommitFailed, AtomicCommitCrossFs, InvalidPath, Encoding,
 SizeLimitExceeded, MemoryIo, Io) plus the pair/diff checks this project adds
-(MemoryFileMismatch, ParentMismatch, MissingParent). Errors caused by an `OSError` carry its
-errno in `.errno` and its symbolic name (e.g. ENOSPC) in the message.
+(MemoryFileMismatch, ParentMismatch, MissingParent, CorruptMemoryFile, BrokenLink). Errors
+caused by an `OSError` carry its errno in `.errno` and its symbolic name (e.g. ENOSPC) in the
+message.
 
 `open_regular_readonly` lives here because it is the one place untrusted snapshot files are
 opened, and its only job is to turn what can go wrong there into these errors.
@@ -210,6 +211,29 @@ class MemoryFileMismatchError(SnapshotError):
         self.what = what
         self.found = found
         self.expected = expected
+
+
+class CorruptMemoryFileError(SnapshotError):
+    """A compressed memory file is damaged: its footer, its index, or frame `frame` fails its
+    checks (checksum, size, decoding). `frame` is None for the footer and index."""
+
+    def __init__(
+        self, path: str | os.PathLike[str] | int, detail: str, *, frame: int | None = None
+    ) -> None:
+        where = "" if frame is None else f"frame {frame}: "
+        super().__init__(f"memory file {show_path(path)} is corrupt: {where}{detail}")
+        self.frame = frame
+        self.detail = detail
+
+
+class BrokenLinkError(SnapshotError):
+    """A snapshot chain is broken at the snapshot `path`: `reason` is what was found there
+    (the error raised while checking it, or its link to its parent)."""
+
+    def __init__(self, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"broken chain link {show_path(path)}: {reason}")
+        self.path = os.fspath(path)
+        self.reason = reason
 
 
 class ParentMismatchError(SnapshotError):

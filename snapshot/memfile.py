@@ -32,7 +32,7 @@ import threading
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Annotated, Iterable, Iterator, Literal
+from typing import Annotated, Iterable, Iterator, Literal, Optional
 
 import numpy as np
 import xxhash
@@ -52,6 +52,8 @@ from snapshot.progress import Progress, no_progress
 
 FULL: Literal["full"] = "full"
 DIFF: Literal["diff"] = "diff"
+RAW: Literal["raw"] = "raw"  # format of this module's files: the raw image
+LZ4: Literal["lz4"] = "lz4"  # format of snapshot.frames' files: LZ4 frames + index + footer
 DEFAULT_PAGE_SIZE = 4096  # bytes; AArch64 4 KiB translation granule
 MIN_PAGE_SIZE = 512  # bytes; smallest page size accepted (a power of two)
 MAX_IO_CHUNK = 64 << 20  # bytes per pwrite/pread call (crosvm's RAM chunk size)
@@ -94,6 +96,9 @@ class MemFileInfo:
     list keeps the state file small and bounded (length/page_size/8 bytes) and its encoding
     cheap however scattered the dirty pages are.
     parent_digest (diff only): digest of the image the diff must be laid over.
+    format: "raw" (this module's layout) or "lz4" (snapshot.frames: the same extents, cut
+    into frames of `frame_size` bytes of RAM, in a file of `file_size` bytes). The digest is
+    the same for both formats: it covers what the file records, not how it is stored.
     """
 
     kind: Literal["full", "diff"]
@@ -103,9 +108,18 @@ class MemFileInfo:
     pages_written: U64
     page_map: Annotated[bytes, MaxLen(MAX_PAGE_MAP_BYTES)] = b""
     parent_digest: str | None = None
+    format: Literal["raw", "lz4"] = RAW
+    frame_size: U64 = 0  # lz4 only: bytes of RAM per frame, a multiple of page_size
+    file_size: Optional[U64] = None  # lz4 only: bytes of the file (raw files are `length`)
 
     def __post_init__(self) -> None:
         check_page_size(self.page_size)
+        if self.format == RAW and (self.frame_size or self.file_size is not None):
+            raise ValueError("a raw memory file has no frame size and no file size of its own")
+        if self.format != RAW and (
+            self.frame_size <= 0 or self.frame_size % self.page_size or self.file_size is None
+        ):
+            raise ValueError("a compressed memory file needs a frame size (whole pages) and a file size")
         if self.length <= 0 or self.length % self.page_size:
             raise ValueError(f"length {self.length} is not a positive multiple of the page size")
         _check_digest_text("digest", self.digest)
@@ -129,6 +143,11 @@ class MemFileInfo:
         pages = int(np.count_nonzero(mask))
         page_map = np.packbits(mask, bitorder="little").tobytes()
         return cls(DIFF, length, page_size, digest, pages, page_map, parent_digest)
+
+    @property
+    def file_length(self) -> int:
+        """Bytes of the memory file itself: `length` for raw, `file_size` for lz4."""
+        return self.length if self.file_size is None else self.file_size
 
     @cached_property
     def runs(self) -> tuple[Run, ...]:
@@ -221,6 +240,25 @@ def _chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
         offset += n
 
 
+def extents_digest(
+    ram: np.ndarray,
+    kind: Literal["full", "diff"],
+    page_size: int,
+    runs: Iterable[Run] = (),
+    parent_digest: str | None = None,
+) -> str:
+    """The digest (module docstring) of a memory file of `kind` recording `runs` (diff) or
+    everything (full), computed from `ram` holding those extents at their offsets: what a
+    writer records for `ram`, and what a reader that restored into `ram` must find."""
+    view = _ram_view(ram, page_size)
+    hasher = _new_hasher(kind, len(view), page_size, parent_digest)
+    for offset, count, prefix in _regions(kind, len(view), page_size, runs):
+        hasher.update(prefix)
+        for off, n in _chunks(offset, count):
+            hasher.update(view[off : off + n])
+    return hasher.hexdigest()
+
+
 # --- low-level I/O ----------------------------------------------------------------------------
 def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
     """Write all of `data` at byte `offset` of `fd` (retrying short writes); OSError passes."""
@@ -287,6 +325,11 @@ def _check_ram_size(info: MemFileInfo, ram_size: int) -> None:
         raise IncompatibleError(
             f"memory file holds {info.length} bytes of RAM, the VM has {ram_size} bytes"
         )
+
+
+def _check_raw(info: MemFileInfo) -> None:
+    if info.format != RAW:
+        raise IncompatibleError(f"the memory file is {info.format}-compressed; read it with snapshot.frames")
 
 
 def _check_length(fd: int, where: FileRef, expected: int) -> None:
@@ -458,6 +501,7 @@ def compute_digest(src: FileRef, info: MemFileInfo, *, progress: Progress | None
     """Recompute the digest of the memory file `src` (path or fd) for the extents `info`
     records (see the module docstring). Checks the file length first (MemoryFileMismatchError).
     `progress` advances by extent_bytes(info) in all."""
+    _check_raw(info)
     with _source_fd(src) as fd:
         _check_length(fd, src, info.length)
         digest = _stream(fd, src, info, None, True, progress)
@@ -495,6 +539,7 @@ def read_into(
     extent_bytes(info) in all.
     """
     view = _ram_view(ram, info.page_size, writable=True)
+    _check_raw(info)
     _check_ram_size(info, len(view))
     _check_parent(info, parent)
     with _source_fd(src) as fd:
@@ -526,6 +571,7 @@ def map_private(
     if info is not None:
         if info.kind != FULL:
             raise IncompatibleError("a diff memory file cannot be mapped; lay it over its base")
+        _check_raw(info)
         _check_ram_size(info, size)
     with _source_fd(src) as fd:
         _check_length(fd, src, size)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from typing import Callable, Sequence
@@ -109,6 +110,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
         help="stop after N (more) instructions of virtual time per vCPU (rounded up to a scheduling round)",
     )
     p.add_argument("-q", "--quiet", action="store_true", help="print only the guest's console output (no progress bars)")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON object on stdout when the run ends; the guest's console output is in it (`console`) instead of streamed",
+    )
 
 
 def _config_from(args: argparse.Namespace) -> VmConfig:
@@ -161,6 +167,35 @@ def cmd_guests(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _console_sink(args: argparse.Namespace) -> Callable[[bytes], None] | None:
+    """Where the guest's console goes as it is written: stdout, unless --json collects it."""
+    return None if args.json else _write_stdout
+
+
+def _finish(args: argparse.Namespace, result: RunResult, vm: MicroVM, seconds: float, **extra: object) -> int:
+    """Report the end of a run (stderr line unless --quiet; with --json one JSON object on
+    stdout: stop reason, exit status, virtual time, state digest, console output, `extra`)
+    and return the exit status."""
+    status = EXIT_CODES[result.reason]
+    if not args.quiet:
+        _report(result, vm, seconds)
+    if args.json:
+        summary = {
+            "stop": result.reason.value,
+            "detail": result.detail,
+            "exit_status": status,
+            "instructions": result.instructions,
+            "virtual_time_ns": vm.clock,
+            "seconds": round(seconds, 6),
+            "state_digest": vm.state_digest(),
+            "console": vm.console_output.decode("utf-8", errors="backslashreplace"),
+            "fault": result.fault.format() if result.fault is not None else None,
+            **extra,
+        }
+        print(json.dumps(summary, sort_keys=True))
+    return status
+
+
 def _report(result: RunResult, vm: MicroVM, seconds: float) -> None:
     if result.reason is StopReason.FAULT and result.fault is not None:
         print(result.fault.format(), file=sys.stderr)
@@ -196,17 +231,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         config = VmConfig(**{**config.__dict__, "track_dirty_pages": True})
     if args.dirty_report is not None:
         return _run_dirty_report(config, args)
-    vm = MicroVM(config, on_console=_write_stdout)
+    compress, frame_size = _compression(args)
+    vm = MicroVM(config, on_console=_console_sink(args))
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
     result: RunResult | None = None
+    snapshots: list[dict[str, object]] = []
     for i, point in enumerate(points):
         if args.max_instructions is not None and point > args.max_instructions:
             break
         result = vm.run(point - vm.clock if point > vm.clock else 0)
         kind = "full" if i == 0 or args.kind == "full" else "diff"
         os.makedirs(args.snapshot_dir, exist_ok=True)
-        report = save_snapshot(vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, progress_bars=_bars(args))
+        report = save_snapshot(
+            vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, compress=compress, frame_size=frame_size, progress_bars=_bars(args)
+        )
+        snapshots.append(
+            {"path": str(report.state_path), "kind": kind, "virtual_time_ns": vm.clock, "pages_written": report.pages_written, "seconds": round(report.seconds, 6)}
+        )
         if not args.quiet:
             print(
                 f"microvm: {kind} snapshot at {vm.clock:,} -> {report.state_path} "
@@ -218,56 +260,84 @@ def cmd_run(args: argparse.Namespace) -> int:
     remaining = None if args.max_instructions is None else max(args.max_instructions - vm.clock, 0)
     if result is None or not result.reason.final:
         result = vm.run(remaining)
-    seconds = time.perf_counter() - t0
-    if not args.quiet:
-        _report(result, vm, seconds)
-    return EXIT_CODES[result.reason]
+    return _finish(args, result, vm, time.perf_counter() - t0, snapshots=snapshots)
 
 
 def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
     """Run in epochs of args.dirty_report instructions, printing the dirty pages of each."""
     if args.dirty_report == 0:
         raise UsageError("--dirty-report epoch must be at least 1 instruction")
-    vm = MicroVM(config, on_console=_write_stdout)
+    from tools.dirtymap import dirty_epochs
+
+    vm = MicroVM(config, on_console=_console_sink(args))
     _load_mmds(vm, args.mmds_data)
-    vm.start_dirty_epoch()
-    epoch = 0
     t0 = time.perf_counter()
-    while True:
-        start = vm.clock
-        budget = args.dirty_report
-        if args.max_instructions is not None:
-            budget = min(budget, max(args.max_instructions - vm.clock, 0))
-        result = vm.run(budget)
-        runs = vm.dirty.runs()
-        pages = sum(n for _, n in runs)
+    epochs: list[dict[str, int]] = []
+    for epoch in dirty_epochs(vm, args.dirty_report, max_instructions=args.max_instructions):
+        pages = epoch.pages.size
+        epochs.append({"start_ns": epoch.start, "end_ns": epoch.end, "dirty_pages": pages, "runs": epoch.runs})
         print(
-            f"microvm: epoch {epoch} [{start:,}, {vm.clock:,}): {pages} dirty pages ({pages * 4} KiB) in {len(runs)} runs",
+            f"microvm: epoch {epoch.index} [{epoch.start:,}, {epoch.end:,}): {pages} dirty pages ({pages * 4} KiB) in {epoch.runs} runs",
             file=sys.stderr,
         )
-        vm.start_dirty_epoch()
-        epoch += 1
-        limit_hit = args.max_instructions is not None and vm.clock >= args.max_instructions
-        if result.reason is not StopReason.BUDGET or limit_hit:
-            break
-    if not args.quiet:
-        _report(result, vm, time.perf_counter() - t0)
-    return EXIT_CODES[result.reason]
+        result = epoch.result
+    return _finish(args, result, vm, time.perf_counter() - t0, epochs=epochs)
+
+
+def cmd_dirty_map(args: argparse.Namespace) -> int:
+    """Run GUEST for --epochs epochs of --epoch instructions and plot the pages each wrote."""
+    from tools.dirtymap import PlotUnavailableError, build_map, dirty_epochs, plot_dirty_map, require_matplotlib
+
+    try:
+        require_matplotlib()  # before spending time running the guest
+    except PlotUnavailableError as e:
+        raise UsageError(str(e)) from None
+    if args.epoch == 0 or args.epochs == 0:
+        raise UsageError("--epoch and --epochs must be at least 1")
+    config = VmConfig(**{**_config_from(args).__dict__, "track_dirty_pages": True})
+    vm = MicroVM(config)  # the console output is not shown: the map is the report
+    _load_mmds(vm, args.mmds_data)
+    epochs = list(dirty_epochs(vm, args.epoch, max_epochs=args.epochs))
+    dmap = build_map(epochs, vm.memory.size // vm.dirty.page_size, ram_base=vm.memory.base, page_size=vm.dirty.page_size)
+    title = f"{args.guest}: pages written per epoch of {args.epoch:,} instructions ({config.vcpus} vCPU{'s' if config.vcpus > 1 else ''})"
+    try:
+        plot_dirty_map(dmap, args.output, title=title)
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
+    result = epochs[-1].result
+    summary = {
+        "output": args.output,
+        "epochs": dmap.epochs,
+        "columns": dmap.columns,
+        "pages_per_column": dmap.pages_per_column,
+        "first_address": dmap.ram_base + dmap.first_page * dmap.page_size,
+        "dirty_pages": [int(e.pages.size) for e in epochs],
+        "stop": result.reason.value,
+        "virtual_time_ns": vm.clock,
+    }
+    if args.json:
+        print(json.dumps(summary, sort_keys=True))
+    elif not args.quiet:
+        print(f"microvm: dirty map of {dmap.epochs} epochs x {dmap.columns} columns -> {args.output}", file=sys.stderr)
+    if result.reason is StopReason.FAULT and result.fault is not None:
+        print(result.fault.format(), file=sys.stderr)
+    return EXIT_OK if result.reason is StopReason.BUDGET else EXIT_CODES[result.reason]
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
     from snapshot.persist import load_snapshot
 
     t0 = time.perf_counter()
-    vm = load_snapshot(args.path, args.mem_backend, on_console=_write_stdout, progress_bars=_bars(args))
+    vm = load_snapshot(args.path, args.mem_backend, on_console=_console_sink(args), progress_bars=_bars(args))
     restore_s = time.perf_counter() - t0
+    restored_at = vm.clock
     if not args.quiet:
         print(f"microvm: restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}", file=sys.stderr)
     t0 = time.perf_counter()
     result = vm.run(args.max_instructions)
-    if not args.quiet:
-        _report(result, vm, time.perf_counter() - t0)
-    return EXIT_CODES[result.reason]
+    return _finish(
+        args, result, vm, time.perf_counter() - t0, restored_from=args.path, restored_at_ns=restored_at, restore_seconds=round(restore_s, 6)
+    )
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -277,16 +347,115 @@ def cmd_describe(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
-        print_table([(k, "" if v is None else str(v)) for k, v in info.items()], headers=None)
+        print_table(_describe_rows(info), headers=None)
     return EXIT_FAULT if info["pair_ok"] is False else EXIT_OK
 
 
+def _describe_rows(info: dict[str, object]) -> list[tuple[str, str]]:
+    """describe()'s fields as (name, value) rows: lists joined, a dict (the parent link) as one
+    row per field, None as blank."""
+    rows: list[tuple[str, str]] = []
+    for key, value in info.items():
+        if isinstance(value, dict):
+            rows.extend((f"{key}.{k}", _cell(v)) for k, v in value.items())
+        else:
+            rows.append((key, _cell(value)))
+    return rows
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    return str(value)
+
+
+_NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")  # a cell printed as a number: right-aligned
+
+
+def _byte_size(text: str) -> int:
+    """'2M' -> 2 MiB, '512K' -> 512 KiB, '4096' -> 4096 bytes."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        return int(text[:-1] if scale > 1 else text, 0) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (e.g. 2M, 512K, 4096)") from None
+
+
+def _add_compress_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--compress",
+        choices=("none", "lz4"),
+        default="none",
+        help="memory file format: none (default) = the raw RAM image; lz4 = independently compressed frames with an index and checksums (smaller; restores need not read zero frames; lazy mmap RAM needs none)",
+    )
+    p.add_argument(
+        "--frame-size",
+        type=_byte_size,
+        default=None,
+        metavar="SIZE",
+        help="with --compress lz4: bytes of RAM per frame, whole 4 KiB pages, e.g. 512K (default 2M)",
+    )
+
+
+def _compression(args: argparse.Namespace) -> tuple[str | None, int]:
+    """(compress, frame_size) for save_snapshot/rebase from --compress/--frame-size."""
+    from snapshot.frames import DEFAULT_FRAME_SIZE
+    from snapshot.persist import check_compression
+
+    compress = None if args.compress == "none" else args.compress
+    if compress is None and args.frame_size is not None:
+        raise UsageError("--frame-size needs --compress lz4")
+    frame_size = DEFAULT_FRAME_SIZE if args.frame_size is None else args.frame_size
+    try:
+        check_compression(compress, frame_size)
+    except ValueError as e:
+        raise UsageError(f"--frame-size: {e}") from None
+    return compress, frame_size
+
+
+def cmd_rebase(args: argparse.Namespace) -> int:
+    from snapshot.chain import rebase
+
+    compress, frame_size = _compression(args)
+    report = rebase(args.base, args.diffs, args.output, compress=compress, frame_size=frame_size, progress_bars=_bars(args))
+    if not args.quiet:
+        info = report.memory
+        print(
+            f"microvm: merged {report.merged} snapshots into {report.state_path} "
+            f"({info.format} memory file of {info.file_length:,} bytes, {report.seconds * 1000:.1f} ms)",
+            file=sys.stderr,
+        )
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from snapshot.chain import verify
+
+    report = verify(args.path, progress_bars=_bars(args))
+    if not args.quiet:
+        for link in report.checked:
+            print(f"ok  {link.state_path}  {link.kind} {link.memory_format}  {link.memory_digest}")
+    if report.broken is not None:
+        print(f"microvm: verify: {report.broken}", file=sys.stderr)
+        return EXIT_FAULT
+    if not args.quiet:
+        print(f"microvm: verify: ok ({len(report.checked)} snapshots, base to {report.path})", file=sys.stderr)
+    return EXIT_OK
+
+
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
-    """Print `rows` as aligned columns (with a header line if given)."""
-    all_rows = ([tuple(headers)] if headers else []) + [tuple(r) for r in rows]
+    """Print `rows` as aligned columns (with a header line if given); columns whose every
+    cell is a number are right-aligned."""
+    body = [tuple(r) for r in rows]
+    all_rows = ([tuple(headers)] if headers else []) + body
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
+    numeric = [bool(body) and all(_NUMBER.fullmatch(r[i]) for r in body) for i in range(len(widths))]
     for r in all_rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+        cells = (c.rjust(w) if right else c.ljust(w) for c, w, right in zip(r, widths, numeric))
+        print("  ".join(cells).rstrip())
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -372,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="diff",
         help="diff (default): the first snapshot is full, later ones diffs; full: every snapshot full",
     )
+    _add_compress_args(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -401,6 +571,52 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true", help="also read the memory file and check its digest (exit 1 if it does not match)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while verifying")
     p.set_defaults(func=cmd_describe)
+
+    p = sub.add_parser(
+        "dirty-map",
+        help="plot which pages each epoch of a run dirtied (PNG heatmap; needs the `plot` extra)",
+        description="Run GUEST with dirty-page tracking for K epochs of N instructions of virtual time and draw a heatmap: one row per epoch, guest physical addresses across, brightness = fraction of pages written.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT.replace("  3  the instruction budget ran out before the guest powered off\n", ""),
+    )
+    p.add_argument("guest", metavar="GUEST", help="built-in guest name or image path")
+    _add_machine_args(p)
+    p.add_argument("--epoch", type=_positive_int, default=1_000_000, metavar="N", help="instructions of virtual time per epoch (default 1,000,000)")
+    p.add_argument("--epochs", type=_positive_int, default=32, metavar="K", help="epochs to run, fewer if the guest stops first (default 32)")
+    p.add_argument("-o", "--output", required=True, metavar="MAP.png", help="where to write the PNG")
+    p.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    p.set_defaults(func=cmd_dirty_map)
+
+    p = sub.add_parser(
+        "rebase",
+        help="merge a snapshot chain into one full snapshot",
+        description="Merge BASE (a full snapshot) and DIFF... (each taken over the one before it) into the full snapshot OUT, "
+        "which restores to the same state as the last DIFF. Every parent link is checked before any memory is read, every "
+        "memory file's digest while it is read; OUT is committed crash-safely like a save. The inputs are not changed.",
+        epilog="exit status:\n  0  OUT was written\n  2  usage error, or a broken or unreadable input (OUT untouched)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("base", metavar="BASE", help="the chain's full base snapshot (.snap)")
+    p.add_argument("diffs", nargs="+", metavar="DIFF", help="the diffs, oldest first")
+    p.add_argument("-o", "--output", required=True, metavar="OUT", help="the merged snapshot to write (OUT.snap + OUT.mem)")
+    _add_compress_args(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success; no progress bar")
+    p.set_defaults(func=cmd_rebase)
+
+    p = sub.add_parser(
+        "verify",
+        help="check a snapshot and its whole chain",
+        description="Check PATH and every snapshot back to its full base (found from the recorded parent names): each "
+        "state file's CRC and structure, each memory file against its state file (digest; for lz4 also every frame's "
+        "checksum), and each diff's link to its parent. Prints the snapshots checked; on failure one line naming the "
+        "first broken link.",
+        epilog="exit status:\n  0  everything holds\n  1  a link is broken (named on stderr)\n  2  usage error (e.g. PATH does not exist)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("path", metavar="PATH", help="the snapshot's .snap file (or its name without .snap)")
+    p.add_argument("-q", "--quiet", action="store_true", help="print only a broken link; no progress bar")
+    p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
     p.add_argument("--max-instructions", type=_positive_int, default=2_000_000_000, metavar="N", help=argparse.SUPPRESS)

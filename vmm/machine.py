@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import msgpack
 import numpy as np
@@ -35,6 +35,9 @@ from vmm.sysreg_traps import base_sysreg_traps
 from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
 
+if TYPE_CHECKING:
+    from snapshot.reset import ResetPoint
+
 
 class MicroVM:
     """One virtual machine. Create, optionally tweak, then `run()`.
@@ -58,7 +61,7 @@ class MicroVM:
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
-        self.interrupts = Interrupts(config.vcpus, now=lambda: self.scheduler.clock)
+        self.interrupts = Interrupts(config.vcpus)
         self.scheduler = Scheduler(self.vcpus, config.quantum, self.interrupts)
         self.uart = Pl011(on_tx=self._tx, set_irq=self.interrupts.line(layout.SPI_UART0))
         self.mmds_device = MmdsDevice(
@@ -76,6 +79,9 @@ class MicroVM:
         self.bus.add("mmds", layout.MMDS_BASE, layout.MMDS_SIZE, self.mmds_device)
         self.psci = Psci(self.vcpus, self.memory)
         self.dirty_tracker: AdaptiveController | None = None
+        # Called with the dirty bitmap just before start_dirty_epoch() clears it (reset points
+        # keep what may differ from them this way: snapshot.reset).
+        self.epoch_listeners: list[Callable[[DirtyBitmap], None]] = []
         if config.track_dirty_pages:
             self.dirty_tracker = AdaptiveController(config.mem_size, DIRTY_PAGE_SIZE, _tracking_config(config))
             self.memory.add_write_sink(self.dirty_tracker)
@@ -146,7 +152,8 @@ class MicroVM:
 
     @property
     def console_output(self) -> bytes:
-        """Everything the guest has written to the UART since this VM object was created."""
+        """Everything the guest has written to the UART since this VM object was created or
+        last `reset_to` a point."""
         return bytes(self._console)
 
     # --- dirty tracking -----------------------------------------------------------------------------
@@ -161,7 +168,10 @@ class MicroVM:
 
     def start_dirty_epoch(self) -> None:
         """Forget what was dirty: clear the bitmap and make every vCPU refill its TLB."""
-        self._tracker().new_epoch()
+        tracker = self._tracker()
+        for listener in self.epoch_listeners:
+            listener(tracker.bitmap)
+        tracker.new_epoch()
         for v in self.vcpus:
             v.flush_tlb()
 
@@ -169,6 +179,21 @@ class MicroVM:
         if self.dirty_tracker is None:
             raise ConfigError("dirty-page tracking is off; create the VM with track_dirty_pages=True")
         return self.dirty_tracker
+
+    # --- in-process reset -----------------------------------------------------------------------
+    def snapshot_point(self) -> ResetPoint:
+        """A reset point here (at a pause point): see `snapshot.reset.ResetPoint.capture`."""
+        from snapshot.reset import ResetPoint  # snapshot imports vmm, not the other way round
+
+        return ResetPoint.capture(self)
+
+    def reset_to(self, point: ResetPoint) -> None:
+        """Return to `point`, taken earlier from this VM, restoring only what changed since
+        (`snapshot.reset.reset_to`). The console output starts empty, as after a restore."""
+        from snapshot.reset import reset_to
+
+        reset_to(self, point)
+        self._console.clear()
 
     @property
     def mmds(self) -> MmdsStore:

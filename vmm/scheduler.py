@@ -5,12 +5,20 @@ timer's counter runs at 1 GHz, so counter ticks = virtual ns = instructions per 
 
 The schedule is a sequence of *rounds*. A round [t0, t1) runs every runnable vCPU in index
 order for t1 - t0 instructions. Round ends lie on a grid that depends only on guest state:
-multiples of the quantum, plus the timer deadlines known when the round starts (so a timer
-armed before the round fires at exactly its programmed time; one armed during the round, for
-a deadline before the round's end, fires at the round end: Unicorn cannot tell how far into a
-slice a vCPU got, so a slice cannot be cut short and accounted exactly). Between rounds the VMM powers on vCPUs started with CPU_ON, updates
-interrupt lines, wakes waiting vCPUs and delivers IRQs. A vCPU whose slice ends early (WFI,
-CPU_SUSPEND, CPU_OFF, power-off, fault) gives up the rest of its slice.
+multiples of the quantum, plus the timer deadlines known when the round starts. Between rounds
+the VMM powers on vCPUs started with CPU_ON, updates interrupt lines, wakes waiting vCPUs and
+delivers IRQs.
+
+Within its turn a vCPU also stops at its *own* timer events, at the exact instruction: the
+instruction position in a slice is known (vmm.icount), so instruction k of a turn starting at
+t0 runs at virtual time t0 + k. A turn is cut into sub-slices ending at the vCPU's next timer
+deadline; a timer register write stops the sub-slice after the MSR and the rest of the turn is
+planned anew; at each such point the vCPU's timer lines are updated and it takes its IRQ (the
+same steps as a round boundary, for this vCPU only). A vCPU that waits (WFI, CPU_SUSPEND)
+sleeps until its next timer deadline if that falls inside the round, and runs on from there;
+otherwise it gives up the rest of its turn, as does one that stops (CPU_OFF, power-off, fault).
+So a timer interrupt is taken at exactly its programmed time, whenever it was armed. Interrupts
+from other sources (SGIs, devices) are taken at round boundaries.
 
 `run(max_instructions=N)` stops at the first round end at or after start + N: pauses (and so
 snapshots) happen only at round ends, and a pause never changes the schedule. Hence
@@ -74,6 +82,12 @@ class InterruptSource(Protocol):
     def next_deadline(self, now: int) -> int | None:
         """Earliest virtual time > now at which a timer fires, or None."""
 
+    def vcpu_boundary(self, vcpu: int, now: int) -> None:
+        """Bring vCPU `vcpu`'s own (timer) interrupt lines up to date for virtual time `now`."""
+
+    def vcpu_deadline(self, vcpu: int, now: int) -> int | None:
+        """Earliest virtual time > now at which one of vCPU `vcpu`'s timers fires, or None."""
+
 
 @dataclass
 class SchedulerState:
@@ -116,12 +130,49 @@ class Scheduler:
             return
         irq.round_boundary(self.clock)
         for v in self.vcpus:
-            if v.power is not PowerState.ON:
+            if v.power is PowerState.ON:
+                self._wake_or_interrupt(irq, v)
+
+    @staticmethod
+    def _wake_or_interrupt(irq: InterruptSource, v: Vcpu) -> None:
+        """Wake `v` if an interrupt is pending for it, then take the IRQ if it is signalled."""
+        if v.waiting and irq.wakeup_pending(v.index):
+            v.waiting = False
+        if not v.waiting and irq.irq_signalled(v.index):
+            v.take_irq()
+
+    def _vcpu_boundary(self, irq: InterruptSource, v: Vcpu, now: int) -> None:
+        """A boundary inside `v`'s turn, at virtual time `now`: its timer lines, then wake/IRQ."""
+        irq.vcpu_boundary(v.index, now)
+        self._wake_or_interrupt(irq, v)
+
+    def _run_turn(self, v: Vcpu, end: int) -> SliceExit | None:
+        """Run `v` from the round start to `end` in sub-slices that end at its timer events.
+
+        None if `v` reached `end`; otherwise the exit that ended its turn (a vCPU still waiting
+        for an interrupt at `end` returns its WAIT exit).
+        """
+        irq = self.interrupts
+        now = self.clock
+        while True:
+            deadline = irq.vcpu_deadline(v.index, now) if irq is not None else None
+            stop = end if deadline is None else min(deadline, end)
+            ex = v.run_slice(stop - now, now)
+            now += v.executed
+            if ex is not None and ex.kind is not ExitKind.REPLAN:
+                if ex.kind is not ExitKind.WAIT or irq is None:
+                    return ex  # stopped, or asleep with no timer of its own to wake it
+            if now >= end:
+                return ex if v.waiting else None
+            if irq is None:
                 continue
-            if v.waiting and irq.wakeup_pending(v.index):
-                v.waiting = False
-            if not v.waiting and irq.irq_signalled(v.index):
-                v.take_irq()
+            self._vcpu_boundary(irq, v, now)
+            while v.waiting:  # asleep: jump to its next timer event inside the round
+                deadline = irq.vcpu_deadline(v.index, now)
+                if deadline is None or deadline >= end:
+                    return ex
+                now = deadline
+                self._vcpu_boundary(irq, v, now)
 
     def _stop(self, reason: StopReason, detail: str) -> None:
         self.stopped = reason
@@ -165,9 +216,8 @@ class Scheduler:
                 self.clock = deadline if target is None else min(deadline, target)
                 continue
             end = self._next_round_end()
-            length = end - self.clock
             for v in runnable:
-                ex = v.run_slice(length)
+                ex = self._run_turn(v, end)
                 if ex is not None:
                     self._handle_exit(v, ex)
                     if self.stopped is not None:

@@ -7,13 +7,20 @@ Contracts:
   MMU off) and is where the dirty tracker sees the first store to each page.
 - Every guest-visible event (SVC/BRK/UDF exception entry, PSCI calls, trapped system
   registers, MMIO) is handled *inside* the hook that reports it, so a slice of N instructions
-  runs exactly N instructions unless the guest idles, powers off or faults. Those end the
-  slice early (`SliceExit`); the scheduler charges the whole slice.
+  runs exactly N instructions unless the guest idles, powers off or faults, or the VMM stops
+  it to re-plan (`ExitKind.REPLAN`: a timer write, an unmask with an IRQ pending). Those end
+  the slice early (`SliceExit`) and `executed` says how many instructions ran (vmm.icount);
+  `now()` is the virtual time of the instruction a hook runs for.
 - Between slices the exclusive monitor is cleared (a CLREX stub in a VMM-owned page), so a
   slice boundary is a clean architectural point: a snapshot taken there and restored into a
   fresh Unicorn instance continues exactly as the original would.
 - `save_state()` returns a plain `VcpuState`; `restore_state()` takes it back. No Unicorn
-  context blob is used.
+  context blob is used in snapshots. In-process reset (snapshot.reset) uses `checkpoint()` /
+  `rollback()` instead: the Unicorn CPU context of this very instance, restored with one copy.
+- Translated code: Unicorn does not see RAM written behind its back, so the vCPU keeps a record
+  of the RAM pages it may hold translations of (every page a fetch fill reached; other fills
+  are granted no execute permission until then) and `drop_translations(pages)` drops the
+  translations of exactly those of `pages`.
 """
 from __future__ import annotations
 
@@ -40,6 +47,7 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
+    UC_TLB_CPU,
     UC_TLB_VIRTUAL,
     Uc,
     UC_CTL_IO_WRITE,
@@ -50,6 +58,7 @@ from unicorn import arm64_const as a64
 
 from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
+from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 
 if TYPE_CHECKING:
@@ -63,9 +72,14 @@ SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 # physical address of `vaddr` itself; Unicorn masks it to its page.
 UC_PAGE_SIZE = 1024
 
+# Granule of the record of RAM pages this vCPU may hold translated code of: the 4 KiB
+# translation granule, the page of the dirty bitmap (vmm.tlb.DIRTY_PAGE_SIZE).
+CODE_PAGE_SIZE = 4096
+
 # Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
 EXCP_UDEF = 1
 EXCP_SWI = 2
+EXCP_DATA_ABORT = 4  # Unicorn raises it only for an unaligned exclusive or atomic access
 EXCP_BKPT = 7
 EXCP_HVC = 11
 EXCP_SMC = 13
@@ -172,6 +186,21 @@ class VcpuState:
     pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
 
 
+@dataclass(frozen=True)
+class VcpuCheckpoint:
+    """One vCPU's state for an in-process rollback (`Vcpu.checkpoint`): the Unicorn CPU context
+    of the instance that took it, plus the VMM's own fields. Never persisted."""
+
+    owner: Uc  # the only instance this context may be restored into
+    context: object  # unicorn UcContext
+    pc: int
+    mpidr: int
+    power: PowerState
+    waiting: bool
+    pending_entry: int
+    pending_context: int
+
+
 class ExitKind(str, enum.Enum):
     """Why a slice ended before its instruction count ran out."""
 
@@ -180,6 +209,7 @@ class ExitKind(str, enum.Enum):
     SYSTEM_OFF = "system_off"
     SYSTEM_RESET = "system_reset"
     FAULT = "fault"
+    REPLAN = "replan"  # the VMM stopped here to plan the rest of the slice anew (a timer event)
 
 
 @dataclass
@@ -242,10 +272,14 @@ class Vcpu:
         self.pc = 0
         self._exit: SliceExit | None = None
         self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
+        self._refused: tuple[int, bool] | None = None  # (1 KiB page, is a fetch): see refuse_access
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
         self._wfi_watched: set[int] = set()
         self._unmask_watched: set[int] = set()
         self._hook_error: BaseException | None = None
+        self._code_pages = bytearray(memory.size // CODE_PAGE_SIZE)  # 1 = may hold translations
+        self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
+        self._scratch: object | None = None  # a UcContext for drop_translations
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)  # LSE atomics and v8.x features
@@ -267,6 +301,12 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
         uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
         self.uc = uc
+        self._icount = InstructionCounter(uc)
+        self._mrs_steps = mrs_steps_past_skip(hooks.sysreg_read)  # see _on_mrs
+        self.slice_start = 0  # virtual time of the first instruction of the last run_slice
+        self.slice_end = 0  # slice_start + its count
+        self.executed = 0  # instructions the last run_slice ran
+        self._stopped_before = False  # a hook stopped the slice in front of an instruction
         self._reset_state = self.save_state()
 
     # --- registers ------------------------------------------------------------------------------
@@ -319,11 +359,19 @@ class Vcpu:
             self._exit = SliceExit(kind, detail, fault)
         self.uc.emu_stop()
 
-    def run_slice(self, count: int) -> SliceExit | None:
-        """Run up to `count` instructions from `self.pc`. None if all `count` ran."""
+    def run_slice(self, count: int, start: int) -> SliceExit | None:
+        """Run up to `count` instructions from `self.pc`, the first at virtual time `start`.
+
+        None if all `count` ran. Afterwards `executed` is how many instructions the slice ran,
+        the one that ended it included (WFI, HVC, a timer MSR); a fault charges all `count`.
+        """
         uc = self.uc
+        self.slice_start, self.slice_end = start, start + count
+        self.executed = count
+        self._stopped_before = False
         self._exit = None
         self._unmapped = None
+        self._refused = None
         self._hook_error = None
         self.pending_abort = None
         # CLREX: clear the exclusive monitor. `count=1` and the same `until` as the slice keep
@@ -344,7 +392,20 @@ class Vcpu:
             return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
         if self.pc == VMM_STUB_BASE + 8 and self._exit is None:
             return self._fault("guest jumped into the VMM stub page")
+        counted = self._icount.counted()
+        if self._exit is None:
+            if counted != count + 1:  # vmm.icount: the stop happens at the hook of count + 1
+                raise InstructionCounterError(f"a slice of {count} instructions counted {counted - 1}")
+        else:
+            self.executed = counted - self._stopped_before
         return self._exit
+
+    def now(self) -> int:
+        """Virtual time (ns) of the instruction being executed: for hooks inside `run_slice`.
+
+        Instruction k (from 0) of a slice runs at `slice_start` + k.
+        """
+        return self.slice_start + self._icount.counted() - 1
 
     def _fault(self, reason: str, **facts: int | None) -> SliceExit:
         info = FaultInfo(reason=reason, pc=self.pc, **facts)  # type: ignore[arg-type]
@@ -354,6 +415,13 @@ class Vcpu:
 
     def _memory_fault(self, err: UcError) -> SliceExit | None:
         """An access Unicorn could not complete: a physical hole or a fetch from non-RAM."""
+        if self._refused is not None:  # the fill refused it (refuse_access)
+            page, fetch = self._refused
+            if fetch:
+                self._unmapped = (UC_MEM_FETCH_PROT, self.pc)
+            elif self._unmapped is not None:  # reached FAULT_PAGE at the access's offset
+                access, reached = self._unmapped
+                self._unmapped = (access, page | (reached & (UC_PAGE_SIZE - 1)))
         if self._unmapped is not None:
             access, addr = self._unmapped
             fetch = access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT)
@@ -385,10 +453,14 @@ class Vcpu:
         else:
             ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
             iss = fault.fsc | (arch.ISS_DABT_WNR if fault.access is AccessKind.WRITE else 0)
-        if self.deliver_sync(ec, iss, far=fault.va, preferred_return=self.pc):
+        from vmm.tlb import fault_address
+
+        far = fault_address(fault, self.pc, self._unmapped[1] if self._unmapped is not None else None)
+        self.flush_tlb()  # drop the entry the fill made for the faulting access (vmm.tlb.FAULT_PAGE)
+        if self.deliver_sync(ec, iss, far=far, preferred_return=self.pc):
             return None
-        reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {fault.va:#x}"
-        return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=fault.va)
+        reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {far:#x}"
+        return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=far)
 
     # --- exception entry ------------------------------------------------------------------------
     def _vbar(self) -> int:
@@ -461,18 +533,22 @@ class Vcpu:
 
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
         fill = self.hooks.tlb_fill
-        if fill is None:
-            entry.paddr = vaddr  # type: ignore[attr-defined]
-            entry.perms = UC_PROT_ALL  # type: ignore[attr-defined]
-            return True
         try:
-            result = fill(self, vaddr, access)
+            result = (vaddr, UC_PROT_ALL) if fill is None else fill(self, vaddr, access)
         except Exception as e:  # e.g. UnsupportedTranslation: stop, do not unwind through Unicorn
             self._hook_error = e
             return False
         if result is None:
             return False
-        entry.paddr, entry.perms = result  # type: ignore[attr-defined]
+        paddr, perms = result
+        offset = paddr - self.memory.base
+        if 0 <= offset < self.memory.size:
+            page = offset // CODE_PAGE_SIZE
+            if access == UC_MEM_FETCH:
+                self._code_pages[page] = 1
+            elif not self._code_pages[page]:
+                perms &= ~UC_PROT_EXEC  # so that code is translated only after a fetch fill
+        entry.paddr, entry.perms = paddr, perms  # type: ignore[attr-defined]
         return True
 
     def watch_wfi(self, vaddr: int) -> None:
@@ -509,8 +585,18 @@ class Vcpu:
         if self._exit is not None or pending is None or uc.reg_read(_PSTATE) & arch.PSTATE_I:
             return
         if self._guard(lambda: pending(self)):
-            self.pc = address
-            self.enter_exception(arch.VECTOR_IRQ, address)
+            # Stop in front of this instruction; the scheduler takes the IRQ there, as at any
+            # slice boundary (an exception entered here would cost the counted instruction).
+            self._stopped_before = True
+            self.request_exit(ExitKind.REPLAN, "IRQ unmasked with an interrupt pending")
+
+    def refuse_access(self, page: int, fetch: bool) -> None:
+        """Called by the TLB-fill policy for an access the guest's physical map does not allow
+        (an instruction fetch from MMIO; a load or store on the VMM stub page), in the 1 KiB
+        `page`: it is reported like an access to a hole. The fill fails a fetch (its address is
+        the PC); a data access is let through to vmm.tlb.FAULT_PAGE, where Unicorn reports its
+        offset in the page."""
+        self._refused = (page, fetch)
 
     def _on_unmapped(self, uc: Uc, access: int, address: int, size: int, value: int, _ud: object) -> bool:
         self._unmapped = (access, address)
@@ -535,17 +621,48 @@ class Vcpu:
         elif intno == EXCP_BKPT:
             insn = self._insn_at(pc)
             ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
+        elif intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
+            # The guest ran into the stub page (not in its map): an instruction fetch from a hole.
+            self.pc = pc
+            self._unmapped = (UC_MEM_FETCH_UNMAPPED, pc)
+            if self._memory_fault(None) is not None:  # type: ignore[arg-type]
+                uc.emu_stop()
+            return
+        elif intno == EXCP_UDEF and pc & 3:  # QEMU reports a misaligned PC as UDEF
+            ec, iss, ret = arch.EC_PC_ALIGN, 0, pc
         elif intno == EXCP_UDEF:
             ec, iss, ret = arch.EC_UNKNOWN, 0, pc
+        elif intno == EXCP_DATA_ABORT:
+            self._alignment_fault(pc)
+            return
         else:
             self.pc = pc
             self._fault(f"unhandled CPU exception {intno}")
             uc.emu_stop()
             return
-        if not self.deliver_sync(ec, iss, preferred_return=ret):
+        far = pc if ec == arch.EC_PC_ALIGN else None  # FAR_EL1 holds the misaligned PC
+        if not self.deliver_sync(ec, iss, preferred_return=ret, far=far):
             self.pc = ret
-            self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss))
+            self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss), far=far)
             uc.emu_stop()
+
+    def _alignment_fault(self, pc: int) -> None:
+        """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
+        fault, FAR = the base register Xn (these instructions take no offset), WnR as QEMU
+        reports it (0 for a load-exclusive, 1 for stores and read-modify-writes)."""
+        insn = self._insn_at(pc)
+        rn = (insn >> 5) & 31
+        far = self.uc.reg_read(_SP) if rn == 31 else self.reg(rn)
+        exclusive = insn & 0x3F00_0000 == 0x0800_0000  # load/store exclusive class (and CAS)
+        write = not (exclusive and (insn >> 22) & 1 and not (insn >> 23) & 1)
+        el0 = arch.pstate_el(self.pstate) == 0
+        ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
+        iss = arch.FSC_ALIGNMENT | (arch.ISS_DABT_WNR if write else 0)
+        if not self.deliver_sync(ec, iss, preferred_return=pc, far=far):
+            self.pc = pc
+            what = "write to" if write else "read from"
+            self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
+            self.uc.emu_stop()
 
     def _insn_at(self, pc: int) -> int:
         if self.memory.contains(pc, 4):
@@ -559,7 +676,10 @@ class Vcpu:
             return 0
         value = self._guard(lambda: handler(self))
         uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
-        uc.reg_write(_PC, uc.reg_read(_PC) + 4)
+        # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
+        # implements; writing the PC there would make it count the next instruction twice.
+        if enc not in self._mrs_steps:
+            uc.reg_write(_PC, uc.reg_read(_PC) + 4)
         return 1
 
     def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
@@ -573,6 +693,7 @@ class Vcpu:
             return 0
         value = cp.val  # type: ignore[attr-defined]
         self._guard(lambda: handler(self, value))
+        # A skipped MSR ends its translation block, so this PC write counts nothing twice.
         uc.reg_write(_PC, uc.reg_read(_PC) + 4)
         return 1
 
@@ -637,10 +758,65 @@ class Vcpu:
         if self.hooks.on_restore is not None:
             self.hooks.on_restore(self)
 
+    def checkpoint(self) -> VcpuCheckpoint:
+        """This vCPU's state at a slice boundary, for `rollback` in this process."""
+        return VcpuCheckpoint(
+            owner=self.uc,
+            context=self.uc.context_save(),
+            pc=self.pc,
+            mpidr=self.mpidr,
+            power=self.power,
+            waiting=self.waiting,
+            pending_entry=self.pending_entry,
+            pending_context=self.pending_context,
+        )
+
+    def rollback(self, cp: VcpuCheckpoint) -> None:
+        """Return to `cp` (taken by this vCPU) and flush the TLB. Translated code is kept: RAM
+        the guest wrote since is the caller's business (`drop_translations`)."""
+        if cp.owner is not self.uc:
+            raise ValueError(f"vCPU {self.index}: the checkpoint was taken by another vCPU")
+        self.uc.context_restore(cp.context)
+        self.pc = cp.pc
+        self.mpidr = cp.mpidr
+        self.power = cp.power
+        self.waiting = cp.waiting
+        self.pending_entry = cp.pending_entry
+        self.pending_context = cp.pending_context
+        self.flush_tlb()
+        if self.hooks.on_restore is not None:
+            self.hooks.on_restore(self)
+
+    def drop_translations(self, pages: np.ndarray) -> None:
+        """Drop translated code of these RAM pages (indices of CODE_PAGE_SIZE bytes), after
+        their contents changed behind Unicorn's back. Costs nothing for pages never fetched."""
+        pages = pages[self._code_bits[pages]]
+        if not pages.size:
+            return
+        uc = self.uc
+        # Unicorn invalidates by virtual address, translated with the current TLB. Translate
+        # with Unicorn's own MMU, switched off, so that VA = PA and the VMM's fill is not called.
+        if self._scratch is None:
+            self._scratch = uc.context_save()
+        else:
+            uc.context_update(self._scratch)  # type: ignore[arg-type]
+        uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME["SCTLR_EL1"].enc) + (0,))
+        uc.ctl_set_tlb_mode(UC_TLB_CPU)
+        self.flush_tlb()
+        try:
+            for page in pages.tolist():
+                start = self.memory.base + page * CODE_PAGE_SIZE
+                uc.ctl_remove_cache(start, start + CODE_PAGE_SIZE)
+        finally:
+            uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
+            self.flush_tlb()
+            uc.context_restore(self._scratch)  # type: ignore[arg-type]
+
     def flush_caches(self) -> None:
         """Drop translated code and TLB entries (after RAM changed behind Unicorn's back)."""
         self.uc.ctl_flush_tb()
         self.flush_tlb()
+        self._code_bits[:] = False
 
     def flush_tlb(self) -> None:
         """Drop TLB entries, so every page is filled (and write-checked) again."""

@@ -12,10 +12,11 @@
 //   "ticker: period <period_ns> ns, <ticks> ticks, start <start>\n"
 //   "tick <n> at <cntvct>\n"        for n = 1 .. ticks, cntvct as read in the handler
 //   "ticker done\n"                 then PSCI SYSTEM_OFF
-// A tick is delivered at the first scheduling-round boundary at or after its deadline; the VM
-// ends rounds at timer deadlines, so for period_ns >= the VM quantum every <cntvct> is exactly
-// start + n * period_ns. (With a shorter period a deadline armed mid-round can be late, and a late
-// tick does not shift the later deadlines.) With ticks = 0 the timer is never armed.
+// The VM takes each tick's IRQ at exactly its deadline, start + n * period_ns, whatever its
+// quantum; <cntvct> is read 20 instructions later (the vector's branch, rt_irq_entry up to its
+// blr, tk_irq up to the MRS), so it is start + n * period_ns + 20. (A tick taken late, if the
+// handler ever ran past the next deadline, would not shift the later deadlines.) With
+// ticks = 0 the timer is never armed.
 // Interrupts other than INTID 27 are acknowledged and EOId without effect; spurious ones
 // (INTID >= 1020) are ignored.
 

@@ -14,6 +14,9 @@ BENCHMARKS = {
     "exec": "execution speed: harness vs a bare Unicorn loop on the compute guest",
     "snapshot": "save/restore speed on a 1 GiB guest vs plain file I/O; diff vs full; mmap restore scaling",
     "dirty": "dirty-tracking cost: off vs TLB-fill tracking vs a per-store write hook; granule modes",
+    "compress": "raw vs lz4 memory files on a 1 GiB guest: save and restore time, size, 1 vs 2 threads",
+    "reset": "in-process reset to a point at 16 and 1,024 dirty pages on a 1 GiB guest vs load_snapshot",
+    "faults": "reliability campaign: kills during save/rebase, mutated files, disk faults, hostile guests; counts per category",
 }
 
 

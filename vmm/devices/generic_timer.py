@@ -27,7 +27,6 @@ so the trap hook can apply them.
 """
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 
 from vmm import sysreg
@@ -69,6 +68,13 @@ class TimerState:
     phys: TimerChannelState = field(default_factory=TimerChannelState)
     cntkctl: int = 0
     cntvoff: int = 0
+
+
+def _copy_state(s: TimerState) -> TimerState:
+    """An independent copy of `s` (a deep copy of ints, without `copy.deepcopy`'s cost)."""
+    return TimerState(
+        TimerChannelState(s.virt.ctl, s.virt.cval), TimerChannelState(s.phys.ctl, s.phys.cval), s.cntkctl, s.cntvoff
+    )
 
 
 def _condition_met(ch: TimerChannelState, count: int) -> bool:
@@ -217,11 +223,11 @@ class GenericTimer:
     # --- snapshot -------------------------------------------------------------------------------
     def save_state(self) -> TimerState:
         """A copy of the timer's state; later guest accesses do not change it."""
-        return copy.deepcopy(self._s)
+        return _copy_state(self._s)
 
     def restore_state(self, state: TimerState) -> None:
         """Replace the timer's state with a copy of `state` (masked to architectural widths)."""
-        s = copy.deepcopy(state)
+        s = _copy_state(state)
         for ch in (s.virt, s.phys):
             ch.ctl &= CTL_WRITABLE
             ch.cval &= MASK64

@@ -46,7 +46,8 @@ overlap: the request is read completely before anything is written.
 """
 from __future__ import annotations
 
-from typing import Callable
+from dataclasses import dataclass
+from typing import Any, Callable
 
 from vmm.devices.mmds.errors import MmdsError, MmdsStateError
 from vmm.devices.mmds.http import MAX_REQUEST_BYTES
@@ -89,6 +90,28 @@ IRQ_DONE = 1 << 0
 
 _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
+
+
+@dataclass(frozen=True)
+class MmdsCheckpoint:
+    """The device for an in-process rollback (`MmdsDevice.checkpoint`); never persisted."""
+
+    service: MmdsService
+    contents: tuple[dict[str, Any], int]  # MmdsStore.contents()
+    token_counter: int
+    registers: tuple[int, ...]  # in `_REGISTER_FIELDS` order
+
+
+_REGISTER_FIELDS = (
+    "_req_addr",
+    "_req_len",
+    "_resp_addr",
+    "_resp_cap",
+    "_resp_len",
+    "_status",
+    "_http_status",
+    "_irq_status",
+)
 
 
 class MmdsDevice:
@@ -257,6 +280,26 @@ class MmdsDevice:
             http_status=self._http_status,
             irq_status=self._irq_status,
         )
+
+    def checkpoint(self) -> MmdsCheckpoint:
+        """The device's state for `rollback` in this process (the store's data is shared)."""
+        service = self._service
+        return MmdsCheckpoint(
+            service=service,
+            contents=service.store.contents(),
+            token_counter=service.tokens.counter,
+            registers=tuple(getattr(self, name) for name in _REGISTER_FIELDS),
+        )
+
+    def rollback(self, cp: MmdsCheckpoint) -> None:
+        """Return to `cp` (the effect of `restore_state(state saved then)`, without re-parsing
+        the store) and drive the IRQ line to the restored level."""
+        self._service = cp.service
+        cp.service.store.set_contents(cp.contents)
+        cp.service.tokens.counter = cp.token_counter
+        for name, value in zip(_REGISTER_FIELDS, cp.registers):
+            setattr(self, name, value)
+        self._set_irq(self.irq_level)
 
     def restore_state(self, state: MmdsState) -> None:
         """Replace all device state with `state`, then drive the IRQ line to the restored

@@ -180,6 +180,15 @@ class MmdsStore:
         """Canonical JSON text of the whole store (for snapshots)."""
         return canonical_json(self._data).decode("utf-8")
 
+    def contents(self) -> tuple[dict[str, JsonValue], int]:
+        """The contents and their size, for an in-process rollback (`set_contents`). Shared,
+        not copied: the store replaces its data on every change and never mutates it."""
+        return self._data, self._size
+
+    def set_contents(self, contents: tuple[dict[str, JsonValue], int]) -> None:
+        """Go back to what `contents()` returned (from this store or one with the same limit)."""
+        self._data, self._size = contents
+
     def load_json(self, text: str) -> None:
         """Replace the store with the JSON object in `text` (limit enforced)."""
         value = parse_json(text)

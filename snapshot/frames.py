@@ -1,0 +1,601 @@
+"""The `lz4` memory-file format: guest RAM cut into independently compressed frames, an index
+and a footer (Firedancer's fd_checkpt frame design, plus what it leaves out).
+
+A frame covers `frame_size` bytes of RAM (frame n = RAM bytes [n*F, (n+1)*F), the last one
+shorter if the RAM size is not a multiple of F). Its *payload* is what the memory file records
+of that range (snapshot.memfile's extents): all of it for a full file; for a diff, the bytes of
+the recorded pages in it, concatenated in address order (frames without any are absent). The
+file, all integers little-endian:
+
+    frame data  each present frame's stored bytes, back to back from byte 0, in frame order
+    index       one _ENTRY (40 bytes) per present frame, in frame order:
+                  frame u64 | offset u64 | stored_size u32 | payload_size u32 | style u8
+                  | 7 zero bytes | checksum u64 (XXH3-64 of the payload; 0 for ZERO)
+    footer      _FOOTER (80 bytes): magic | version u32 | codec u32 | RAM length u64
+                  | frame_size u64 | entry count u64 | index offset u64
+                  | index checksum u64 (XXH3-64) | content digest (16 raw bytes, the
+                  MemFileInfo digest) | footer checksum u64 (XXH3-64 of the bytes before it)
+
+Styles: RAW stores the payload verbatim (used when LZ4 does not shrink it), LZ4 stores one LZ4
+block without a size prefix (lz4.block), ZERO stores nothing (an all-zero payload costs no
+bytes). fd_checkpt's gaps, closed here: its frames have no index (a reader walks them in
+order), no checksums (a flipped bit restores silently) and an LZ4 frame may be larger than its
+input. Here any frame is located from the index alone and verified by its own checksum, and
+the footer binds the file to its state file through the content digest, which is defined as
+for a raw file (snapshot.memfile), so a chain may mix formats.
+
+Determinism: each frame is compressed alone with fixed settings and written in frame order, so
+the file is bit-identical whatever the number of threads. Readers decode frames in parallel
+from pread (`source="stream"`) or from a read-only mmap of the file (`source="mmap"`); both
+give identical RAM. Restored RAM is anonymous memory either way: lazily loaded copy-on-write
+RAM (persist's mmap backend over the base) needs the raw format.
+
+Threads: lz4.block, xxhash and numpy's copies release the GIL, so frames are compressed,
+checked and copied on a pool of `threads` workers (1 = all in the calling thread).
+
+Untrusted input: before any frame is read, the file size must be the recorded one, the footer
+must check out and match the MemFileInfo, the index size must follow from it and the file size,
+and every index entry (frame number, payload size, offset, stored size, style) must be the one
+the MemFileInfo implies. A frame decompresses into at most its payload size, must produce
+exactly that, and must match its checksum (CorruptMemoryFileError naming the frame otherwise).
+"""
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+
+import lz4.block
+import numpy as np
+import xxhash
+
+from snapshot.errors import (
+    CorruptMemoryFileError,
+    IncompatibleError,
+    MemoryFileMismatchError,
+    MemoryIoError,
+    from_os_error,
+)
+from snapshot.memfile import (
+    DEFAULT_PAGE_SIZE,
+    DIFF,
+    FULL,
+    LZ4,
+    FileRef,
+    MemFileInfo,
+    Run,
+    _check_parent,
+    _check_ram_size,
+    _dest_fd,
+    _pread_exact,
+    _ram_view,
+    _source_fd,
+    canonical_runs,
+    extents_digest,
+    pwrite_all,
+)
+from snapshot.progress import Progress, no_progress
+
+DEFAULT_FRAME_SIZE = 2 << 20  # bytes of RAM per frame: one AArch64 level-2 block (4 KiB granule)
+# Ours: bounds the buffers of one frame; far below LZ4_MAX_INPUT_SIZE (0x7E000000, lz4.h).
+MAX_FRAME_SIZE = 64 << 20
+FOOTER_MAGIC = b"MVMFRAME"
+FORMAT_VERSION = 1  # of the layout in the module docstring
+CODEC_LZ4_BLOCK = 1  # LZ4 block format (lz4_Block_format.md), no size prefix
+MAX_DEFAULT_THREADS = 8  # ours: more threads than this stop paying off for 2 MiB frames
+IN_FLIGHT_PER_THREAD = 4  # ours: frames queued per worker, bounding the memory held
+
+STYLE_RAW = 0
+STYLE_LZ4 = 1
+STYLE_ZERO = 2
+STYLE_NAMES = {STYLE_RAW: "RAW", STYLE_LZ4: "LZ4", STYLE_ZERO: "ZERO"}
+
+_FOOTER_HEAD = struct.Struct("<8sIIQQQQQ16s")  # the footer without its trailing checksum
+FOOTER_SIZE = _FOOTER_HEAD.size + 8
+_ENTRY = np.dtype(
+    [
+        ("frame", "<u8"),
+        ("offset", "<u8"),
+        ("stored", "<u4"),
+        ("payload", "<u4"),
+        ("style", "u1"),
+        ("pad", "u1", (7,)),
+        ("checksum", "<u8"),
+    ]
+)
+ENTRY_SIZE = _ENTRY.itemsize  # 40 bytes
+
+Source = Literal["stream", "mmap"]
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame of a memory file: its number, the RAM extents (byte offset, byte count) its
+    payload covers, in address order, and the payload's size in bytes."""
+
+    number: int
+    segments: tuple[tuple[int, int], ...]
+    size: int
+
+
+def check_frame_size(frame_size: int, page_size: int) -> None:
+    """ValueError unless `frame_size` is whole pages of `page_size`, at most MAX_FRAME_SIZE."""
+    if type(frame_size) is not int or not 0 < frame_size <= MAX_FRAME_SIZE or frame_size % page_size:
+        raise ValueError(
+            f"frame size must be a multiple of {page_size} bytes up to {MAX_FRAME_SIZE}, got {frame_size!r}"
+        )
+
+
+def default_threads() -> int:
+    """Workers used when none are given: the CPUs this process may run on, at most
+    MAX_DEFAULT_THREADS."""
+    return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_THREADS))
+
+
+def frame_layout(
+    kind: Literal["full", "diff"], length: int, page_size: int, frame_size: int, runs: Iterable[Run] = ()
+) -> list[Frame]:
+    """The frames of a memory file of `kind` over `length` bytes of RAM (diff: recording the
+    canonical page `runs`), in frame order."""
+    if kind == FULL:
+        sizes = ((off, min(frame_size, length - off)) for off in range(0, length, frame_size))
+        return [Frame(off // frame_size, ((off, n),), n) for off, n in sizes]
+    frames: list[tuple[int, list[tuple[int, int]]]] = []
+    for first, count in runs:
+        start, end = first * page_size, (first + count) * page_size
+        while start < end:
+            number = start // frame_size
+            stop = min(end, (number + 1) * frame_size)
+            if frames and frames[-1][0] == number:
+                frames[-1][1].append((start, stop - start))
+            else:
+                frames.append((number, [(start, stop - start)]))
+            start = stop
+    return [Frame(number, tuple(segments), sum(n for _, n in segments)) for number, segments in frames]
+
+
+def _info_layout(info: MemFileInfo) -> list[Frame]:
+    return frame_layout(info.kind, info.length, info.page_size, info.frame_size, info.runs)
+
+
+# --- workers ----------------------------------------------------------------------------------
+class _Workers:
+    """A pool of `threads` workers (1: everything runs in the calling thread)."""
+
+    def __init__(self, threads: int | None) -> None:
+        self.threads = default_threads() if threads is None else threads
+        if type(self.threads) is not int or self.threads < 1:
+            raise ValueError(f"threads must be a positive integer, got {threads!r}")
+        self._pool = ThreadPoolExecutor(self.threads, "frames") if self.threads > 1 else None
+
+    def submit(self, fn: Callable[..., R], *args: object) -> Future[R]:
+        """`fn(*args)` on a worker (inline with one thread: done on return)."""
+        if self._pool is not None:
+            return self._pool.submit(fn, *args)
+        done: Future[R] = Future()
+        done.set_result(fn(*args))
+        return done
+
+    def ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
+        """fn(item) for each item, results in order, at most IN_FLIGHT_PER_THREAD x threads
+        queued at once. The first exception is raised when its result is reached."""
+        if self._pool is None:
+            yield from map(fn, items)
+            return
+        todo = iter(items)
+        pending = deque(self._pool.submit(fn, item) for item in islice(todo, IN_FLIGHT_PER_THREAD * self.threads))
+        while pending:
+            result = pending.popleft().result()
+            pending.extend(self._pool.submit(fn, item) for item in islice(todo, 1))
+            yield result
+
+    def close(self) -> None:
+        """Cancel what has not started and wait for what has (nothing touches RAM after)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> _Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+# --- writers ----------------------------------------------------------------------------------
+def _gather(view: memoryview, frame: Frame) -> memoryview | bytes:
+    """The frame's payload: a view of RAM for one extent, a copy for several."""
+    if len(frame.segments) == 1:
+        offset, n = frame.segments[0]
+        return view[offset : offset + n]
+    return b"".join(view[offset : offset + n] for offset, n in frame.segments)
+
+
+def _encode(view: memoryview, frame: Frame) -> tuple[int, memoryview | bytes, int]:
+    """(style, stored bytes, checksum) of one frame: ZERO if its payload is all zeros, LZ4 if
+    that is smaller than the payload, RAW otherwise."""
+    payload = _gather(view, frame)
+    if not np.frombuffer(payload, np.uint64).any():  # payloads are whole pages: 8-byte words
+        return STYLE_ZERO, b"", 0
+    checksum = xxhash.xxh3_64_intdigest(payload)
+    packed = lz4.block.compress(payload, store_size=False)
+    if len(packed) < len(payload):
+        return STYLE_LZ4, packed, checksum
+    return STYLE_RAW, payload, checksum
+
+
+def _write(
+    dest: FileRef,
+    ram: np.ndarray,
+    page_size: int,
+    kind: Literal["full", "diff"],
+    runs: tuple[Run, ...],
+    parent_digest: str | None,
+    frame_size: int,
+    threads: int | None,
+    progress: Progress | None,
+) -> MemFileInfo:
+    view = _ram_view(ram, page_size)
+    check_frame_size(frame_size, page_size)
+    advance = progress or no_progress
+    layout = frame_layout(kind, len(view), page_size, frame_size, runs)
+    index = np.zeros(len(layout), _ENTRY)
+    index["frame"] = [f.number for f in layout]
+    index["payload"] = [f.size for f in layout]
+
+    def encode(frame: Frame) -> tuple[int, memoryview | bytes, int]:
+        return _encode(view, frame)
+
+    offset = 0
+    with _Workers(threads) as workers, _dest_fd(dest) as fd:
+        digest = workers.submit(extents_digest, ram, kind, page_size, runs, parent_digest)
+        try:
+            for i, (style, stored, checksum) in enumerate(workers.ordered(encode, layout)):
+                pwrite_all(fd, stored, offset)
+                index[i]["offset"], index[i]["stored"] = offset, len(stored)
+                index[i]["style"], index[i]["checksum"] = style, checksum
+                offset += len(stored)
+                advance(layout[i].size)
+            content = bytes.fromhex(digest.result())
+            blob = index.tobytes()
+            footer = _FOOTER_HEAD.pack(
+                FOOTER_MAGIC, FORMAT_VERSION, CODEC_LZ4_BLOCK, len(view), frame_size, len(layout),
+                offset, xxhash.xxh3_64_intdigest(blob), content,
+            )
+            tail = blob + footer + xxhash.xxh3_64_intdigest(footer).to_bytes(8, "little")
+            pwrite_all(fd, tail, offset)
+            end = offset + len(tail)
+            if os.fstat(fd).st_size != end:  # an fd that held a longer file
+                os.ftruncate(fd, end)
+        except OSError as exc:
+            raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
+    stored_pages = int(index["payload"][index["style"] != STYLE_ZERO].sum()) // page_size
+    if kind == FULL:
+        info = MemFileInfo(FULL, len(view), page_size, content.hex(), stored_pages)
+    else:
+        assert parent_digest is not None
+        info = MemFileInfo.diff(len(view), page_size, content.hex(), runs, parent_digest)
+    return replace(info, format=LZ4, frame_size=frame_size, file_size=end)
+
+
+def write_full(
+    dest: FileRef,
+    ram: np.ndarray,
+    page_size: int = DEFAULT_PAGE_SIZE,
+    *,
+    frame_size: int = DEFAULT_FRAME_SIZE,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> MemFileInfo:
+    """Write all of `ram` as a full lz4 memory file at `dest` (an fd, or a path created mode
+    0600): every frame, ZERO ones costing nothing. `ram` must not change during the call.
+    The info's digest is the raw full digest of `ram`; pages_written counts the pages of
+    frames that are not ZERO. Does not fsync. MemoryIoError if writing fails. `progress`
+    advances by len(ram) bytes in all."""
+    return _write(dest, ram, page_size, FULL, (), None, frame_size, threads, progress)
+
+
+def write_diff(
+    dest: FileRef,
+    ram: np.ndarray,
+    runs: Iterable[Run],
+    page_size: int = DEFAULT_PAGE_SIZE,
+    *,
+    parent_digest: str,
+    frame_size: int = DEFAULT_FRAME_SIZE,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> MemFileInfo:
+    """Write the dirty page `runs` of `ram` as a diff lz4 memory file at `dest`: only frames
+    holding dirty pages, each holding only those pages. Same info (digest, page map, parent) as
+    memfile.write_diff would record, plus the format fields. `progress` advances by the bytes
+    of the runs."""
+    canon = canonical_runs(runs, len(_ram_view(ram, page_size)) // page_size)
+    return _write(dest, ram, page_size, DIFF, canon, parent_digest, frame_size, threads, progress)
+
+
+# --- readers ----------------------------------------------------------------------------------
+@dataclass
+class _Index:
+    """A checked index: entry i stores `frames[i]`."""
+
+    entries: np.ndarray
+    frames: list[Frame]
+
+
+def _check_lz4(info: MemFileInfo) -> None:
+    if info.format != LZ4:
+        raise IncompatibleError(f"the memory file is {info.format}, not lz4: read it with snapshot.memfile")
+    check_frame_size(info.frame_size, info.page_size)
+
+
+def _pread(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray:
+    """`size` bytes at `offset` (one pread, with no buffer to clear, nearly always)."""
+    try:
+        data = os.pread(fd, size, offset)
+        if len(data) == size:
+            return data
+        buf = bytearray(size)
+        _pread_exact(fd, memoryview(buf), offset, where)
+    except OSError as exc:
+        raise from_os_error(exc, "reading", where, MemoryIoError) from exc
+    return buf
+
+
+def _read_index(fd: int, where: FileRef, info: MemFileInfo) -> _Index:
+    """The file's index, after every check in the module docstring's "untrusted input"."""
+    try:
+        size = os.fstat(fd).st_size
+    except OSError as exc:
+        raise from_os_error(exc, "inspecting", where, MemoryIoError) from exc
+    if size != info.file_length:
+        raise MemoryFileMismatchError(where, "length", f"{size} bytes", f"{info.file_length} bytes")
+    if size < FOOTER_SIZE:
+        raise CorruptMemoryFileError(where, f"{size} bytes is shorter than the {FOOTER_SIZE}-byte footer")
+    raw_footer = _pread(fd, where, size - FOOTER_SIZE, FOOTER_SIZE)
+    head = bytes(raw_footer[: _FOOTER_HEAD.size])
+    magic, version, codec, length, frame_size, count, index_offset, index_sum, content = _FOOTER_HEAD.unpack(head)
+    if magic != FOOTER_MAGIC:
+        raise CorruptMemoryFileError(where, "no lz4 frame-format footer at its end")
+    if xxhash.xxh3_64_intdigest(head) != int.from_bytes(raw_footer[_FOOTER_HEAD.size :], "little"):
+        raise CorruptMemoryFileError(where, "footer checksum mismatch")
+    if version != FORMAT_VERSION or codec != CODEC_LZ4_BLOCK:
+        raise IncompatibleError(
+            f"memory file frame format {version} codec {codec} is not supported "
+            f"(this build reads format {FORMAT_VERSION} codec {CODEC_LZ4_BLOCK})"
+        )
+    for what, found, expected in (
+        ("RAM length", length, info.length),
+        ("frame size", frame_size, info.frame_size),
+        ("digest", content.hex(), info.digest),
+    ):
+        if found != expected:
+            raise MemoryFileMismatchError(where, what, found, expected)
+    frames = _info_layout(info)
+    if count != len(frames):
+        raise CorruptMemoryFileError(where, f"index has {count} entries, the state file implies {len(frames)}")
+    if index_offset + count * ENTRY_SIZE + FOOTER_SIZE != size:
+        raise CorruptMemoryFileError(where, f"index at byte {index_offset} does not end at the footer")
+    blob = _pread(fd, where, index_offset, count * ENTRY_SIZE)
+    if xxhash.xxh3_64_intdigest(blob) != index_sum:
+        raise CorruptMemoryFileError(where, "index checksum mismatch")
+    entries = np.frombuffer(blob, _ENTRY)
+    _check_entries(where, entries, frames, index_offset)
+    return _Index(entries, frames)
+
+
+def _check_entries(where: FileRef, entries: np.ndarray, frames: Sequence[Frame], data_end: int) -> None:
+    """CorruptMemoryFileError naming the first frame whose entry is not what `frames` implies or
+    whose stored bytes are not where they must be (back to back from 0 up to `data_end`)."""
+    stored = entries["stored"].astype(np.int64)
+    payload = entries["payload"].astype(np.int64)
+    style = entries["style"]
+    ends = np.cumsum(stored)
+    starts = ends - stored
+    bad = (
+        (entries["frame"] != np.array([f.number for f in frames], dtype=np.uint64))
+        | (payload != np.array([f.size for f in frames], dtype=np.int64))
+        | (entries["offset"].astype(np.int64) != starts)
+        | entries["pad"].any(axis=1)
+        | ((style == STYLE_RAW) & (stored != payload))
+        | ((style == STYLE_LZ4) & ((stored <= 0) | (stored >= payload)))
+        | ((style == STYLE_ZERO) & ((stored != 0) | (entries["checksum"] != 0)))
+        | (style > STYLE_ZERO)
+    )
+    if bad.any():
+        i = int(np.argmax(bad))
+        number = frames[i].number
+        raise CorruptMemoryFileError(where, f"index entry {i} is inconsistent", frame=number)
+    if (ends[-1] if len(ends) else 0) != data_end:
+        raise CorruptMemoryFileError(where, f"frames end at byte {int(ends[-1]) if len(ends) else 0}, the index starts at {data_end}")
+
+
+class _Reader:
+    """Stored bytes of frames, from pread (stream) or a read-only mapping of the file (mmap)."""
+
+    def __init__(self, fd: int, where: FileRef, source: Source, size: int) -> None:
+        if source not in ("stream", "mmap"):
+            raise ValueError(f"source must be 'stream' or 'mmap', got {source!r}")
+        self._fd, self._where = fd, where
+        self._map: mmap.mmap | None = None
+        self._view: memoryview | None = None
+        if source == "mmap" and size:
+            try:
+                self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
+            except OSError as exc:
+                raise from_os_error(exc, "mapping", where, MemoryIoError) from exc
+            self._view = memoryview(self._map)
+
+    def read(self, offset: int, size: int) -> memoryview | bytes | bytearray:
+        if self._view is not None:
+            return self._view[offset : offset + size]
+        return _pread(self._fd, self._where, offset, size)
+
+    def close(self) -> None:
+        if self._view is not None:
+            self._view.release()
+            self._view = None
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # a view still held by a traceback: freed with it
+                pass
+            self._map = None
+
+
+@contextmanager
+def _reader(fd: int, where: FileRef, source: Source, size: int) -> Iterator[_Reader]:
+    reader = _Reader(fd, where, source, size)
+    try:
+        yield reader
+    finally:
+        reader.close()
+
+
+def _payload(where: FileRef, reader: _Reader, entry: np.void, frame: Frame) -> memoryview | bytes | None:
+    """The frame's verified payload; None for a ZERO frame."""
+    style = int(entry["style"])
+    if style == STYLE_ZERO:
+        return None
+    stored = reader.read(int(entry["offset"]), int(entry["stored"]))
+    payload: memoryview | bytes | bytearray = stored
+    if style == STYLE_LZ4:
+        try:
+            payload = lz4.block.decompress(stored, uncompressed_size=frame.size)
+        except (lz4.block.LZ4BlockError, ValueError) as exc:
+            raise CorruptMemoryFileError(where, f"LZ4 block does not decode ({exc})", frame=frame.number) from None
+        if len(payload) != frame.size:
+            raise CorruptMemoryFileError(
+                where, f"LZ4 block decodes to {len(payload)} bytes, expected {frame.size}", frame=frame.number
+            )
+    if xxhash.xxh3_64_intdigest(payload) != int(entry["checksum"]):
+        raise CorruptMemoryFileError(where, "checksum mismatch", frame=frame.number)
+    return payload  # type: ignore[return-value]
+
+
+def _restore_frame(
+    where: FileRef, reader: _Reader, ram: np.ndarray, zeroed: bool, entry: np.void, frame: Frame
+) -> int:
+    """Decode one frame into `ram` at its extents; returns its payload size."""
+    payload = _payload(where, reader, entry, frame)
+    if payload is None:
+        if not zeroed:
+            for offset, n in frame.segments:
+                ram[offset : offset + n].fill(0)
+        return frame.size
+    data = np.frombuffer(payload, np.uint8)
+    pos = 0
+    for offset, n in frame.segments:
+        np.copyto(ram[offset : offset + n], data[pos : pos + n])
+        pos += n
+    return frame.size
+
+
+def _decode_into(
+    fd: int,
+    where: FileRef,
+    ram: np.ndarray,
+    info: MemFileInfo,
+    source: Source,
+    zeroed: bool,
+    threads: int | None,
+    progress: Progress | None,
+) -> None:
+    """Check the file and decode every frame into `ram` (checked by the caller) on workers."""
+    advance = progress or no_progress
+    index = _read_index(fd, where, info)
+
+    def restore(i: int) -> int:
+        return _restore_frame(where, reader, ram, zeroed, index.entries[i], index.frames[i])
+
+    with _reader(fd, where, source, info.file_length) as reader, _Workers(threads) as workers:
+        for done in workers.ordered(restore, range(len(index.frames))):
+            advance(done)
+
+
+def read_into(
+    src: FileRef,
+    ram: np.ndarray,
+    info: MemFileInfo,
+    verify_digest: bool = True,
+    *,
+    parent: MemFileInfo | None = None,
+    source: Source = "stream",
+    zeroed: bool = False,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    name: FileRef | None = None,
+) -> None:
+    """Eager restore of the lz4 memory file `src` (path or fd) into writable `ram`, like
+    memfile.read_into: a full file overwrites every byte of `ram` (ZERO frames are skipped if
+    `zeroed` says `ram` is all zeros already, e.g. fresh np.zeros); a diff's pages are laid
+    over `ram`, which must hold `parent` (MissingParentError / ParentMismatchError).
+
+    Every check of the module docstring runs before a frame is read; each frame is checked
+    against its checksum (CorruptMemoryFileError naming it). With `verify_digest` the digest
+    of the restored extents is recomputed too (MemoryFileMismatchError). `source`: "stream"
+    (pread) or "mmap" (decode from a read-only mapping): identical results. On any error `ram`
+    holds unspecified contents and must be discarded; no worker touches it after the raise.
+    `progress` advances by extent_bytes(info) in all. `name`: the file as messages show it
+    (default `src`; give the path when `src` is an fd).
+    """
+    where = src if name is None else name
+    _ram_view(ram, info.page_size, writable=True)
+    _check_lz4(info)
+    _check_ram_size(info, ram.size)
+    _check_parent(info, parent)
+    with _source_fd(src) as fd:
+        _decode_into(fd, where, ram, info, source, zeroed, threads, progress)
+    if verify_digest:
+        found = extents_digest(ram, info.kind, info.page_size, info.runs, info.parent_digest)
+        if found != info.digest:
+            raise MemoryFileMismatchError(where, "digest", found, info.digest)
+
+
+def compute_digest(
+    src: FileRef,
+    info: MemFileInfo,
+    *,
+    threads: int | None = None,
+    progress: Progress | None = None,
+    name: FileRef | None = None,
+) -> str:
+    """The digest of what the lz4 memory file `src` records (same definition as a raw file's),
+    after checking its footer, index and every frame checksum. Decodes into scratch RAM of
+    info.length bytes (pages never written cost nothing). `progress` advances by
+    extent_bytes(info); `name` as for read_into."""
+    _check_lz4(info)
+    scratch = np.zeros(info.length, np.uint8)
+    with _source_fd(src) as fd:
+        _decode_into(fd, src if name is None else name, scratch, info, "stream", True, threads, progress)
+    return extents_digest(scratch, info.kind, info.page_size, info.runs, info.parent_digest)
+
+
+def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
+    """The verified payload of frame `number` (RAM bytes [number*F, ...)), located through the
+    index without reading any other frame. ValueError if the file holds no such frame."""
+    _check_lz4(info)
+    with _source_fd(src) as fd:
+        index = _read_index(fd, src, info)
+        at = next((i for i, f in enumerate(index.frames) if f.number == number), None)
+        if at is None:
+            raise ValueError(f"{len(index.frames)} frames, none is frame {number}")
+        with _reader(fd, src, "stream", info.file_length) as reader:
+            payload = _payload(src, reader, index.entries[at], index.frames[at])
+    return bytes(index.frames[at].size) if payload is None else bytes(payload)
+
+
+def frame_styles(src: FileRef, info: MemFileInfo) -> dict[str, int]:
+    """How many frames the file stores in each style, e.g. {"RAW": 1, "LZ4": 40, "ZERO": 23}
+    (reads the footer and index only)."""
+    _check_lz4(info)
+    with _source_fd(src) as fd:
+        styles = _read_index(fd, src, info).entries["style"]
+    return {name: int(np.count_nonzero(styles == code)) for code, name in STYLE_NAMES.items()}
