@@ -236,7 +236,7 @@ class TrackingConfig:
 class TrackingStats:
     """Counters for the current epoch (reset by `new_epoch()`)."""
 
-    faults: int  # write-access TLB fills seen by on_write_fill
+    faults: int  # first-write faults: write fills of pages not yet dirty at page granule
     step_downs: int  # step-down events (a global one counts once)
     pages_dirty: int
     blocks_fine: int
@@ -286,6 +286,12 @@ class AdaptiveController:
         """May a read/exec fill of this page grant write now? True if the page is already
         dirty (its coarse block was dirtied, or the page itself was)."""
         return self._bitmap.is_dirty(page_index)
+
+    def already_tracked(self, page_index: int) -> bool:
+        """Is `page_index` dirty at page granule already? Then a write fill of it is a TLB
+        refill, not a first write: a hypervisor's write-protect fault happens once per page
+        per epoch, so callers skip `on_write_fill` (and its fault count) for it."""
+        return bool(self._fine[page_index >> self._block_shift] and self._bitmap._buf[page_index])
 
     def on_write_fill(self, page_index: int, now_ns: int) -> None:
         """Record a write-access fill of `page_index` at virtual time `now_ns` (nanoseconds)."""

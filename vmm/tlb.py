@@ -174,7 +174,8 @@ class TlbFiller:
                 page = offset // DIRTY_PAGE_SIZE
                 if access == UC_MEM_WRITE:
                     self.write_fills += 1
-                    dirty.on_write_fill(page, self.now_ns())
+                    if not dirty.already_tracked(page):  # else a TLB refill: nothing new
+                        dirty.on_write_fill(page, self.now_ns())
                 elif perms & UC_PROT_WRITE and not dirty.write_allowed(page):
                     perms &= ~UC_PROT_WRITE
             return pa, perms
