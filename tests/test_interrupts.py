@@ -313,8 +313,7 @@ idle:
     wfi
     b idle
 """ + RECORDING_HANDLER
-    handler_time, elr_offset, *_rest = run_with_quanta(tmp_path, src, QUANTA[1:], 1_000_000)
-    deadline = _rest[3]
+    handler_time, elr_offset, _, _, _, deadline = run_with_quanta(tmp_path, src, QUANTA[1:], 1_000_000)[:6]
     assert handler_time == deadline + 1
     assert elr_offset == 4  # the WFI completed: the IRQ returns to the branch after it
     # Asleep from the WFI to the deadline, inside one round: those instructions never ran.
