@@ -289,3 +289,20 @@ def test_dirty_pages_matches_the_bitmap() -> None:
     assert dirty_pages(bitmap).tolist() == bitmap.pages().tolist()
     bitmap.mark_range(0, 64 * MIB)  # dense: the vectorised tail
     assert dirty_pages(bitmap).tolist() == list(range(16384))
+
+
+def test_checkpoints_carry_every_field_of_the_plain_states() -> None:
+    """A field added to VcpuState or MmdsState must reach the in-process checkpoints too."""
+    from dataclasses import fields
+
+    from vmm.devices.mmds.device import _REGISTER_FIELDS, MmdsCheckpoint
+    from vmm.devices.mmds.state import MmdsState
+    from vmm.vcpu import VcpuCheckpoint, VcpuState
+
+    in_unicorn_context = {"index", "x", "sp_el0", "sp_el1", "pc", "pstate", "v", "fpcr", "fpsr", "sysregs"}
+    vcpu_fields = {f.name for f in fields(VcpuCheckpoint)}
+    assert {f.name for f in fields(VcpuState)} - in_unicorn_context <= vcpu_fields
+    in_service = {"version", "data_json", "data_limit", "token_secret"}  # MmdsCheckpoint.service, .contents
+    registers = {name.lstrip("_") for name in _REGISTER_FIELDS}
+    assert {f.name for f in fields(MmdsState)} - in_service - registers == {"token_counter"}
+    assert "token_counter" in {f.name for f in fields(MmdsCheckpoint)}

@@ -3,14 +3,14 @@
 Figures (side by side in one process run):
 - resets per second with exactly 16 and exactly 1,024 pages dirtied between resets (host
   writes through GuestMemory, random pages, a new set each time; only `reset_to` is timed;
-  best of 3 rounds, as other processes share the machine);
+  best of 5 rounds, as other processes share the machine);
 - `load_snapshot` of the same point saved as a full snapshot, copy and mmap backends (best of
   3); `reset_vs_load` = reset time at 16 dirty pages / mmap load time (the faster load), so
   smaller is better; `reset_vs_load_1024` the same at 1,024 pages;
-- the dirty-epoch start alone (`epoch_start_us`: bitmap clear + TLB flush, part of a reset;
-  measured before the point exists, so without its bookkeeping),
-  taking the point (`capture_ms`, one RAM copy), and a fuzzing loop (`loop_per_s`: reset,
-  then run the guest one 10,000-instruction quantum, which refills the TLB).
+- the dirty-epoch start alone (`epoch_start_us`: bitmap clear + TLB flush, part of every
+  reset; measured before the point exists, so without its bookkeeping), taking the point
+  (`capture_ms`: one copy of RAM), and a fuzzing loop (`loop_per_s`: reset, then run the
+  guest one 10,000-instruction quantum, which refills the TLB and re-dirties pages).
 After the timed loops the VM's digest is checked against the point's.
 """
 from __future__ import annotations
@@ -30,6 +30,7 @@ from vmm.tlb import DIRTY_PAGE_SIZE
 
 QUANTUM = 10_000  # instructions per round: one fuzzing-loop step
 ROUNDS = 3  # timed rounds per figure; the best counts
+RESET_ROUNDS = 5  # the same for the reset loops (short, and the most exposed to other processes)
 
 
 def _vm(mem: int) -> MicroVM:
@@ -50,7 +51,7 @@ def _resets_per_s(vm: MicroVM, point: ResetPoint, dirty: int, iterations: int, r
     pages written before each reset (outside the timing)."""
     pages = vm.memory.size // DIRTY_PAGE_SIZE
     best = 0.0
-    for _ in range(ROUNDS):
+    for _ in range(RESET_ROUNDS):
         order = rng.permutation(pages)  # consecutive slices: fresh distinct pages each time
         spent = 0.0
         for i in range(iterations):

@@ -327,7 +327,8 @@ def _edge_values(rng: random.Random, value: Any) -> list[Any]:
     if isinstance(value, bool):
         same: list[Any] = [not value]
     elif isinstance(value, int):
-        same = [-1, 0, 1, value + 1, value - 1, value * 2, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), rng.randrange(2**64)]
+        edges = [-1, 0, 1, value + 1, value - 1, value * 2, 2**31, 2**32, 2**63 - 1, 2**63, 2**64 - 1, -(2**63), rng.randrange(2**64)]
+        same = [v for v in edges if -(2**63) <= v < 2**64]  # what msgpack can encode
     elif isinstance(value, float):
         same = [math.nan, math.inf, -0.0, 1e308]
     elif isinstance(value, str):
