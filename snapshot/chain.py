@@ -39,6 +39,7 @@ from snapshot.errors import (
     ParentMismatchError,
     SnapshotError,
     from_os_error,
+    resolve_path,
 )
 from snapshot.frames import DEFAULT_FRAME_SIZE
 from snapshot.memfile import (
@@ -199,7 +200,7 @@ def rebase(
     check_compression(compress, frame_size)
     inputs = [snapshot_paths(p)[0] for p in (base, *diffs)]
     out_snap, out_mem = snapshot_paths(out)
-    if any(out_snap.resolve() == p.resolve() for p in inputs):
+    if any(resolve_path(out_snap) == resolve_path(p) for p in inputs):
         raise InvalidPathError(out_snap, "is one of the snapshots being merged")
     if len(inputs) > MAX_CHAIN:
         raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")

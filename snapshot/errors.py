@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno as _errno
 import os
 import stat
+from pathlib import Path
 from typing import Sequence
 
 # Messages quote at most this many characters of an untrusted value.
@@ -271,6 +272,15 @@ def from_os_error(
     if exc.errno in _PATH_ERRNOS:
         return InvalidPathError(path, f"{action}: {text}", errno=exc.errno)
     return io_class(f"{action} {show_path(path)}: {text}", errno=exc.errno)
+
+
+def resolve_path(path: str | os.PathLike[str], what: str = "the name") -> Path:
+    """`path` made absolute with symlinks resolved; InvalidPathError (naming `what`) if it
+    cannot be, e.g. a symlink loop (RuntimeError before Python 3.13, OSError after)."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:
+        raise InvalidPathError(path, f"cannot resolve {what}: {exc}") from None
 
 
 def open_regular_readonly(

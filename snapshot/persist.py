@@ -35,6 +35,7 @@ from snapshot.errors import (
     MissingParentError,
     ParentMismatchError,
     SnapshotError,
+    resolve_path,
 )
 from snapshot import frames
 from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, Run, compute_digest, extent_bytes, map_private, read_into, write_diff, write_full
@@ -250,23 +251,23 @@ def decode(pair: OpenedPair) -> MicrovmState:
     try:
         config = config_of(state)
     except ConfigError as e:
-        raise EncodingError(f"invalid snapshot: vm.config: {e}") from None
+        raise EncodingError(f"vm.config: {e}") from None
     if not 1 <= info.vcpu_count <= MAX_VCPUS or info.vcpu_count != len(state.vcpus) or config.vcpus != info.vcpu_count:
-        raise EncodingError(f"invalid snapshot: vCPU count {info.vcpu_count} does not match {len(state.vcpus)} vCPU states")
+        raise EncodingError(f"vCPU count {info.vcpu_count} does not match {len(state.vcpus)} vCPU states")
     if info.ram_base != RAM_BASE or info.ram_size != config.mem_size or info.page_size != DIRTY_PAGE_SIZE:
         raise IncompatibleError(
             f"snapshot RAM layout ({info.ram_base:#x}, {info.ram_size} bytes, {info.page_size}-byte pages) "
             f"does not match this machine ({RAM_BASE:#x}, {config.mem_size} bytes, {DIRTY_PAGE_SIZE}-byte pages)"
         )
     if state.memory.length != info.ram_size:
-        raise EncodingError(f"invalid snapshot: memory file length {state.memory.length} is not the RAM size {info.ram_size}")
+        raise EncodingError(f"memory file length {state.memory.length} is not the RAM size {info.ram_size}")
     for i, v in enumerate(state.vcpus):
         if v.index != i:
-            raise EncodingError(f"invalid snapshot: vcpus[{i}] has index {v.index}")
+            raise EncodingError(f"vcpus[{i}] has index {v.index}")
     if (state.memory.kind == DIFF) != (state.parent is not None):
-        raise EncodingError("invalid snapshot: a diff must name its parent and a full snapshot must not")
+        raise EncodingError("a diff must name its parent and a full snapshot must not")
     if len(state.interrupts.timers) != info.vcpu_count:
-        raise EncodingError("invalid snapshot: timer state count does not match the vCPU count")
+        raise EncodingError("timer state count does not match the vCPU count")
     sched = state.scheduler
     if sched.quantum != config.quantum or sched.clock < 0:
         raise EncodingError(f"scheduler: quantum {sched.quantum} or clock {sched.clock} is not valid for vm.config (quantum {config.quantum})")
@@ -288,11 +289,7 @@ class _Link:
 def parent_state_path(child_state: Path, link: ParentLink) -> Path:
     """Where the parent a diff's state file `child_state` records is: its recorded name,
     relative to the child's directory (so a chain moved as a whole still resolves)."""
-    named = child_state.parent / link.state_name
-    try:
-        return named.resolve()
-    except (OSError, RuntimeError) as exc:  # RuntimeError: a symlink loop (Python < 3.13)
-        raise InvalidPathError(named, f"cannot resolve the parent's name: {exc}") from None
+    return resolve_path(child_state.parent / link.state_name, "the parent's name")
 
 
 def check_parent_link(older: MicrovmState, newer: MicrovmState) -> None:
@@ -401,7 +398,7 @@ def restore_devices(vm: MicroVM, state: MicrovmState) -> None:
         vm.uart.restore_state(state.devices.uart0)
         vm.mmds_device.restore_state(state.devices.mmds)
     except (ValueError, TypeError, VmmError) as e:  # a device refused its state (e.g. MmdsStateError)
-        raise EncodingError(f"invalid snapshot: {e}") from None
+        raise EncodingError(str(e)) from None
     vm.scheduler.restore_state(state.scheduler)
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()

@@ -256,3 +256,9 @@ def test_a_moved_chain_still_loads_verifies_and_rebases(tmp_path: Path) -> None:
     assert verify(moved / "s3").ok
     rebase(moved / "s0", [moved / f"s{i}" for i in (1, 2, 3)], tmp_path / "merged")
     assert load_snapshot(tmp_path / "merged").state_digest() == vm.state_digest()
+
+
+def test_rebase_output_that_is_a_symlink_loop_is_an_invalid_path(tmp_path: Path) -> None:
+    os.symlink("loop.snap", tmp_path / "loop.snap")  # points at itself
+    with pytest.raises(InvalidPathError, match="cannot resolve"):
+        rebase(tmp_path / "base", [tmp_path / "diff"], tmp_path / "loop")
