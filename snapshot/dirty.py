@@ -60,6 +60,27 @@ MAX_PAGES = 1 << 22  # 16 GiB (vmm.layout.RAM_MAX_SIZE) of 4 KiB pages: bounds t
 _MAGIC = b"MVDB"
 _VERSION = 1
 _HEADER = struct.Struct("<4sHHIQ")  # magic, version, reserved (0), page_size, num_pages
+SPARSE_SCAN_LIMIT = 4096  # dirty pages found one by one before a numpy scan of the rest is cheaper
+
+
+def runs_of_pages(pages: np.ndarray) -> list[tuple[int, int]]:
+    """Ascending page indices as maximal (first_page, page_count) runs."""
+    if len(pages) > 64:  # vectorised: Python per run, not per page
+        breaks = np.flatnonzero(np.diff(pages) != 1) + 1
+        starts = np.concatenate(([0], breaks))
+        ends = np.concatenate((breaks, [len(pages)]))
+        return list(zip(pages[starts].tolist(), (ends - starts).tolist()))
+    runs: list[tuple[int, int]] = []
+    first = last = -2
+    for p in pages.tolist():
+        if p != last + 1:
+            if last >= 0:
+                runs.append((first, last - first + 1))
+            first = p
+        last = p
+    if last >= 0:
+        runs.append((first, last - first + 1))
+    return runs
 
 
 class DirtyBitmapError(ValueError):
@@ -147,15 +168,22 @@ class DirtyBitmap:
         return int(np.count_nonzero(self._bits))
 
     def pages(self) -> np.ndarray:
-        """Indices of the dirty pages, ascending (int64 array)."""
-        return np.flatnonzero(self._bits)
+        """Indices of the dirty pages, ascending (int64 array), in time proportional to their
+        number while they are few (memchr over the byte-per-page buffer; a fast reset needs
+        this) and one numpy pass over the rest once they are many."""
+        found: list[int] = []
+        i = self._buf.find(1)
+        while i >= 0:
+            found.append(i)
+            if len(found) > SPARSE_SCAN_LIMIT:  # dense: let numpy scan the rest
+                rest = np.flatnonzero(self._bits[i + 1 :]) + (i + 1)
+                return np.concatenate((np.array(found, dtype=np.int64), rest))
+            i = self._buf.find(1, i + 1)
+        return np.array(found, dtype=np.int64)
 
     def runs(self) -> list[tuple[int, int]]:
         """Maximal runs of dirty pages as (first_page, page_count), ascending."""
-        edges = np.diff(self._bits.view(np.int8), prepend=np.int8(0), append=np.int8(0))
-        starts = np.flatnonzero(edges == 1)
-        ends = np.flatnonzero(edges == -1)
-        return list(zip(starts.tolist(), (ends - starts).tolist()))
+        return runs_of_pages(self.pages())
 
     # --- whole-bitmap operations ------------------------------------------------------------
     def peek(self) -> DirtyBitmap:

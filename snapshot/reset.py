@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from snapshot.dirty import DirtyBitmap
+from snapshot.dirty import DirtyBitmap, runs_of_pages
 from snapshot.errors import IncompatibleError
 from snapshot.persist import load_snapshot
 from vmm.devices.mmds.device import MmdsCheckpoint
@@ -45,47 +45,7 @@ from vmm.vcpu import CODE_PAGE_SIZE, VcpuCheckpoint
 
 assert CODE_PAGE_SIZE == DIRTY_PAGE_SIZE  # restored pages are the pages whose code is dropped
 
-SPARSE_SCAN_LIMIT = 4096  # dirty pages found one by one before a numpy scan of the rest is cheaper
 IMAGE_CHUNK = 64 << 20  # bytes of RAM scanned per numpy pass when a point copies RAM
-
-
-def dirty_pages(bitmap: DirtyBitmap) -> np.ndarray:
-    """Indices of the dirty pages, ascending, in time proportional to their number.
-
-    `DirtyBitmap.pages()` scans with numpy (~80 us for 1 GiB however few pages are dirty); a
-    reset needs the sparse case fast, which `bytearray.find` (memchr) gives. This reads the
-    bitmap's byte-per-page buffer directly until DirtyBitmap offers a sparse scan itself.
-    """
-    buf: bytearray = bitmap._buf  # see the docstring
-    found: list[int] = []
-    i = buf.find(1)
-    while i >= 0:
-        found.append(i)
-        if len(found) > SPARSE_SCAN_LIMIT:  # dense: let numpy scan the rest
-            rest = np.flatnonzero(np.frombuffer(buf, dtype=np.bool_)[i + 1 :]) + (i + 1)
-            return np.concatenate((np.array(found, dtype=np.int64), rest))
-        i = buf.find(1, i + 1)
-    return np.array(found, dtype=np.int64)
-
-
-def _runs(pages: np.ndarray) -> list[tuple[int, int]]:
-    """Ascending page indices as maximal (first_page, page_count) runs."""
-    if len(pages) > 64:  # vectorised: Python per run, not per page
-        breaks = np.flatnonzero(np.diff(pages) != 1) + 1
-        starts = np.concatenate(([0], breaks))
-        ends = np.concatenate((breaks, [len(pages)]))
-        return list(zip(pages[starts].tolist(), (ends - starts).tolist()))
-    runs: list[tuple[int, int]] = []
-    first = last = -2
-    for p in pages.tolist():
-        if p != last + 1:
-            if last >= 0:
-                runs.append((first, last - first + 1))
-            first = p
-        last = p
-    if last >= 0:
-        runs.append((first, last - first + 1))
-    return runs
 
 
 def _image(ram: np.ndarray) -> np.ndarray:
@@ -96,7 +56,7 @@ def _image(ram: np.ndarray) -> np.ndarray:
     for base in range(0, ram.size, IMAGE_CHUNK):
         chunk = ram[base : base + IMAGE_CHUNK]
         used = np.flatnonzero(np.bitwise_or.reduce(chunk.view(np.uint64).reshape(-1, words), axis=1))
-        for first, count in _runs(used):
+        for first, count in runs_of_pages(used):
             lo, hi = base + first * DIRTY_PAGE_SIZE, base + (first + count) * DIRTY_PAGE_SIZE
             image[lo:hi] = ram[lo:hi]
     image.flags.writeable = False
@@ -113,7 +73,7 @@ class _Points:
     def __call__(self, bitmap: DirtyBitmap) -> None:
         if not self.points:
             return
-        pages = dirty_pages(bitmap)
+        pages = bitmap.pages()
         for point in self.points:
             point._may_differ(pages)
 
@@ -157,7 +117,7 @@ class ResetPoint:
         self._fault = vm.scheduler.fault
         self._lineage = vm.lineage
         # Pages dirty since the VM's last save or load (its next diff's base): kept dirty.
-        self._seed = _runs(dirty_pages(vm.dirty)) if vm.lineage is not None else []
+        self._seed = runs_of_pages(vm.dirty.pages()) if vm.lineage is not None else []
         self._since: DirtyBitmap | None = None  # pages that may differ, beyond the VM's bitmap
         points = _points_of(vm)
         vm.start_dirty_epoch()  # the other points fold the bitmap in; this one starts clean
@@ -200,7 +160,7 @@ class ResetPoint:
             return
         if self._since is None:
             self._since = DirtyBitmap(self._ram.size, DIRTY_PAGE_SIZE)
-        for first, count in _runs(pages):
+        for first, count in runs_of_pages(pages):
             self._since.mark_range(first * DIRTY_PAGE_SIZE, count * DIRTY_PAGE_SIZE)
 
     def _mark_seed(self, bitmap: DirtyBitmap) -> None:
@@ -215,16 +175,16 @@ def reset_to(vm: MicroVM, point: ResetPoint) -> None:
         raise IncompatibleError("the reset point was taken from another VM")
     tracker = vm.dirty_tracker
     assert tracker is not None  # a point exists only for a tracked VM
-    pages = dirty_pages(tracker.bitmap)
+    pages = tracker.bitmap.pages()
     if point._since is not None:
-        pages = np.union1d(pages, dirty_pages(point._since))
+        pages = np.union1d(pages, point._since.pages())
         point._since = None
     points = _points_of(vm)
     for other in points.others(point):
         other._may_differ(pages)
     # RAM: copy the pages back, then drop code translated from them.
     memory, ram = vm.memory, point._ram
-    for first, count in _runs(pages):
+    for first, count in runs_of_pages(pages):
         offset = first * DIRTY_PAGE_SIZE
         memory.fill_from(ram[offset : offset + count * DIRTY_PAGE_SIZE], offset)
     for vcpu in vm.vcpus:

@@ -342,3 +342,13 @@ def test_bitmap_is_a_superset_of_written_pages(trace, mode: str, threshold: int)
 def test_fine_from_the_start_is_exact_in_global_mode_too(trace) -> None:
     r = simulate(trace, "global", ram_size=SMALL_RAM, threshold=0, block_size=64 * 1024)
     assert r.dirty.pages().tolist() == sorted({p for p, _, w in trace if w})
+
+
+def test_pages_sparse_and_dense_scans_agree() -> None:
+    b = DirtyBitmap(64 * 1024 * 1024)
+    assert b.pages().tolist() == []
+    for p in (0, 7, 8, 16383):
+        b.mark_page(p)
+    assert b.pages().tolist() == [0, 7, 8, 16383]
+    b.mark_range(0, 64 * 1024 * 1024)  # dense: past SPARSE_SCAN_LIMIT, the numpy tail
+    assert b.pages().tolist() == list(range(16384))

@@ -13,7 +13,7 @@ from asm import RESULTS, RESULTS_PTR, assemble, boot, result
 from snapshot.dirty import DirtyBitmap
 from snapshot.errors import IncompatibleError
 from snapshot.persist import load_snapshot, save_snapshot
-from snapshot.reset import ResetPoint, dirty_pages
+from snapshot.reset import ResetPoint
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB, RAM_BASE
 from vmm.vcpu import Vcpu
@@ -279,16 +279,6 @@ def test_a_point_loaded_from_disk(tmp_path) -> None:
         loaded.run(5 * Q)
         digest, console, _ = reference.after(5 * Q)
         assert (loaded.state_digest(), loaded.console_output) == (digest, console)
-
-
-def test_dirty_pages_matches_the_bitmap() -> None:
-    bitmap = DirtyBitmap(64 * MIB)
-    assert dirty_pages(bitmap).tolist() == []
-    for p in (0, 7, 8, 16383):
-        bitmap.mark_page(p)
-    assert dirty_pages(bitmap).tolist() == bitmap.pages().tolist()
-    bitmap.mark_range(0, 64 * MIB)  # dense: the vectorised tail
-    assert dirty_pages(bitmap).tolist() == list(range(16384))
 
 
 def test_checkpoints_carry_every_field_of_the_plain_states() -> None:
