@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from guests import CATALOG
+from guests import CATALOG, asm
 from vmm.layout import RAM_BASE
 
 SRC = Path(__file__).parent / "src"
@@ -24,17 +24,14 @@ def source_of(name: str) -> str:
 
 
 def assemble(name: str) -> bytes:
-    """Assemble guest `name` at RAM_BASE."""
-    import keystone
-
-    ks = keystone.Ks(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN)
+    """Guest `name` assembled at RAM_BASE; SystemExit with a one-line message if that fails."""
     try:
-        encoding, _ = ks.asm(source_of(name), RAM_BASE)
-    except keystone.KsError as e:
-        raise SystemExit(f"guests/build: {name}: assembly failed: {e}") from None
-    if not encoding:
+        image = asm.assemble(source_of(name), RAM_BASE)
+    except (asm.AssemblyError, asm.AssemblerMissingError) as e:
+        raise SystemExit(f"guests/build: {name}: {e}") from None
+    if not image:
         raise SystemExit(f"guests/build: {name}: assembler produced no code")
-    return bytes(encoding)
+    return image
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from guests.asm import POWER_OFF, RESULTS, RESULTS_PTR, U64_MAX, VECTOR_GROUPS, assemble, load_constant, psci_call, vector_table
 from snapshot.errors import SnapshotError
 from snapshot.persist import describe, load_snapshot, save_snapshot
 from tools.faults.outcome import Hang, Stopwatch, Trial, Verdict, describe_exception, watchdog
@@ -28,13 +29,11 @@ from vmm import MicroVM, StopReason, VmConfig, arch, psci
 from vmm.layout import MIB, MMDS_BASE, RAM_BASE, UART0_BASE, VMM_STUB_BASE
 
 MEM_SIZE = 16 * MIB
-RESULTS = RAM_BASE + 0x10_0000  # where guests store what they saw (u64 slots)
 QUANTUM = 1_000
 BUDGET = 200_000  # instructions: every guest here stops, or is stopped, within it
 STORM_BUDGET = 10_000  # instructions: storms trap to the VMM every few instructions, so they run shorter
 WALL_LIMIT = 60.0  # seconds a guest (and its post-mortem) may take before it counts as a hang
 HOLE = 0x7000_0000  # a guest physical address with nothing behind it
-U64_MAX = (1 << 64) - 1  # all ones: also a negative PSCI return code as x0 reads it
 
 # Fault reasons that mean the VMM did not understand what happened (not a clear reason).
 UNCLEAR_REASONS = ("emulation stopped", "unhandled CPU exception", "VMM error in a device or hook")
@@ -44,24 +43,7 @@ EC_MASK = 0x3F << arch.ESR_EC_SHIFT
 FSC_MASK = 0x3F
 
 
-def load_constant(reg: str, value: int) -> str:
-    """movz/movk lines loading the 64-bit `value` into `reg`."""
-    value &= U64_MAX
-    lines = [f"movz {reg}, #{value & 0xFFFF}"]
-    lines += [f"movk {reg}, #{(value >> s) & 0xFFFF}, lsl #{s}" for s in (16, 32, 48) if (value >> s) & 0xFFFF]
-    return "\n".join(lines)
-
-
-def psci_call(fid: int, *args: int) -> str:
-    """A PSCI call (HVC) of function `fid` with x1.. = `args`; the result is in x0."""
-    lines = [load_constant("x0", fid)] + [load_constant(f"x{i}", a) for i, a in enumerate(args, start=1)]
-    return "\n".join(lines + ["hvc #0"])
-
-
-POWER_OFF = psci_call(psci.SYSTEM_OFF)
-RESULTS_PTR = load_constant("x28", RESULTS)
-
-# Where vector_table sends synchronous exceptions: record ESR, FAR, ELR in slots 0-2 and
+# Where _with_vectors sends synchronous exceptions: record ESR, FAR, ELR in slots 0-2 and
 # power off.
 _RECORD = f"""
 record:
@@ -74,26 +56,6 @@ record:
     str x10, [x28, #16]
     {POWER_OFF}
 """
-
-
-def vector_table(irq: str | None = None) -> str:
-    """A VBAR_EL1 table, `vectors`: synchronous exceptions from EL1 go to `record`, IRQs to
-    `irq` (if given); every other entry spins."""
-    lines = [".p2align 11", "vectors:"]
-    for group in ("cur_sp0", "cur_spx", "lower", "lower32"):
-        for kind in ("sync", "irq", "fiq", "serror"):
-            target = "record" if kind == "sync" and group.startswith("cur") else irq if kind == "irq" and irq else "."
-            lines += [f"    b {target}", ".p2align 7"]
-    return "\n".join(lines)
-
-
-def assemble(source: str) -> bytes:
-    """`source` assembled at RAM_BASE (keystone, from the project's dev extra)."""
-    import keystone
-
-    ks = keystone.Ks(keystone.KS_ARCH_ARM64, keystone.KS_MODE_LITTLE_ENDIAN)
-    encoding, _ = ks.asm(source, RAM_BASE)
-    return bytes(encoding)
 
 
 Check = Callable[[list[int]], str | None]  # results slots -> what is wrong, or None
@@ -115,7 +77,11 @@ class HostileGuest:
 
 
 def _with_vectors(body: str, irq: str | None = None) -> str:
-    return "\n".join(["adr x0, vectors", "msr vbar_el1, x0", "isb", body, _RECORD, vector_table(irq)])
+    """`body` run with a vector table: synchronous exceptions from EL1 go to `record`, IRQs
+    to `irq` (if given); every other entry spins."""
+    irqs = {f"{group}_irq": irq for group in VECTOR_GROUPS} if irq else {}
+    vectors = vector_table(cur_sp0_sync="record", cur_spx_sync="record", **irqs)
+    return "\n".join(["adr x0, vectors", "msr vbar_el1, x0", "isb", body, _RECORD, vectors])
 
 
 def _expect_slots(**expected: tuple[int, int]) -> Check:
@@ -396,6 +362,8 @@ def catalog() -> list[HostileGuest]:
 
 # --- random guests ----------------------------------------------------------------------------
 _JUMP_CLASSES = ("hole", "high", "ram-zeros", "misaligned", "mmio", "stub", "random")
+# For the soups' handler: synchronous exceptions and IRQs taken at EL1 go to `skipper`.
+_SKIPPING_VECTORS = vector_table(cur_sp0_sync="skipper", cur_sp0_irq="skipper", cur_spx_sync="skipper", cur_spx_irq="skipper")
 ANY_STOP = tuple(StopReason)
 
 
@@ -439,19 +407,7 @@ def random_guests(rng: random.Random, jumps: int, soups: int, soup_words: int = 
             add x10, x10, #4
             msr elr_el1, x10
             eret
-        .p2align 11
-        vectors:
-            b skipper
-            .p2align 7
-            b skipper
-            .p2align 7
-            b .
-            .p2align 7
-            b .
-            .p2align 7
-            b skipper
-            .p2align 7
-            b skipper
+        {_SKIPPING_VECTORS}
         .p2align 11
         soup:
         """
