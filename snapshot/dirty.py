@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import enum
 import struct
+from array import array
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -159,6 +160,11 @@ class DirtyBitmap:
         else:
             self._bits[first : last + 1] = True
 
+    def storage(self) -> bytearray:
+        """The live byte-per-page buffer (1 = dirty), never reallocated: for native code that
+        marks pages in place (vmm/native_fill.py). Python callers use the methods above."""
+        return self._buf
+
     def is_dirty(self, index: int) -> bool:
         self._check_page(index)
         return self._buf[index] != 0
@@ -261,6 +267,22 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class TrackerBuffers:
+    """An `AdaptiveController`'s live state, for a native TLB fill that does `on_write_fill`'s
+    work in place (vmm/native_fill.py). Each buffer is allocated once and only ever changed
+    in place, so an address taken of it stays valid for the controller's life."""
+
+    dirty: bytearray  # one byte per page, 1 = dirty (the bitmap's own storage)
+    fine: bytearray  # one byte per block, 1 = fine granule
+    window_start: array  # int64 per block: virtual ns its fault window began
+    window_faults: array  # int64 per block: write faults in that window
+    counts: array  # int64: [faults, step-downs] of this epoch
+
+
+_FAULTS, _STEP_DOWNS = 0, 1  # indices into TrackerBuffers.counts
+
+
+@dataclass(frozen=True)
 class TrackingStats:
     """Counters for the current epoch (reset by `new_epoch()`)."""
 
@@ -288,14 +310,14 @@ class AdaptiveController:
         if self.config.block_size < page_size:
             raise ValueError(f"block size {self.config.block_size} is smaller than page size {page_size}")
         self._bitmap = DirtyBitmap(ram_size, page_size)
+        self._dirty = self._bitmap.storage()  # read per fill: skip the bitmap's checks
         self._block_shift = (self.config.block_size // page_size).bit_length() - 1  # pages -> block
         self._pages_per_block = 1 << self._block_shift
         num_blocks = -(-self._bitmap.num_pages // self._pages_per_block)
         self._fine = bytearray(num_blocks)
-        self._window_start = [0] * num_blocks  # virtual ns
-        self._window_faults = [0] * num_blocks
-        self._faults = 0
-        self._step_downs = 0
+        self._window_start = array("q", bytes(8 * num_blocks))  # virtual ns
+        self._window_faults = array("q", bytes(8 * num_blocks))
+        self._counts = array("q", [0, 0])  # faults, step-downs
 
     @property
     def bitmap(self) -> DirtyBitmap:
@@ -309,6 +331,12 @@ class AdaptiveController:
     def is_fine(self, block: int) -> bool:
         return self._fine[block] != 0
 
+    def buffers(self) -> TrackerBuffers:
+        """The live state, shared with a native TLB fill (see `TrackerBuffers`)."""
+        return TrackerBuffers(
+            self._bitmap.storage(), self._fine, self._window_start, self._window_faults, self._counts
+        )
+
     # --- the TLB-fill hook --------------------------------------------------------------------
     def write_allowed(self, page_index: int) -> bool:
         """May a read/exec fill of this page grant write now? True if the page is already
@@ -319,14 +347,14 @@ class AdaptiveController:
         """Is `page_index` dirty at page granule already? Then a write fill of it is a TLB
         refill, not a first write: a hypervisor's write-protect fault happens once per page
         per epoch, so callers skip `on_write_fill` (and its fault count) for it."""
-        return bool(self._fine[page_index >> self._block_shift] and self._bitmap._buf[page_index])
+        return bool(self._fine[page_index >> self._block_shift] and self._dirty[page_index])
 
     def on_write_fill(self, page_index: int, now_ns: int) -> None:
         """Record a write-access fill of `page_index` at virtual time `now_ns` (nanoseconds)."""
         if not 0 <= page_index < self._bitmap.num_pages:
             raise IndexError(f"page {page_index} is outside [0, {self._bitmap.num_pages})")
         block = page_index >> self._block_shift
-        self._faults += 1
+        self._counts[_FAULTS] += 1
         start = self._window_start[block]
         faults = self._window_faults[block]
         if faults == 0 or now_ns < start or now_ns - start >= self.config.window_ns:
@@ -344,9 +372,9 @@ class AdaptiveController:
             self._bitmap.mark_range(first, min(self.config.block_size, self._bitmap.ram_size - first))
 
     def _step_down(self, block: int) -> None:
-        self._step_downs += 1
+        self._counts[_STEP_DOWNS] += 1
         if self.config.mode is StepDownMode.GLOBAL:
-            self._fine = bytearray(b"\x01" * len(self._fine))
+            self._fine[:] = b"\x01" * len(self._fine)
         else:
             self._fine[block] = 1
 
@@ -361,16 +389,15 @@ class AdaptiveController:
         are kept unless `config.keep_windows` is False. The caller must flush every vCPU's TLB."""
         self._bitmap.clear()
         if not self.config.keep_windows:
-            self._window_faults = [0] * len(self._fine)
-        self._fine = bytearray(len(self._fine))
-        self._faults = 0
-        self._step_downs = 0
+            self._window_faults[:] = array("q", bytes(8 * len(self._fine)))
+        self._fine[:] = bytes(len(self._fine))
+        self._counts[:] = array("q", [0, 0])
 
     def stats(self) -> TrackingStats:
         fine = self._fine.count(1)
         return TrackingStats(
-            faults=self._faults,
-            step_downs=self._step_downs,
+            faults=self._counts[_FAULTS],
+            step_downs=self._counts[_STEP_DOWNS],
             pages_dirty=self._bitmap.count(),
             blocks_fine=fine,
             blocks_coarse=len(self._fine) - fine,

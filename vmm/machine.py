@@ -85,11 +85,12 @@ class MicroVM:
         if config.track_dirty_pages:
             self.dirty_tracker = AdaptiveController(config.mem_size, DIRTY_PAGE_SIZE, _tracking_config(config))
             self.memory.add_write_sink(self.dirty_tracker)
-        self.tlb = TlbFiller(self.memory, self.bus, lambda: self.scheduler.clock, self.dirty_tracker)
+        self.tlb = TlbFiller(self.memory, self.bus, self.dirty_tracker)
         hooks = VcpuHooks(
             psci=self.psci,
             on_fault=self._on_fault,
             tlb_fill=self.tlb,
+            tlb_fill_native=self.tlb.native_stage,
             on_restore=self.tlb.invalidate,
             irq_pending=lambda v: self.interrupts.wakeup_pending(v.index),
         )

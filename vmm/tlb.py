@@ -19,14 +19,16 @@ let through to FAULT_PAGE, where Unicorn reports its exact address; a fetch fill
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 from unicorn import UC_MEM_FETCH, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 
 from vmm import arch
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
+from vmm import native_fill
 from vmm.mmu import SCTLR_M, AccessKind, Translation, TranslationFault, TranslationRegs, translate
+from vmm.native_fill import NativeFill
 
 if TYPE_CHECKING:
     from snapshot.dirty import AdaptiveController
@@ -71,31 +73,61 @@ class TlbFiller:
     Per fill, the common cases cost one dict lookup and a few integer tests: MMU off (identity),
     guest RAM, and with tracking either a write fill or a read/exec fill of a page whose write
     permission is decided by one bitmap lookup. The stage-1 walk runs only with the MMU on.
+    Where the native fill is built (vmm/native_fill.py), it serves the data fills of RAM with
+    the MMU off before they get here; this class decides when it may (`native_stage`).
+
+    The fault-rate window of the dirty tracker counts virtual time in slice starts: a write
+    fill is timed at the start of the slice that makes it (`Vcpu.slice_start`).
     """
 
     def __init__(
         self,
         memory: GuestMemory,
         bus: MmioBus,
-        now_ns: Callable[[], int],
         dirty: AdaptiveController | None = None,
+        native: bool | None = None,
     ) -> None:
+        """`native`: use the native fill (default: where it is available)."""
         self.memory = memory
         self.bus = bus
-        self.now_ns = now_ns
         self.dirty = dirty
         self._regs: dict[int, TranslationRegs | None] = {}
+        self.native = native_fill.available() if native is None else native
+        self._tracker = native_fill.tracker_for(dirty) if self.native and dirty is not None else None
+        self._native: dict[int, NativeFill] = {}
         self._ram_base = memory.base
         self._ram_size = memory.size
         self._words = memory.view().view("<u8")  # RAM as little-endian u64, for descriptor reads
-        self.fills = 0  # fills served, for stats
-        self.write_fills = 0
+        self.python_fills = 0  # fills served here (the native fill counts its own)
+        self.python_write_fills = 0
         if memory.contains(FAULT_PAGE) or bus.find(FAULT_PAGE) is not None:
             raise AssertionError(f"FAULT_PAGE {FAULT_PAGE:#x} must have nothing behind it")
 
+    def native_stage(self, vcpu: Vcpu) -> NativeFill | None:
+        """The native fill for `vcpu`, to register ahead of this one (None: not in use). It
+        declines every fill until this class has seen the vCPU's MMU off."""
+        if not self.native:
+            return None
+        stage = NativeFill(self._ram_base, self._ram_size, vcpu.code_pages, vcpu.code_page_size, self._tracker)
+        self._native[vcpu.index] = stage
+        return stage
+
+    @property
+    def fills(self) -> int:
+        """TLB fills served, by either path (for stats)."""
+        return self.python_fills + sum(n.fills for n in self._native.values())
+
+    @property
+    def write_fills(self) -> int:
+        return self.python_write_fills + sum(n.write_fills for n in self._native.values())
+
     def invalidate(self, vcpu: Vcpu) -> None:
-        """Forget `vcpu`'s cached translation registers."""
+        """Forget `vcpu`'s cached translation registers (the native fill declines until the
+        next fill here has read them again)."""
         self._regs[vcpu.index] = None
+        stage = self._native.get(vcpu.index)
+        if stage is not None:
+            stage.set_identity(False)
 
     def _translation_regs(self, vcpu: Vcpu) -> TranslationRegs:
         regs = TranslationRegs(
@@ -105,6 +137,9 @@ class TlbFiller:
             ttbr1=vcpu.sysreg("TTBR1_EL1"),
         )
         self._regs[vcpu.index] = regs
+        stage = self._native.get(vcpu.index)
+        if stage is not None:
+            stage.set_identity(not regs.sctlr & SCTLR_M)
         return regs
 
     def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
@@ -154,7 +189,7 @@ class TlbFiller:
         return result.pa, perms
 
     def __call__(self, vcpu: Vcpu, vaddr: int, access: int) -> tuple[int, int] | None:
-        self.fills += 1
+        self.python_fills += 1
         regs = self._regs.get(vcpu.index)
         if regs is None:
             regs = self._translation_regs(vcpu)
@@ -173,9 +208,9 @@ class TlbFiller:
             if dirty is not None:
                 page = offset // DIRTY_PAGE_SIZE
                 if access == UC_MEM_WRITE:
-                    self.write_fills += 1
+                    self.python_write_fills += 1
                     if not dirty.already_tracked(page):  # else a TLB refill: nothing new
-                        dirty.on_write_fill(page, self.now_ns())
+                        dirty.on_write_fill(page, vcpu.slice_start)
                 elif perms & UC_PROT_WRITE and not dirty.write_allowed(page):
                     perms &= ~UC_PROT_WRITE
             return pa, perms

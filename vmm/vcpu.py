@@ -64,6 +64,7 @@ from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
     from vmm.mmio import MmioBus
+    from vmm.native_fill import NativeFill
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 
@@ -248,6 +249,8 @@ class VcpuHooks:
     psci: Callable[["Vcpu", int], None] | None = None
     # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
     tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
+    # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
+    tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
     # MMIO dispatch errors and other faults end up here for a report.
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
     # Called after restore_state() (cached per-vCPU facts must be dropped).
@@ -294,6 +297,9 @@ class Vcpu:
         uc.mem_write(VMM_STUB_BASE, stub.tobytes())
         uc.reg_write(_CP_REG, _cp(SCR_EL3) + (SCR_EL3_VALUE,))
         uc.reg_write(_CP_REG, _cp(HCR_EL2) + (HCR_EL2_VALUE,))
+        self.native_fill = hooks.tlb_fill_native(self) if hooks.tlb_fill_native else None
+        if self.native_fill is not None:
+            self.native_fill.register(uc)  # first: Unicorn asks fill hooks in order
         uc.hook_add(UC_HOOK_TLB_FILL, self._on_tlb_fill)
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
@@ -327,6 +333,15 @@ class Vcpu:
     @property
     def pstate(self) -> int:
         return self.uc.reg_read(_PSTATE)
+
+    @property
+    def code_pages(self) -> bytearray:
+        """The live record of RAM pages (`code_page_size` bytes each) this vCPU fetched from
+        since its translations were last dropped: 1 = may hold translated code. Data fills of
+        other pages are granted no execute permission, so a first fetch always fills."""
+        return self._code_pages
+
+    code_page_size = CODE_PAGE_SIZE
 
     def read_pc(self) -> int:
         return self.uc.reg_read(_PC)
@@ -367,6 +382,8 @@ class Vcpu:
         """
         uc = self.uc
         self.slice_start, self.slice_end = start, start + count
+        if self.native_fill is not None:
+            self.native_fill.start_slice(start)
         self.executed = count
         self._stopped_before = False
         self._exit = None

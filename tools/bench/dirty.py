@@ -1,11 +1,14 @@
 """`dirty`: the cost of dirty-page tracking, side by side in one process run.
 
-Each workload runs four ways, interleaved, best of REPEATS:
-1. tracking off: the harness as shipped (virtual TLB: every TLB miss is a Python fill);
+Each workload runs five ways, interleaved, best of REPEATS:
+1. tracking off: the harness as shipped (virtual TLB; RAM data fills with the MMU off are
+   served by the native fill, vmm/native_fill.py, the rest by the Python fill);
 2. tracking on: the TLB-fill scheme, exact pages (dirty_granule="page");
-3. a reference tracker that installs a per-store UC_HOOK_MEM_WRITE Python callback (what
+3. `on-python`: tracking on with the native fill switched off (every TLB miss is a Python
+   fill), what an install without a C compiler runs;
+4. a reference tracker that installs a per-store UC_HOOK_MEM_WRITE Python callback (what
    unicorn-notes.md rules out);
-4. `cpu-tlb`, a reference for the fastest untracked mode: tracking off with Unicorn's own
+5. `cpu-tlb`, a reference for the fastest untracked mode: tracking off with Unicorn's own
    TLB and MMU walk (UC_TLB_CPU), so no TLB miss reaches Python. The harness does not run this
    way because its fill hook also watches WFI/DAIFClr, records code pages, reserves the stub VA
    and makes aborts exact; memwalk and compute need none of that (same output is checked).
@@ -16,23 +19,33 @@ Also reports fills per dirty page and the diff size of each granule mode on memw
 """
 from __future__ import annotations
 
+import os
 import time
 
 from unicorn import UC_HOOK_MEM_WRITE, UC_TLB_CPU
 
-from vmm import MicroVM, StopReason, VmConfig
+from vmm import MicroVM, StopReason, VmConfig, native_fill
 
 MEMWALK = {"pattern": 2, "rounds": 6, "writes": 40_000, "region_mib": 32}
 COMPUTE = {"iterations": 3_000_000}
 MMU = {"pages": 256, "words": 512}
 REPEATS = 3  # interleaved runs per mode; the best counts (1 with --quick)
-MODES = ("off", "on", "hook", "cpu-tlb")
+MODES = ("off", "on", "on-python", "hook", "cpu-tlb")
 
 
 def _timed(guest: str, params: dict[str, int], mode: str, granule: str = "page") -> tuple[float, MicroVM]:
     """Seconds of `vm.run()` to power-off in `mode` (see MODES), and the VM."""
-    vm = MicroVM(VmConfig(guest=guest, params=params, track_dirty_pages=mode == "on", dirty_granule=granule))
-    if mode == "on":
+    config = VmConfig(guest=guest, params=params, track_dirty_pages=mode.startswith("on"), dirty_granule=granule)
+    switch = os.environ.pop(native_fill.ENV_SWITCH, None)
+    if mode == "on-python":
+        os.environ[native_fill.ENV_SWITCH] = "0"
+    try:
+        vm = MicroVM(config)
+    finally:
+        os.environ.pop(native_fill.ENV_SWITCH, None)
+        if switch is not None:
+            os.environ[native_fill.ENV_SWITCH] = switch
+    if mode.startswith("on"):
         vm.start_dirty_epoch()
     if mode == "hook":
         pages: set[int] = set()
@@ -68,6 +81,8 @@ def _workload(
         figures[f"{guest}_{mode.replace('-', '_')}_mips"] = round(mips, 2)
     figures[f"{guest}_tracking_vs_off"] = round(best["off"] / best["on"], 3)
     figures[f"{guest}_write_hook_vs_off"] = round(best["off"] / best["hook"], 3)
+    if "on-python" in best:
+        figures[f"{guest}_native_vs_python"] = round(best["on-python"] / best["on"], 3)
     if "cpu-tlb" in best:
         figures[f"{guest}_tracking_vs_cpu_tlb"] = round(best["cpu-tlb"] / best["on"], 3)
         figures[f"{guest}_off_vs_cpu_tlb"] = round(best["cpu-tlb"] / best["off"], 3)
@@ -82,11 +97,13 @@ def run(quick: bool = False) -> dict[str, object]:
     dirty_pages = vm_on.dirty.count()
     figures["tracking_vs_off"] = figures["memwalk_tracking_vs_off"]
     figures["write_hook_vs_off"] = figures["memwalk_write_hook_vs_off"]
+    figures["native_vs_python"] = figures["memwalk_native_vs_python"]
+    figures["native_fill"] = native_fill.available()
     figures["fills_per_dirty_page"] = round(vm_on.tlb.write_fills / max(dirty_pages, 1), 3)
     figures["memwalk_fills_per_kinstr"] = round(vm_on.tlb.fills / vm_on.clock * 1000, 2)
     print(f"  dirty pages {dirty_pages:,}, fills {vm_on.tlb.fills:,} (write fills {vm_on.tlb.write_fills:,})")
     _workload("compute", COMPUTE, MODES, figures, repeats)
-    _workload("mmu", MMU, ("off", "on", "hook"), figures, repeats)
+    _workload("mmu", MMU, ("off", "on", "on-python", "hook"), figures, repeats)
     granules = {}
     for granule in ("page", "per-block", "global"):
         _, vm = _timed("memwalk", dict(memwalk, pattern=3, hot_pages=64), "on", granule=granule)
