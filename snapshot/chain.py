@@ -47,10 +47,10 @@ from snapshot.memfile import (
     FULL,
     RAW,
     MemFileInfo,
-    _chunks,
-    _pread_exact,
     extent_bytes,
     extents_digest,
+    io_chunks,
+    pread_exact,
 )
 from snapshot.persist import (
     MAX_CHAIN,
@@ -143,8 +143,8 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
             for offset, n in _data_extents(fd, start, start + count):
                 if not zeroed:
                     ram[pos:offset].fill(0)
-                for off, m in _chunks(offset, n):
-                    _pread_exact(fd, view[off : off + m], off, where)
+                for off, m in io_chunks(offset, n):
+                    pread_exact(fd, view[off : off + m], off, where)
                 pos = offset + n
             if not zeroed:
                 ram[pos : start + count].fill(0)

@@ -70,15 +70,15 @@ from snapshot.memfile import (
     FileRef,
     MemFileInfo,
     Run,
-    _check_parent,
-    _check_ram_size,
-    _dest_fd,
-    _pread_exact,
-    _ram_view,
-    _source_fd,
     canonical_runs,
+    check_parent_info,
+    check_ram_size,
     extents_digest,
+    open_dest,
+    open_source,
+    pread_exact,
     pwrite_all,
+    ram_view,
 )
 from snapshot.progress import Progress, no_progress
 
@@ -242,7 +242,7 @@ def _write(
     threads: int | None,
     progress: Progress | None,
 ) -> MemFileInfo:
-    view = _ram_view(ram, page_size)
+    view = ram_view(ram, page_size)
     check_frame_size(frame_size, page_size)
     advance = progress or no_progress
     layout = frame_layout(kind, len(view), page_size, frame_size, runs)
@@ -254,7 +254,7 @@ def _write(
         return _encode(view, frame)
 
     offset = 0
-    with _Workers(threads) as workers, _dest_fd(dest) as fd:
+    with _Workers(threads) as workers, open_dest(dest) as fd:
         digest = workers.submit(extents_digest, ram, kind, page_size, runs, parent_digest)
         try:
             for i, (style, stored, checksum) in enumerate(workers.ordered(encode, layout)):
@@ -317,7 +317,7 @@ def write_diff(
     holding dirty pages, each holding only those pages. Same info (digest, page map, parent) as
     memfile.write_diff would record, plus the format fields. `progress` advances by the bytes
     of the runs."""
-    canon = canonical_runs(runs, len(_ram_view(ram, page_size)) // page_size)
+    canon = canonical_runs(runs, len(ram_view(ram, page_size)) // page_size)
     return _write(dest, ram, page_size, DIFF, canon, parent_digest, frame_size, threads, progress)
 
 
@@ -343,7 +343,7 @@ def _pread(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray
         if len(data) == size:
             return data
         buf = bytearray(size)
-        _pread_exact(fd, memoryview(buf), offset, where)
+        pread_exact(fd, memoryview(buf), offset, where)
     except OSError as exc:
         raise from_os_error(exc, "reading", where, MemoryIoError) from exc
     return buf
@@ -547,11 +547,11 @@ def read_into(
     (default `src`; give the path when `src` is an fd).
     """
     where = src if name is None else name
-    _ram_view(ram, info.page_size, writable=True)
+    ram_view(ram, info.page_size, writable=True)
     _check_lz4(info)
-    _check_ram_size(info, ram.size)
-    _check_parent(info, parent)
-    with _source_fd(src) as fd:
+    check_ram_size(info, ram.size)
+    check_parent_info(info, parent)
+    with open_source(src) as fd:
         _decode_into(fd, where, ram, info, source, zeroed, threads, progress)
     if verify_digest:
         found = extents_digest(ram, info.kind, info.page_size, info.runs, info.parent_digest)
@@ -573,7 +573,7 @@ def compute_digest(
     extent_bytes(info); `name` as for read_into."""
     _check_lz4(info)
     scratch = np.zeros(info.length, np.uint8)
-    with _source_fd(src) as fd:
+    with open_source(src) as fd:
         _decode_into(fd, src if name is None else name, scratch, info, "stream", True, threads, progress)
     return extents_digest(scratch, info.kind, info.page_size, info.runs, info.parent_digest)
 
@@ -582,7 +582,7 @@ def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
     """The verified payload of frame `number` (RAM bytes [number*F, ...)), located through the
     index without reading any other frame. ValueError if the file holds no such frame."""
     _check_lz4(info)
-    with _source_fd(src) as fd:
+    with open_source(src) as fd:
         index = _read_index(fd, src, info)
         at = next((i for i, f in enumerate(index.frames) if f.number == number), None)
         if at is None:
@@ -596,6 +596,6 @@ def frame_styles(src: FileRef, info: MemFileInfo) -> dict[str, int]:
     """How many frames the file stores in each style, e.g. {"RAW": 1, "LZ4": 40, "ZERO": 23}
     (reads the footer and index only)."""
     _check_lz4(info)
-    with _source_fd(src) as fd:
+    with open_source(src) as fd:
         styles = _read_index(fd, src, info).entries["style"]
     return {name: int(np.count_nonzero(styles == code)) for code, name in STYLE_NAMES.items()}

@@ -231,8 +231,10 @@ def _regions(
         yield first * page_size, count * page_size, header
 
 
-def _chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
-    """[offset, offset+count) split into (offset, count) pieces of at most MAX_IO_CHUNK bytes."""
+def io_chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
+    """The byte range [offset, offset+count) as consecutive (offset, count) pieces of at most
+    MAX_IO_CHUNK bytes each, in order (none if count is 0): the unit of one pread/pwrite call
+    and of one hash update, bounding the bytes any single call touches."""
     end = offset + count
     while offset < end:
         n = min(MAX_IO_CHUNK, end - offset)
@@ -250,11 +252,11 @@ def extents_digest(
     """The digest (module docstring) of a memory file of `kind` recording `runs` (diff) or
     everything (full), computed from `ram` holding those extents at their offsets: what a
     writer records for `ram`, and what a reader that restored into `ram` must find."""
-    view = _ram_view(ram, page_size)
+    view = ram_view(ram, page_size)
     hasher = _new_hasher(kind, len(view), page_size, parent_digest)
     for offset, count, prefix in _regions(kind, len(view), page_size, runs):
         hasher.update(prefix)
-        for off, n in _chunks(offset, count):
+        for off, n in io_chunks(offset, count):
             hasher.update(view[off : off + n])
     return hasher.hexdigest()
 
@@ -268,7 +270,10 @@ def pwrite_all(fd: int, data: memoryview | bytes, offset: int) -> None:
         data, offset = data[n:], offset + n
 
 
-def _pread_exact(fd: int, into: memoryview, offset: int, where: FileRef) -> None:
+def pread_exact(fd: int, into: memoryview, offset: int, where: FileRef) -> None:
+    """Fill all of the writable byte view `into` from byte `offset` of `fd`, retrying short
+    reads. MemoryIoError naming `where` (the file as messages show it) if the file ends first;
+    OSError passes (callers turn it into MemoryIoError with from_os_error)."""
     while into:
         n = os.preadv(fd, [into], offset)
         if n == 0:
@@ -280,8 +285,10 @@ def _pread_exact(fd: int, into: memoryview, offset: int, where: FileRef) -> None
 
 
 @contextmanager
-def _dest_fd(dest: FileRef) -> Iterator[int]:
-    """`dest` itself if it is an fd (left open), else `dest` created/truncated and closed after."""
+def open_dest(dest: FileRef) -> Iterator[int]:
+    """Context manager yielding a writable fd for a memory file being written: `dest` itself if
+    it is an fd (left open, its contents untouched), else the path `dest` created or truncated
+    to 0 bytes with mode FILE_MODE, closed on exit. MemoryIoError if it cannot be created."""
     if isinstance(dest, int):
         yield dest
         return
@@ -296,8 +303,10 @@ def _dest_fd(dest: FileRef) -> Iterator[int]:
 
 
 @contextmanager
-def _source_fd(src: FileRef) -> Iterator[int]:
-    """`src` itself if it is an fd (left open), else `src` opened read-only as untrusted input."""
+def open_source(src: FileRef) -> Iterator[int]:
+    """Context manager yielding a readable fd for a memory file being read: `src` itself if it
+    is an fd (left open), else the path `src` opened read-only as untrusted input (a regular
+    file; errors.open_regular_readonly), closed on exit. MemoryIoError if it cannot be opened."""
     if isinstance(src, int):
         yield src
         return
@@ -308,8 +317,11 @@ def _source_fd(src: FileRef) -> Iterator[int]:
         os.close(fd)
 
 
-def _ram_view(ram: np.ndarray, page_size: int, *, writable: bool = False) -> memoryview:
-    """`ram` as a flat byte memoryview, after checking it is whole pages of uint8."""
+def ram_view(ram: np.ndarray, page_size: int, *, writable: bool = False) -> memoryview:
+    """`ram` as a flat byte memoryview of len(ram) bytes (no copy). TypeError unless `ram` is a
+    1-D numpy uint8 array; ValueError unless it is contiguous, a positive whole number of
+    `page_size`-byte pages (page_size checked as check_page_size does) and, with `writable`,
+    writable."""
     check_page_size(page_size)
     if not isinstance(ram, np.ndarray) or ram.dtype != np.uint8 or ram.ndim != 1:
         raise TypeError("ram must be a 1-D numpy uint8 array")
@@ -320,7 +332,9 @@ def _ram_view(ram: np.ndarray, page_size: int, *, writable: bool = False) -> mem
     return memoryview(ram).cast("B")
 
 
-def _check_ram_size(info: MemFileInfo, ram_size: int) -> None:
+def check_ram_size(info: MemFileInfo, ram_size: int) -> None:
+    """IncompatibleError unless the memory file `info` describes holds exactly `ram_size` bytes
+    of RAM (its `length`)."""
     if info.length != ram_size:
         raise IncompatibleError(
             f"memory file holds {info.length} bytes of RAM, the VM has {ram_size} bytes"
@@ -362,7 +376,7 @@ class _BackgroundDigest:
         self._thread.start()
 
     def _run(self) -> None:
-        for offset, n in _chunks(0, len(self._data)):
+        for offset, n in io_chunks(0, len(self._data)):
             self._hasher.update(self._data[offset : offset + n])
 
     def hexdigest(self) -> str:
@@ -386,7 +400,7 @@ def write_full(
     (errno in the message) if writing fails. `progress` advances by len(ram) bytes in all
     (holes count as done when passed).
     """
-    view = _ram_view(ram, page_size)
+    view = ram_view(ram, page_size)
     advance = progress or no_progress
     npages = len(view) // page_size
     digest = _BackgroundDigest(view)
@@ -394,12 +408,12 @@ def write_full(
         # Per-page "any non-zero" over 8-byte words (page sizes are multiples of 8).
         nonzero = ram.view(np.uint64).reshape(npages, -1).any(axis=1)
         runs = _runs_of(nonzero, max(1, MIN_HOLE // page_size))
-        with _dest_fd(dest) as fd:
+        with open_dest(dest) as fd:
             try:
                 _reset_length(fd, len(view))
                 done = 0
                 for first, count in runs:
-                    for offset, n in _chunks(first * page_size, count * page_size):
+                    for offset, n in io_chunks(first * page_size, count * page_size):
                         pwrite_all(fd, view[offset : offset + n], offset)
                         advance(offset + n - done)
                         done = offset + n
@@ -428,18 +442,18 @@ def write_diff(
     (sorted, merged). Raises MemoryIoError if writing fails, ValueError for bad runs.
     `progress` advances by the bytes of the runs written.
     """
-    view = _ram_view(ram, page_size)
+    view = ram_view(ram, page_size)
     advance = progress or no_progress
     _check_digest_text("parent_digest", parent_digest)
     length = len(view)
     canon = canonical_runs(runs, length // page_size)
     hasher = _new_hasher(DIFF, length, page_size, parent_digest)
-    with _dest_fd(dest) as fd:
+    with open_dest(dest) as fd:
         try:
             _reset_length(fd, length)
             for offset, count, prefix in _regions(DIFF, length, page_size, canon):
                 hasher.update(prefix)
-                for off, n in _chunks(offset, count):
+                for off, n in io_chunks(offset, count):
                     part = view[off : off + n]
                     hasher.update(part)
                     if os.pwrite(fd, part, off) != n:  # one call for nearly every run
@@ -475,9 +489,9 @@ def _stream(
         for offset, count, prefix in regions:
             if hasher is not None:
                 hasher.update(prefix)
-            for off, n in _chunks(offset, count):
+            for off, n in io_chunks(offset, count):
                 into = dest[off : off + n] if dest is not None else scratch[:n]
-                _pread_exact(fd, into, off, where)
+                pread_exact(fd, into, off, where)
                 if hasher is not None:
                     hasher.update(into)
                 advance(n)
@@ -502,14 +516,17 @@ def compute_digest(src: FileRef, info: MemFileInfo, *, progress: Progress | None
     records (see the module docstring). Checks the file length first (MemoryFileMismatchError).
     `progress` advances by extent_bytes(info) in all."""
     _check_raw(info)
-    with _source_fd(src) as fd:
+    with open_source(src) as fd:
         _check_length(fd, src, info.length)
         digest = _stream(fd, src, info, None, True, progress)
     assert digest is not None
     return digest
 
 
-def _check_parent(info: MemFileInfo, parent: MemFileInfo | None) -> None:
+def check_parent_info(info: MemFileInfo, parent: MemFileInfo | None) -> None:
+    """For a diff `info`: MissingParentError if `parent` (the info of the image it will be laid
+    over) is None, ParentMismatchError unless parent.digest is the diff's parent_digest. A full
+    file needs no parent: no check, whatever `parent` is."""
     if info.kind != DIFF:
         return
     assert info.parent_digest is not None
@@ -538,11 +555,11 @@ def read_into(
     error `ram` holds unspecified contents and must be discarded. `progress` advances by
     extent_bytes(info) in all.
     """
-    view = _ram_view(ram, info.page_size, writable=True)
+    view = ram_view(ram, info.page_size, writable=True)
     _check_raw(info)
-    _check_ram_size(info, len(view))
-    _check_parent(info, parent)
-    with _source_fd(src) as fd:
+    check_ram_size(info, len(view))
+    check_parent_info(info, parent)
+    with open_source(src) as fd:
         _check_length(fd, src, info.length)
         found = _stream(fd, src, info, view, verify_digest, progress)
     _check_digest(src, found, info)
@@ -572,8 +589,8 @@ def map_private(
         if info.kind != FULL:
             raise IncompatibleError("a diff memory file cannot be mapped; lay it over its base")
         _check_raw(info)
-        _check_ram_size(info, size)
-    with _source_fd(src) as fd:
+        check_ram_size(info, size)
+    with open_source(src) as fd:
         _check_length(fd, src, size)
         if info is not None and verify_digest:
             _check_digest(src, _stream(fd, src, info, None, True, progress), info)

@@ -2,11 +2,15 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
+import subprocess
+import sys
 
 import pytest
 
-from vmm.cli import main
+from vmm.cli import EXIT_BROKEN_PIPE, main
 
 
 def test_run_hello_prints_and_exits_zero(capsys) -> None:
@@ -184,3 +188,29 @@ def test_chain_and_compression_user_errors(capsys, argv: list[str], message: str
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def _console_command() -> list[str]:
+    """The installed `microvm` script beside this interpreter, else what that script runs."""
+    script = shutil.which("microvm", path=os.path.dirname(sys.executable))
+    return [script] if script else [sys.executable, "-c", "import sys; from vmm.cli import main; sys.exit(main())"]
+
+
+@pytest.mark.parametrize(
+    "extra, first_bytes",
+    [([], b"memwalk round 1:"), (["--json", "-q"], b'{"console": "mem')],
+    ids=["streamed-console", "json-summary"],
+)
+def test_stdout_closed_early_exits_quietly_with_status_141(extra: list[str], first_bytes: bytes) -> None:
+    # About 140 KB of output, more than a pipe holds (64 KiB): the command is still writing
+    # when the reader leaves, so it must meet the closed pipe whatever the timing. Without -q
+    # a run that ended would report on stderr: the streamed case shows it stopped at once.
+    argv = ["run", "memwalk", "--param", "rounds=0", "--param", "writes=1", "--max-instructions", "2000000", *extra]
+    proc = subprocess.Popen([*_console_command(), *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    first = proc.stdout.read(len(first_bytes))
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert first == first_bytes
+    assert err == b"", err.decode(errors="replace")  # no traceback, no guest fault report
+    assert proc.returncode == EXIT_BROKEN_PIPE == 141

@@ -9,6 +9,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import time
 from typing import Callable, Sequence
@@ -30,6 +31,7 @@ EXIT_USAGE = 2
 EXIT_BUDGET = 3
 EXIT_DEADLOCK = 4
 EXIT_RESET = 5
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE  # shell convention: 128 + the signal's number (141)
 
 EXIT_CODES = {
     StopReason.POWER_OFF: EXIT_OK,
@@ -47,6 +49,7 @@ EPILOG_EXIT = """exit status:
   3  the instruction budget ran out before the guest powered off
   4  deadlock: every vCPU waits and no event is pending
   5  the guest asked for a system reset
+a command whose stdout is closed early (e.g. piped into head) stops quietly with status 141
 """
 
 
@@ -167,9 +170,35 @@ def cmd_guests(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _console_sink(args: argparse.Namespace) -> Callable[[bytes], None] | None:
+class _StdoutConsole:
+    """The guest's console streamed to stdout as it is written (an `on_console` sink).
+
+    If stdout's reader has gone (`microvm run GUEST | head -1`), the write's BrokenPipeError is
+    kept in `closed` and raised on: inside the UART hook it stops the vCPU at once, as a fault.
+    `_check_console` then raises it again so main() exits quietly instead of reporting a guest
+    fault the guest did not cause."""
+
+    def __init__(self) -> None:
+        self.closed: BrokenPipeError | None = None
+
+    def __call__(self, data: bytes) -> None:
+        try:
+            _write_stdout(data)
+        except BrokenPipeError as exc:
+            self.closed = exc
+            raise
+
+
+def _console_sink(args: argparse.Namespace) -> _StdoutConsole | None:
     """Where the guest's console goes as it is written: stdout, unless --json collects it."""
-    return None if args.json else _write_stdout
+    return None if args.json else _StdoutConsole()
+
+
+def _check_console(console: _StdoutConsole | None) -> None:
+    """Raise the BrokenPipeError that stopped the guest, if the console found stdout closed.
+    Call after every run of a VM streaming its console, before acting on the run's result."""
+    if console is not None and console.closed is not None:
+        raise console.closed
 
 
 def _finish(args: argparse.Namespace, result: RunResult, vm: MicroVM, seconds: float, **extra: object) -> int:
@@ -232,7 +261,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.dirty_report is not None:
         return _run_dirty_report(config, args)
     compress, frame_size = _compression(args)
-    vm = MicroVM(config, on_console=_console_sink(args))
+    console = _console_sink(args)
+    vm = MicroVM(config, on_console=console)
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
     result: RunResult | None = None
@@ -241,6 +271,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if args.max_instructions is not None and point > args.max_instructions:
             break
         result = vm.run(point - vm.clock if point > vm.clock else 0)
+        _check_console(console)
         kind = "full" if i == 0 or args.kind == "full" else "diff"
         os.makedirs(args.snapshot_dir, exist_ok=True)
         report = save_snapshot(
@@ -260,6 +291,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     remaining = None if args.max_instructions is None else max(args.max_instructions - vm.clock, 0)
     if result is None or not result.reason.final:
         result = vm.run(remaining)
+        _check_console(console)
     return _finish(args, result, vm, time.perf_counter() - t0, snapshots=snapshots)
 
 
@@ -269,11 +301,13 @@ def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
         raise UsageError("--dirty-report epoch must be at least 1 instruction")
     from tools.dirtymap import dirty_epochs
 
-    vm = MicroVM(config, on_console=_console_sink(args))
+    console = _console_sink(args)
+    vm = MicroVM(config, on_console=console)
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
     epochs: list[dict[str, int]] = []
     for epoch in dirty_epochs(vm, args.dirty_report, max_instructions=args.max_instructions):
+        _check_console(console)
         pages = epoch.pages.size
         epochs.append({"start_ns": epoch.start, "end_ns": epoch.end, "dirty_pages": pages, "runs": epoch.runs})
         print(
@@ -328,13 +362,15 @@ def cmd_restore(args: argparse.Namespace) -> int:
     from snapshot.persist import load_snapshot
 
     t0 = time.perf_counter()
-    vm = load_snapshot(args.path, args.mem_backend, on_console=_console_sink(args), progress_bars=_bars(args))
+    console = _console_sink(args)
+    vm = load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
         print(f"microvm: restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}", file=sys.stderr)
     t0 = time.perf_counter()
     result = vm.run(args.max_instructions)
+    _check_console(console)
     return _finish(
         args, result, vm, time.perf_counter() - t0, restored_from=args.path, restored_at_ns=restored_at, restore_seconds=round(restore_s, 6)
     )
@@ -625,6 +661,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The console entry point: run the command `argv` (default sys.argv[1:]) and return its
+    exit status. If the reader of stdout goes away early (`microvm demo | head -3`), the
+    command stops quietly with EXIT_BROKEN_PIPE, as a program killed by SIGPIPE would; the
+    Python docs' "Note on SIGPIPE" (signal module) pattern."""
+    try:
+        try:
+            return _dispatch(argv)
+        finally:
+            sys.stdout.flush()  # so a closed pipe shows up here rather than at interpreter exit
+    except BrokenPipeError:
+        # Python flushes stdout again at exit: send what is left to devnull instead.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+
+
+def _dispatch(argv: Sequence[str] | None) -> int:
+    """Parse `argv` and run its command; user errors become one line on stderr, status 2."""
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] | None = getattr(args, "func", None)
