@@ -296,3 +296,27 @@ def test_checkpoints_carry_every_field_of_the_plain_states() -> None:
     registers = {name.lstrip("_") for name in _REGISTER_FIELDS}
     assert {f.name for f in fields(MmdsState)} - in_service - registers == {"token_counter"}
     assert "token_counter" in {f.name for f in fields(MmdsCheckpoint)}
+
+
+@pytest.mark.parametrize("check", [True, False])
+def test_a_wfi_written_after_the_point_is_gone_after_the_reset(tmp_path, check: bool) -> None:
+    """The fill's scan hooked the WFI the host wrote after the point. After the reset the
+    address holds the point's `ret` again and must run as a `ret`, as in a fresh load."""
+    vm = boot(tmp_path, _SMC_SOURCE, quantum=Q, track_dirty_pages=True, mem_size=MEM)
+    if not check:  # the control: hooks that trust the scan that placed them
+        for v in vm.vcpus:
+            v.hooks.fetch_word = None
+    vm.run(Q)
+    point = vm.snapshot_point()
+    ret = RAM_BASE + len(assemble(_SMC_SOURCE)) - 4
+    vm.memory.write(ret, assemble("wfi"))
+    vm.memory.write_u64(RESULTS + 8, 1)
+    vm.run(Q)
+    assert vm.vcpus[0].waiting and result(vm, 2) == 0  # in the WFI: nothing will wake it
+    vm.reset_to(point)
+    vm.memory.write_u64(RESULTS + 8, 1)
+    vm.run(Q)
+    if check:
+        assert not vm.vcpus[0].waiting and result(vm, 2) == 1
+    else:
+        assert vm.vcpus[0].waiting and result(vm, 2) == 0

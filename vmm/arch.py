@@ -97,3 +97,9 @@ MSR_DAIFCLR = 0xD503_40FF  # MSR DAIFClr, #imm (imm4 in bits [11:8])
 MSR_DAIFCLR_MASK = 0xFFFF_F0FF
 DAIF_IMM_I = 0x200  # imm4 bit 1 in place: the I (IRQ) mask
 INSN_B_SELF = 0x1400_0000  # B . (branch to itself)
+
+
+def unmasks_irq(word):  # type: ignore[no-untyped-def]
+    """Is `word` an `MSR DAIFClr, #imm` that clears the I mask? Works on an int or elementwise
+    on a numpy array of instruction words."""
+    return ((word & MSR_DAIFCLR_MASK) == MSR_DAIFCLR) & ((word & DAIF_IMM_I) != 0)

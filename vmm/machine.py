@@ -91,6 +91,7 @@ class MicroVM:
             on_fault=self._on_fault,
             tlb_fill=self.tlb,
             tlb_fill_native=self.tlb.native_stage,
+            fetch_word=self.tlb.fetch_word,
             on_restore=self.tlb.invalidate,
             irq_pending=lambda v: self.interrupts.wakeup_pending(v.index),
         )

@@ -98,6 +98,7 @@ class TlbFiller:
         self._ram_base = memory.base
         self._ram_size = memory.size
         self._words = memory.view().view("<u8")  # RAM as little-endian u64, for descriptor reads
+        self._insns = memory.view().view("<u4")  # RAM as instruction words
         self.python_fills = 0  # fills served here (the native fill counts its own)
         self.python_write_fills = 0
         if memory.contains(FAULT_PAGE) or bus.find(FAULT_PAGE) is not None:
@@ -152,9 +153,29 @@ class TlbFiller:
         va_page = vaddr & ~(UC_PAGE_SIZE - 1)
         for i in np.flatnonzero(words == arch.INSN_WFI):
             vcpu.watch_wfi(va_page + 4 * int(i))
-        unmask = ((words & arch.MSR_DAIFCLR_MASK) == arch.MSR_DAIFCLR) & ((words & arch.DAIF_IMM_I) != 0)
-        for i in np.flatnonzero(unmask):
+        for i in np.flatnonzero(arch.unmasks_irq(words)):
             vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
+
+    def fetch_word(self, vcpu: Vcpu, vaddr: int) -> int | None:
+        """The instruction word a fetch from `vaddr` would read now (4-byte aligned), or None if
+        it would fault or reach no RAM. No side effects: for hooks that must check that the
+        instruction they were placed on is still there (`Vcpu.watch_wfi`)."""
+        regs = self._regs.get(vcpu.index)
+        if regs is None:
+            regs = self._translation_regs(vcpu)
+        pa = vaddr
+        if regs.sctlr & SCTLR_M:
+            pstate = vcpu.pstate
+            result = translate(
+                regs, vaddr, AccessKind.FETCH, arch.pstate_el(pstate), self._read_u64, pan=bool(pstate & PSTATE_PAN)
+            )
+            if not isinstance(result, Translation):
+                return None
+            pa = result.pa
+        off = pa - self._ram_base
+        if off & 3 or not 0 <= off <= self._ram_size - 4:
+            return None
+        return int(self._insns[off >> 2])
 
     def _read_u64(self, pa: int) -> int | None:
         """The descriptor at `pa` (8-byte aligned by construction), or None outside RAM."""

@@ -250,6 +250,9 @@ class VcpuHooks:
     # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
     tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
     # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
+    # The instruction word a fetch from a VA would read now (None: it would fault); no side
+    # effects. Watch hooks check with it that their instruction is still there.
+    fetch_word: Callable[["Vcpu", int], int | None] | None = None
     tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
     # MMIO dispatch errors and other faults end up here for a report.
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
@@ -572,14 +575,24 @@ class Vcpu:
         """Stop at the WFI at virtual address `vaddr` (Unicorn treats WFI as a NOP).
 
         The TLB-fill policy calls this for every WFI it finds in a page about to be executed;
-        the hook is added before that page's code is translated.
+        the hook is added before that page's code is translated. The hook stays when the code
+        changes (a reset, a guest rewriting code, another mapping at that VA), so it acts only
+        if the instruction there is still a WFI.
         """
         if vaddr not in self._wfi_watched:
             self._wfi_watched.add(vaddr)
             self.uc.hook_add(UC_HOOK_CODE, self._on_wfi, None, vaddr, vaddr)
 
+    def _still_there(self, vaddr: int, predicate: Callable[[int], object]) -> bool:
+        """Does the instruction word at `vaddr` (still) satisfy `predicate`?"""
+        fetch_word = self.hooks.fetch_word
+        if fetch_word is None:
+            return True  # no way to tell: trust the scan that placed the hook
+        word = self._guard(lambda: fetch_word(self, vaddr))
+        return word is not None and bool(predicate(word))  # type: ignore[arg-type]
+
     def _on_wfi(self, uc: Uc, address: int, size: int, _ud: object) -> None:
-        if self._exit is not None:
+        if self._exit is not None or not self._still_there(address, lambda w: w == arch.INSN_WFI):
             return
         pending = self.hooks.irq_pending
         if pending is not None and self._guard(lambda: pending(self)):
@@ -592,7 +605,8 @@ class Vcpu:
     def watch_irq_unmask(self, vaddr: int) -> None:
         """Check for a pending IRQ at `vaddr`, the instruction after an `MSR DAIFClr` that
         unmasks IRQs (Unicorn's MSR hook does not see the immediate form). Without this an
-        idle loop that unmasks and re-masks within one slice would never take its IRQ."""
+        idle loop that unmasks and re-masks within one slice would never take its IRQ. Like
+        the WFI hook it acts only while that MSR is still in front of `vaddr`."""
         if vaddr not in self._unmask_watched:
             self._unmask_watched.add(vaddr)
             self.uc.hook_add(UC_HOOK_CODE, self._on_unmask, None, vaddr, vaddr)
@@ -600,6 +614,8 @@ class Vcpu:
     def _on_unmask(self, uc: Uc, address: int, size: int, _ud: object) -> None:
         pending = self.hooks.irq_pending
         if self._exit is not None or pending is None or uc.reg_read(_PSTATE) & arch.PSTATE_I:
+            return
+        if not self._still_there(address - 4, arch.unmasks_irq):
             return
         if self._guard(lambda: pending(self)):
             # Stop in front of this instruction; the scheduler takes the IRQ there, as at any
