@@ -47,6 +47,7 @@ from snapshot.memfile import (
     FULL,
     RAW,
     MemFileInfo,
+    check_length,
     extent_bytes,
     extents_digest,
     io_chunks,
@@ -134,9 +135,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
     fd, where = pair.memory_fd, pair.memory_path
     view = memoryview(ram)
     try:
-        size = os.fstat(fd).st_size
-        if size != info.length:
-            raise MemoryFileMismatchError(where, "length", f"{size} bytes", f"{info.length} bytes")
+        check_length(fd, where, info.length)
         extents = [(0, info.length)] if info.kind == FULL else [(f * info.page_size, n * info.page_size) for f, n in info.runs]
         for start, count in extents:
             pos = start

@@ -71,6 +71,7 @@ from snapshot.memfile import (
     MemFileInfo,
     Run,
     canonical_runs,
+    check_length,
     check_parent_info,
     check_ram_size,
     extents_digest,
@@ -351,12 +352,8 @@ def _pread(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray
 
 def _read_index(fd: int, where: FileRef, info: MemFileInfo) -> _Index:
     """The file's index, after every check in the module docstring's "untrusted input"."""
-    try:
-        size = os.fstat(fd).st_size
-    except OSError as exc:
-        raise from_os_error(exc, "inspecting", where, MemoryIoError) from exc
-    if size != info.file_length:
-        raise MemoryFileMismatchError(where, "length", f"{size} bytes", f"{info.file_length} bytes")
+    check_length(fd, where, info.file_length)
+    size = info.file_length
     if size < FOOTER_SIZE:
         raise CorruptMemoryFileError(where, f"{size} bytes is shorter than the {FOOTER_SIZE}-byte footer")
     raw_footer = _pread(fd, where, size - FOOTER_SIZE, FOOTER_SIZE)

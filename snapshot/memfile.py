@@ -346,7 +346,9 @@ def _check_raw(info: MemFileInfo) -> None:
         raise IncompatibleError(f"the memory file is {info.format}-compressed; read it with snapshot.frames")
 
 
-def _check_length(fd: int, where: FileRef, expected: int) -> None:
+def check_length(fd: int, where: FileRef, expected: int) -> None:
+    """The file open at `fd` must be `expected` bytes long: MemoryFileMismatchError naming
+    `where` if not, MemoryIoError if it cannot be inspected."""
     try:
         size = os.fstat(fd).st_size
     except OSError as exc:
@@ -517,7 +519,7 @@ def compute_digest(src: FileRef, info: MemFileInfo, *, progress: Progress | None
     `progress` advances by extent_bytes(info) in all."""
     _check_raw(info)
     with open_source(src) as fd:
-        _check_length(fd, src, info.length)
+        check_length(fd, src, info.length)
         digest = _stream(fd, src, info, None, True, progress)
     assert digest is not None
     return digest
@@ -560,7 +562,7 @@ def read_into(
     check_ram_size(info, len(view))
     check_parent_info(info, parent)
     with open_source(src) as fd:
-        _check_length(fd, src, info.length)
+        check_length(fd, src, info.length)
         found = _stream(fd, src, info, view, verify_digest, progress)
     _check_digest(src, found, info)
 
@@ -591,7 +593,7 @@ def map_private(
         _check_raw(info)
         check_ram_size(info, size)
     with open_source(src) as fd:
-        _check_length(fd, src, size)
+        check_length(fd, src, size)
         if info is not None and verify_digest:
             _check_digest(src, _stream(fd, src, info, None, True, progress), info)
         try:
