@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from snapshot.commit import STATE_SUFFIX, OpenedPair, commit_pair, open_pair
-from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, SNAPSHOT_VERSION
+from snapshot.envelope import CRC_SIZE
 from snapshot.errors import (
     EncodingError,
     IncompatibleError,

@@ -10,7 +10,7 @@ RX trigger level are waiting: in virtual time the line is always idle long enoug
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 # Register offsets (DDI 0183G table 3-1).
