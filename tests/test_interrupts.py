@@ -415,7 +415,7 @@ both:
             assert (handler_time - 1, elr_offset, x9) == (want.time, want.elr_offset, want.x9), (quantum, cpu)
 
 
-def test_counter_reads_are_exact_and_a_round_end_does_not_show(tmp_path) -> None:
+def test_counter_and_cycle_reads_are_exact_and_a_round_end_does_not_show(tmp_path) -> None:
     src = f"""
     {RESULTS_PTR}
     mrs x0, cntvct_el0            // 2
@@ -426,11 +426,13 @@ spin:
     subs x3, x3, #1
     b.ne spin                     // 6 .. 1005
     mrs x4, cntvct_el0            // 1006
+    mrs x5, pmccntr_el0           // 1007: cycles = instructions
     stp x0, x1, [x28]
     stp x2, x4, [x28, #16]
+    str x5, [x28, #32]
     {POWER_OFF}
 """
-    for quantum in (1, 2, 3, 7, 1_000, 1_006, 1_007):
+    for quantum in (1, 2, 3, 7, 1_000, 1_006, 1_007, 1_008):
         vm = boot(tmp_path, src, quantum=quantum)
         assert vm.run(100_000).reason is StopReason.POWER_OFF
-        assert [result(vm, i) for i in range(4)] == [2, 3, (0 - 4) & 0xFFFF_FFFF, 1006], quantum
+        assert [result(vm, i) for i in range(5)] == [2, 3, (0 - 4) & 0xFFFF_FFFF, 1006, 1007], quantum

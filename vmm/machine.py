@@ -97,7 +97,7 @@ class MicroVM:
         )
         for enc in TRANSLATION_REGS:
             hooks.sysreg_observe[enc] = self.tlb.invalidate
-        base_sysreg_traps(hooks, self.scheduler)
+        base_sysreg_traps(hooks)
         self.interrupts.install_traps(hooks)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))

@@ -7,12 +7,7 @@ instance.
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from vmm.vcpu import SysReg, Vcpu, VcpuHooks
-
-if TYPE_CHECKING:
-    from vmm.scheduler import Scheduler
 
 MPIDR_EL1: SysReg = (3, 0, 0, 0, 5)
 PMCCNTR_EL0: SysReg = (3, 3, 9, 13, 0)
@@ -30,11 +25,11 @@ def _rndr_fails(vcpu: Vcpu) -> int:
     return 0
 
 
-def base_sysreg_traps(hooks: VcpuHooks, scheduler: Scheduler) -> None:
+def base_sysreg_traps(hooks: VcpuHooks) -> None:
     """Install the traps every machine needs into `hooks`."""
     reads = {
         MPIDR_EL1: lambda v: v.mpidr,
-        PMCCNTR_EL0: lambda v: scheduler.clock,  # virtual cycles = instructions
+        PMCCNTR_EL0: lambda v: v.now(),  # virtual cycles = instructions, exact per instruction
         RNDR: _rndr_fails,
         RNDRRS: _rndr_fails,
     }
