@@ -209,9 +209,9 @@ pre:                              // arm the timer somewhere inside a round
     b.ne pre
 """
 
-# The IRQ handler stores: [0] CNTVCT read at its first instruction (IRQ time + 1: the vector's
-# `b` runs at the IRQ time), [1] ELR_EL1 - x7, [2] x9, [3] the INTID, [4] x1, [5] x8.
-RECORDING_HANDLER = f"""
+# The IRQ handler records at x28: [0] CNTVCT read at its first instruction (IRQ time + 1: the
+# vector's `b` runs at the IRQ time), [1] ELR_EL1 - x7, [2] x9, [3] the INTID, [4] x1, [5] x8.
+RECORD_IRQ = """
 irq_handler:
     mrs x5, cntvct_el0
     mrs x4, ICC_IAR1_EL1
@@ -220,6 +220,9 @@ irq_handler:
     stp x5, x6, [x28]
     stp x9, x4, [x28, #16]
     stp x1, x8, [x28, #32]
+"""
+RECORDING_HANDLER = f"""
+{RECORD_IRQ}
     {POWER_OFF}
 {VECTORS_IRQ}
 """
@@ -388,14 +391,7 @@ def test_two_vcpus_each_take_their_own_timer_at_its_deadline(tmp_path) -> None:
     {per_cpu(40_000, "loop0")}
 secondary:
     {per_cpu(20_001, "loop1")}
-irq_handler:
-    mrs x5, cntvct_el0
-    mrs x4, ICC_IAR1_EL1
-    mrs x6, elr_el1
-    sub x6, x6, x7
-    stp x5, x6, [x28]
-    stp x9, x4, [x28, #16]
-    stp x1, x8, [x28, #32]
+{RECORD_IRQ}
     mov x12, #1
     str x12, [x28, #48]           // done
     cbnz x10, .                   // vCPU 1 stays here; vCPU 0 waits for it

@@ -191,7 +191,8 @@ def _run_in_epochs(config: VmConfig, native: bool, monkeypatch: pytest.MonkeyPat
         vm.mmds.put({"latest": {"meta-data": {"instance-id": "i-1"}}})
     epochs = []
     for budget in (20_000, 60_000, None):
-        vm.start_dirty_epoch() if config.track_dirty_pages else None
+        if config.track_dirty_pages:
+            vm.start_dirty_epoch()
         vm.run(budget)
         if config.track_dirty_pages:
             epochs.append((vm.dirty.pages().tolist(), vm.dirty_stats()))

@@ -165,10 +165,7 @@ class TlbFiller:
             regs = self._translation_regs(vcpu)
         pa = vaddr
         if regs.sctlr & SCTLR_M:
-            pstate = vcpu.pstate
-            result = translate(
-                regs, vaddr, AccessKind.FETCH, arch.pstate_el(pstate), self._read_u64, pan=bool(pstate & PSTATE_PAN)
-            )
+            result = self._walk(vcpu, regs, vaddr, AccessKind.FETCH)
             if not isinstance(result, Translation):
                 return None
             pa = result.pa
@@ -184,17 +181,18 @@ class TlbFiller:
             return int(self._words[off >> 3])
         return None
 
+    def _walk(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, kind: AccessKind) -> Translation | TranslationFault:
+        """The stage-1 walk for an access of `kind` at the vCPU's current EL and PSTATE.PAN."""
+        pstate = vcpu.pstate
+        return translate(regs, vaddr, kind, arch.pstate_el(pstate), self._read_u64, pan=bool(pstate & PSTATE_PAN))
+
     def _translate(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, access: int) -> tuple[int, int] | None:
         """Stage-1 walk: (pa, perms), or None after recording the fault on the vCPU."""
         if VMM_STUB_BASE <= vaddr < VMM_STUB_BASE + VMM_STUB_SIZE:
             # The VMM's CLREX stub runs between slices whatever the guest's tables say: its VA
             # page is reserved in every address space (docs/machine.md), and maps to itself.
             return vaddr, UC_PROT_ALL
-        pstate = vcpu.pstate
-        result = translate(
-            regs, vaddr, _ACCESS.get(access, AccessKind.READ), arch.pstate_el(pstate), self._read_u64,
-            pan=bool(pstate & PSTATE_PAN),
-        )
+        result = self._walk(vcpu, regs, vaddr, _ACCESS.get(access, AccessKind.READ))
         if not isinstance(result, Translation):
             vcpu.pending_abort = result
             if access == UC_MEM_FETCH:
