@@ -1,7 +1,8 @@
 """`dirty`: the cost of dirty-page tracking, side by side in one process run.
 
 Each workload runs five ways, interleaved round by round after a warm-up (tools.bench.measure),
-best of REPEATS, the per-round spread of each ratio in `<figure>_spread`:
+best of REPEATS, the per-round spread of each ratio in `<figure>_spread`; times are this
+process's CPU seconds (time given to other processes on the machine does not count):
 1. tracking off: the harness as shipped (virtual TLB; RAM data fills with the MMU off are
    served by the native fill, vmm/native_fill.py, the rest by the Python fill);
 2. tracking on: the TLB-fill scheme, exact pages (dirty_granule="page");
@@ -29,10 +30,10 @@ from unicorn import UC_HOOK_MEM_WRITE, UC_TLB_CPU
 from tools.bench.measure import add_ratio, interleave, machine_load
 from vmm import MicroVM, StopReason, VmConfig, native_fill
 
-MEMWALK = {"pattern": 2, "rounds": 6, "writes": 40_000, "region_mib": 32}
+MEMWALK = {"pattern": 2, "rounds": 24, "writes": 40_000, "region_mib": 32}  # ~0.6 s a run: long enough that a burst of other work on the machine does not decide a round
 COMPUTE = {"iterations": 3_000_000}
 MMU = {"pages": 256, "words": 512}
-REPEATS = 3  # interleaved runs per mode; the best counts (1 with --quick)
+REPEATS = 5  # interleaved rounds per mode after a warm-up; the best counts (1 with --quick)
 MODES = ("off", "on", "on-python", "hook", "cpu-tlb")
 
 
@@ -58,9 +59,9 @@ def _timed(guest: str, params: dict[str, int], mode: str, granule: str = "page")
         for v in vm.vcpus:
             v.uc.ctl_set_tlb_mode(UC_TLB_CPU)
             v.flush_tlb()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     result = vm.run()
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert result.reason is StopReason.POWER_OFF, result
     return seconds, vm
 

@@ -3,7 +3,9 @@
 `interleave(cases, repeats, warmup)` runs every case once per round, `repeats` rounds, after
 `warmup` untimed rounds, rotating the order each round so no case always runs first (cold
 caches) or last (after the others warmed the machine). A case is a callable that does its own
-untimed setup and returns the seconds of the part it measures.
+untimed setup and returns the seconds of the part it measures. The garbage collector runs
+before each case: a dropped VM (Unicorn instances, RAM) otherwise gets freed by a collection
+inside the next case's timing, which made single rounds 2-4x slower.
 
 Noise on these machines only ever slows a run down, so the best (fastest) sample is the
 estimate; the spread says how much to trust it. `ratio(a, b)` is best(b) / best(a) - how many
@@ -12,6 +14,7 @@ the same ratio over rounds, each round's two samples taken seconds apart.
 """
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -40,11 +43,13 @@ def interleave(cases: Mapping[str, Case], *, repeats: int = 3, warmup: int = 1) 
     names = list(cases)
     for _ in range(warmup):
         for name in names:
+            gc.collect()
             cases[name]()
     out: dict[str, Samples] = {name: Samples([]) for name in names}
     for round_ in range(repeats):
         shift = round_ % len(names)
         for name in names[shift:] + names[:shift]:
+            gc.collect()  # the previous case's garbage (a whole VM) is freed here, not while timing
             out[name].seconds.append(cases[name]())
     return out
 
