@@ -376,6 +376,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Firecracker's API on a Unix socket (vmm.api); exits when the guest stops for good, with
+    its status, or 0 on SIGTERM."""
+    from vmm.api.server import serve
+
+    if args.no_api and args.api_sock is not None:
+        raise UsageError("give --api-sock or --no-api, not both")
+    if not args.no_api and args.api_sock is None:
+        raise UsageError("--api-sock PATH is required (or --no-api with --config-file)")
+    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id)
+    if result is None:
+        return EXIT_OK
+    if result.reason is StopReason.FAULT and result.fault is not None:
+        print(result.fault.format(), file=sys.stderr)
+    return EXIT_CODES[result.reason]
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
     from snapshot.persist import describe
 
@@ -596,6 +613,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_args(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve Firecracker's HTTP API on a Unix socket (configure, start, pause, snapshot with curl or an SDK)",
+        description="Mirror `firecracker --api-sock PATH [--config-file FILE] [--no-api] [--id ID]`: Firecracker's API "
+        "endpoints, JSON fields, status codes and state machine on a Unix socket (README: Firecracker users). "
+        "A config file configures the VM and starts it at once. The guest's console goes to stdout unless PUT /serial "
+        "names a file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT.replace("  3  the instruction budget ran out before the guest powered off\n", "")
+        + "the server runs until the guest stops for good; SIGTERM stops it with status 0\n",
+    )
+    p.add_argument("--api-sock", metavar="PATH", help="the Unix socket to create (must not exist)")
+    p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
+    p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
+    p.add_argument("--id", default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "describe",

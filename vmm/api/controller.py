@@ -1,0 +1,537 @@
+"""`ApiController`: the Firecracker API's state machine over one MicroVM (Firecracker's
+`rpc_interface`).
+
+States, as `GET /` reports them: "Not started" (configuring; no VM yet), "Running" (the guest
+runs on its own thread, vmm.api.runner) and "Paused" (stopped at a round end). Each method below
+serves one endpoint, takes a parsed body (vmm.api.config) and returns the response body (or
+None for 204); a request that cannot be honoured raises `ApiError`, which the server answers
+with 400 and `{"fault_message": str(error)}`.
+
+Order rules, as Firecracker's:
+- pre-boot only: PUT /boot-source, /machine-config (PUT, PATCH), /mmds/config, /serial,
+  /snapshot/load; InstanceStart once;
+- post-boot only: PATCH /vm, PUT /snapshot/create (Paused only), FlushMetrics;
+- /snapshot/load only on a fresh server: before anything but the logger and metrics is
+  configured;
+- any time: GET /, /version, /machine-config, /vm/config; /mmds (PUT, PATCH, GET); /logger and
+  /metrics (once each).
+
+Mapping to this machine:
+- `kernel_image_path` is an image file (flat binary or ELF) or `builtin:NAME` for a built-in
+  guest (`microvm guests`); `boot_args` holds guest parameters, NAME=VALUE words (integers);
+  `initrd_path` is refused (one image, no initrd).
+- SendCtrlAltDel: Firecracker injects Ctrl+Alt+Del through the x86 i8042 keyboard controller
+  and refuses the action on aarch64, whose machine has no i8042. This machine is AArch64 and
+  has none either, so the guest gets nothing and the request gets a 400, as on an aarch64
+  Firecracker host.
+- Host inputs (MMDS puts and patches) and snapshots act between two rounds, on the VM's thread,
+  never inside a round (GuestRunner.call).
+- Snapshots load with `mmds="drop"`, as Firecracker (clones share no MMDS data or token key).
+"""
+from __future__ import annotations
+
+import os
+import re
+import stat
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Callable
+
+import guests
+from vmm.api.config import (
+    BootSource,
+    InstanceActionInfo,
+    Logger,
+    MachineConfiguration,
+    MachineConfigurationPatch,
+    Metrics,
+    MmdsConfig,
+    SerialDevice,
+    SnapshotCreateParams,
+    SnapshotLoadParams,
+    Vm,
+)
+from vmm.api.runner import GuestRunner, GuestStoppedError
+from vmm.api.telemetry import ApiLogger, ApiMetrics, TelemetryError
+from vmm.config import VmConfig
+from vmm.devices.mmds import MmdsError, MmdsStore
+from vmm.errors import VmmError
+from vmm.layout import MIB, RAM_MAX_SIZE
+from vmm.machine import MicroVM
+from vmm.scheduler import RunResult
+
+APP_NAME = "microvm-harness"
+NOT_STARTED = "Not started"
+RUNNING = "Running"
+PAUSED = "Paused"
+BUILTIN_PREFIX = "builtin:"
+DEFAULT_INSTANCE_ID = "anonymous-instance"  # Firecracker's default --id
+DEFAULT_MMDS_IPV4 = "169.254.169.254"  # Firecracker's MmdsConfig.ipv4_address default
+# Firecracker's MmdsConfig.ipv4_address format: a link-local address, 169.254.[1-254].[0-255]
+_MMDS_IPV4 = re.compile(r"169\.254\.([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-4])\.([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])")
+
+# Firecracker's VmmActionError messages for requests in the wrong state.
+MSG_AFTER_START = "The requested operation is not supported after starting the microVM."
+MSG_BEFORE_START = "The requested operation is not supported before starting the microVM."
+MSG_LOAD_AFTER_CONFIG = "Loading a microVM snapshot not allowed after configuring boot-specific resources."
+MSG_CTRL_ALT_DEL = (
+    "SendCtrlAltDel is not supported on aarch64: the machine has no i8042 keyboard controller, "
+    "so the guest would get nothing (as Firecracker on aarch64)."
+)
+
+# The devices Firecracker offers that this machine does not: endpoint prefix -> name.
+UNSUPPORTED_DEVICES = {
+    "/drives": "block devices (drives)",
+    "/pmem": "pmem devices",
+    "/network-interfaces": "network interfaces (virtio-net)",
+    "/vsock": "vsock devices",
+    "/balloon": "balloon devices",
+    "/entropy": "entropy devices (virtio-rng)",
+    "/cpu-config": "custom CPU templates (cpu-config)",
+    "/hotplug": "memory hotplug (virtio-mem)",
+}
+MACHINE_DEVICES = "a PL011 UART, an MMDS device, a GICv3 and the generic timer"
+
+
+class ApiError(VmmError):
+    """The request cannot be honoured now or with these values (HTTP 400)."""
+
+
+def unsupported_device(name: str) -> ApiError:
+    return ApiError(f"{name} are not supported: this machine has {MACHINE_DEVICES} only")
+
+
+@dataclass
+class MachineSettings:
+    """What /machine-config holds (Firecracker's defaults: 1 vCPU, 128 MiB)."""
+
+    vcpu_count: int = 1
+    mem_size_mib: int = 128
+    smt: bool = False
+    track_dirty_pages: bool = False
+    huge_pages: str = "None"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "vcpu_count": self.vcpu_count,
+            "mem_size_mib": self.mem_size_mib,
+            "smt": self.smt,
+            "track_dirty_pages": self.track_dirty_pages,
+            "huge_pages": self.huge_pages,
+        }
+
+
+@dataclass
+class Resources:
+    """Everything configured before boot, as the API reported it back (GET /vm/config)."""
+
+    machine: MachineSettings = field(default_factory=MachineSettings)
+    boot_source: BootSource | None = None
+    mmds_config: MmdsConfig | None = None
+    logger: Logger | None = None
+    metrics: Metrics | None = None
+    serial: SerialDevice | None = None
+
+
+def guest_params(boot_args: str | None) -> dict[str, int]:
+    """Guest parameters from `boot_args`: space-separated NAME=VALUE words, VALUE an integer
+    (decimal or 0x hex). ApiError naming the first word that is not one."""
+    params: dict[str, int] = {}
+    for word in (boot_args or "").split():
+        name, sep, value = word.partition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            params[name] = int(value, 0)
+        except ValueError:
+            raise ApiError(
+                f"boot_args word {word[:40]!r} is not NAME=INTEGER (boot_args carries guest parameters)"
+            ) from None
+    return params
+
+
+class ApiController:
+    """One microVM behind the API. Thread-safe: requests are served one at a time (a lock),
+    while the guest runs on its own thread. `on_exit(status)` is called when the guest stops
+    for good (the server then exits, as Firecracker does)."""
+
+    def __init__(
+        self,
+        instance_id: str = DEFAULT_INSTANCE_ID,
+        *,
+        vmm_version: str = "0",
+        api_version: str = "0",
+        on_exit: Callable[[RunResult], None] | None = None,
+        console: BinaryIO | None = None,
+    ) -> None:
+        self.instance_id = instance_id
+        self.vmm_version = vmm_version
+        self.api_version = api_version
+        self.resources = Resources()
+        self.logger = ApiLogger(instance_id)
+        self.metrics = ApiMetrics(instance_id)
+        self.vm: MicroVM | None = None
+        self.runner: GuestRunner | None = None
+        self._boot_configured = False  # a boot-specific resource was set: no snapshot load
+        self._pending_mmds = MmdsStore()  # MMDS data put before boot
+        self._lock = threading.RLock()
+        self._on_exit = on_exit
+        self._console_default = console if console is not None else sys.stdout.buffer
+        self._serial: BinaryIO | None = None
+
+    # --- state --------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        if self.runner is None:
+            return NOT_STARTED
+        return RUNNING if self.runner.running or self.runner.result is not None else PAUSED
+
+    def _require_not_started(self) -> None:
+        if self.runner is not None:
+            raise ApiError(MSG_AFTER_START)
+
+    def _require_started(self) -> GuestRunner:
+        if self.runner is None:
+            raise ApiError(MSG_BEFORE_START)
+        return self.runner
+
+    # --- reads ----------------------------------------------------------------------------------
+    def describe_instance(self) -> dict[str, Any]:
+        return {"id": self.instance_id, "state": self.state, "vmm_version": self.vmm_version, "app_name": APP_NAME}
+
+    def version(self) -> dict[str, Any]:
+        return {"firecracker_version": self.api_version}
+
+    def get_machine_config(self) -> dict[str, Any]:
+        return self.resources.machine.to_json()
+
+    def full_config(self) -> dict[str, Any]:
+        """GET /vm/config: every configured resource in the config file's shape."""
+        r = self.resources
+        out: dict[str, Any] = {"machine-config": r.machine.to_json()}
+        for key, body in (("boot-source", r.boot_source), ("mmds-config", r.mmds_config), ("logger", r.logger), ("metrics", r.metrics)):
+            if body is not None:
+                out[key] = _json_of(body)
+        out["drives"] = []
+        out["network-interfaces"] = []
+        return out
+
+    # --- pre-boot configuration -----------------------------------------------------------------
+    def put_machine_config(self, body: MachineConfiguration | MachineConfigurationPatch) -> None:
+        with self._lock:
+            self._require_not_started()
+            m = self.resources.machine
+            full = isinstance(body, MachineConfiguration)
+            new = MachineSettings(
+                vcpu_count=_pick(body.vcpu_count, m.vcpu_count),
+                mem_size_mib=_pick(body.mem_size_mib, m.mem_size_mib),
+                smt=_pick(body.smt, False if full else m.smt),
+                track_dirty_pages=_pick(body.track_dirty_pages, False if full else m.track_dirty_pages),
+                huge_pages=_pick(body.huge_pages, "None" if full else m.huge_pages),
+            )
+            if new.smt:
+                raise ApiError("smt: simultaneous multithreading can be enabled only on x86_64; this machine is AArch64")
+            if body.cpu_template is not None:
+                raise unsupported_device("CPU templates (cpu_template)")
+            if new.huge_pages != "None":
+                raise ApiError(f"huge_pages {new.huge_pages!r} is not supported: guest RAM uses host pages (\"None\")")
+            self._vm_config(new, self.resources.boot_source)  # checks vCPU count and RAM size now
+            self.resources.machine = new
+            self._boot_configured = True
+
+    def put_boot_source(self, body: BootSource) -> None:
+        with self._lock:
+            self._require_not_started()
+            if body.initrd_path is not None:
+                raise ApiError("initrd_path is not supported: this machine boots one image, without an initrd")
+            self._vm_config(self.resources.machine, body)
+            if not body.kernel_image_path.startswith(BUILTIN_PREFIX):
+                _check_image(body.kernel_image_path)
+            self.resources.boot_source = body
+            self._boot_configured = True
+
+    def put_mmds_config(self, body: MmdsConfig) -> None:
+        with self._lock:
+            self._require_not_started()
+            if body.ipv4_address is not None and not _MMDS_IPV4.fullmatch(body.ipv4_address):
+                raise ApiError(f"ipv4_address {body.ipv4_address[:40]!r} is not a valid link-local address 169.254.[1-254].[0-255]")
+            if body.imds_compat:
+                raise ApiError("imds_compat is not supported: the MMDS answers JSON or IMDS text by the Accept header")
+            self.resources.mmds_config = body
+            self._boot_configured = True
+
+    def put_serial(self, body: SerialDevice) -> None:
+        with self._lock:
+            self._require_not_started()
+            if body.rate_limiter is not None:
+                raise ApiError("serial rate_limiter is not supported")
+            self.resources.serial = body
+
+    def put_logger(self, body: Logger) -> None:
+        with self._lock:
+            if body.log_path is None:
+                raise ApiError("log_path is required: this server logs only to a file or named pipe")
+            if body.module is not None:
+                raise ApiError("logger module filters are not supported")
+            try:
+                self.logger.configure(body.log_path, body.level, bool(body.show_log_origin))
+            except TelemetryError as exc:
+                raise ApiError(str(exc)) from None
+            self.resources.logger = body
+            self.logger.log("Info", f"logger configured for instance {self.instance_id}")
+
+    def put_metrics(self, body: Metrics) -> None:
+        with self._lock:
+            try:
+                self.metrics.configure(body.metrics_path, bool(body.emit_id), body.properties or {})
+            except TelemetryError as exc:
+                raise ApiError(str(exc)) from None
+            self.resources.metrics = body
+
+    # --- MMDS -----------------------------------------------------------------------------------
+    def mmds_put(self, data: Any) -> None:
+        self._mmds(lambda store: store.put(data))
+        self.metrics.inc("mmds.puts")
+
+    def mmds_patch(self, data: Any) -> None:
+        self._mmds(lambda store: store.patch(data))
+        self.metrics.inc("mmds.patches")
+
+    def mmds_get(self) -> Any:
+        return self._mmds(lambda store: store.get("/"))
+
+    def _mmds(self, op: Callable[[MmdsStore], Any]) -> Any:
+        with self._lock:
+            try:
+                if self.runner is None:
+                    self._boot_configured = True
+                    return op(self._pending_mmds)
+                return self.runner.call(lambda vm: op(vm.mmds))
+            except (MmdsError, GuestStoppedError) as exc:
+                raise ApiError(str(exc)) from None
+
+    # --- actions --------------------------------------------------------------------------------
+    def action(self, body: InstanceActionInfo) -> None:
+        kind = body.action_type
+        with self._lock:
+            if kind == "InstanceStart":
+                self._start()
+            elif kind == "FlushMetrics":
+                self._require_started()
+                self.flush_metrics()
+            else:
+                raise ApiError(MSG_CTRL_ALT_DEL)
+
+    def _start(self) -> None:
+        self._require_not_started()
+        r = self.resources
+        if r.boot_source is None:
+            raise ApiError("Cannot start microvm without kernel configuration.")
+        config = self._vm_config(r.machine, r.boot_source)
+        try:
+            vm = MicroVM(config, on_console=self._console_sink())
+            vm.mmds.put(self._pending_mmds.get("/"))
+        except VmmError as exc:  # e.g. the image changed or vanished since PUT /boot-source
+            raise ApiError(f"Cannot start microvm: {exc}") from None
+        self._launch(vm, resume=True)
+        self.logger.log("Info", f"started {r.boot_source.kernel_image_path} on {config.vcpus} vCPUs, {config.mem_mib} MiB")
+
+    def _launch(self, vm: MicroVM, *, resume: bool) -> None:
+        self.vm = vm
+        self.runner = GuestRunner(vm, on_stop=self._guest_stopped)
+        if resume:
+            self.runner.resume()
+        self.metrics.inc("vmm.starts")
+
+    def _guest_stopped(self, result: RunResult) -> None:
+        """On the VM's thread: the guest stopped for good; the server exits."""
+        detail = f" ({result.detail})" if result.detail else ""
+        self.logger.log("Info" if result.ok else "Error", f"guest stopped: {result.reason.value}{detail} at {self.vm.clock if self.vm else 0} ns")
+        if self._on_exit is not None:
+            self._on_exit(result)
+
+    def patch_vm(self, body: Vm) -> None:
+        with self._lock:
+            runner = self._require_started()
+            try:
+                if body.state == "Paused":
+                    runner.pause()
+                    self._flush_serial()
+                    self.metrics.inc("vmm.pauses")
+                    self.logger.log("Info", f"paused at virtual time {runner.vm.clock} ns")
+                else:
+                    runner.resume()
+                    self.metrics.inc("vmm.resumes")
+                    self.logger.log("Info", "resumed")
+            except GuestStoppedError as exc:
+                raise ApiError(str(exc)) from None
+
+    # --- snapshots ------------------------------------------------------------------------------
+    def snapshot_create(self, body: SnapshotCreateParams) -> None:
+        with self._lock:
+            runner = self._require_started()
+            if self.state != PAUSED:
+                raise ApiError("Cannot create a snapshot: the microVM must be Paused")
+            kind = "diff" if body.snapshot_type == "Diff" else "full"
+            try:
+                report = runner.call(lambda vm: vm.save_snapshot(body.snapshot_path, kind=kind, mem_path=body.mem_file_path))
+            except (VmmError, OSError) as exc:
+                self.metrics.inc("snapshot.create_fails")
+                raise ApiError(f"Cannot create a snapshot: {exc}") from None
+            self.metrics.inc(f"snapshot.{kind}_creates")
+            self.logger.log("Info", f"{kind} snapshot {report.state_path} + {report.memory_path} ({report.pages_written} pages)")
+
+    def snapshot_load(self, body: SnapshotLoadParams) -> None:
+        with self._lock:
+            self._require_not_started()
+            if self._boot_configured or self.resources.serial is not None:
+                raise ApiError(MSG_LOAD_AFTER_CONFIG)
+            mem_path = self._load_memory_path(body)
+            if body.network_overrides:
+                raise unsupported_device("network interfaces (network_overrides)")
+            if body.vsock_override is not None:
+                raise unsupported_device("vsock devices (vsock_override)")
+            if body.clock_realtime:
+                raise ApiError("clock_realtime is x86_64 only (kvm-clock); the virtual clock resumes where it was saved")
+            if body.huge_pages not in (None, "Snapshot", "None"):
+                raise ApiError(f"huge_pages {body.huge_pages!r} is not supported: guest RAM uses host pages")
+            if body.track_dirty_pages is not None and body.enable_diff_snapshots is not None:
+                raise ApiError("give track_dirty_pages or the deprecated enable_diff_snapshots, not both")
+            track = bool(body.track_dirty_pages or body.enable_diff_snapshots)
+            try:
+                vm = MicroVM.load_snapshot(
+                    body.snapshot_path,
+                    mem_backend="mmap",
+                    mem_path=mem_path,
+                    track_dirty_pages=track,
+                    mmds="drop",
+                    on_console=self._console_sink(),
+                )
+            except (VmmError, OSError) as exc:
+                self.metrics.inc("snapshot.load_fails")
+                raise ApiError(f"Cannot load the snapshot: {exc}") from None
+            self._set_resources_from(vm)
+            self._launch(vm, resume=bool(body.resume_vm))
+            self.metrics.inc("snapshot.loads")
+            self.logger.log("Info", f"loaded {body.snapshot_path} at virtual time {vm.clock} ns" + (", resumed" if body.resume_vm else ""))
+
+    @staticmethod
+    def _load_memory_path(body: SnapshotLoadParams) -> str:
+        if (body.mem_backend is None) == (body.mem_file_path is None):
+            raise ApiError("give exactly one of mem_backend and the deprecated mem_file_path")
+        if body.mem_backend is None:
+            assert body.mem_file_path is not None
+            return body.mem_file_path
+        if body.mem_backend.backend_type != "File":
+            raise ApiError(
+                f"mem_backend.backend_type {body.mem_backend.backend_type!r} is not supported: "
+                "only \"File\" (the memory file mapped copy-on-write)"
+            )
+        return body.mem_backend.backend_path
+
+    def _set_resources_from(self, vm: MicroVM) -> None:
+        cfg = vm.config
+        self.resources.machine = MachineSettings(
+            vcpu_count=cfg.vcpus, mem_size_mib=cfg.mem_mib, track_dirty_pages=cfg.track_dirty_pages
+        )
+        self.resources.mmds_config = MmdsConfig(network_interfaces=[], version=f"V{cfg.mmds_version}")
+
+    # --- metrics and shutdown -------------------------------------------------------------------
+    def flush_metrics(self) -> bool:
+        gauges: dict[str, Any] = {"vmm.state": self.state}
+        if self.runner is not None:
+            gauges["vmm.rounds"] = self.runner.rounds
+        if self.vm is not None:
+            gauges["vmm.virtual_time_ns"] = self.vm.clock
+            gauges["uart.bytes_written"] = len(self.vm.console_output)
+        return self.metrics.flush(gauges)
+
+    def shutdown(self) -> None:
+        """Stop the guest at a round end, flush metrics and the serial output, close files."""
+        with self._lock:
+            if self.runner is not None:
+                self.runner.close()
+            self.flush_metrics()
+            self._flush_serial()
+            self.metrics.close()
+            self.logger.log("Info", "server exiting")
+            self.logger.close()
+            if self._serial is not None:
+                self._serial.close()
+                self._serial = None
+
+    # --- helpers --------------------------------------------------------------------------------
+    def _vm_config(self, machine: MachineSettings, boot: BootSource | None) -> VmConfig:
+        """The VmConfig these resources describe (ApiError naming a bad value)."""
+        guest = image = None
+        params: dict[str, int] = {}
+        if boot is not None:
+            path = boot.kernel_image_path
+            if path.startswith(BUILTIN_PREFIX):
+                guest = path[len(BUILTIN_PREFIX):]
+            else:
+                image = path
+            params = guest_params(boot.boot_args)
+        mmds = self.resources.mmds_config
+        version = 2 if mmds is None else (1 if (mmds.version or "V1") == "V1" else 2)
+        try:
+            if guest is not None:
+                guests.get(guest).resolve_params(params)
+            return VmConfig(
+                vcpus=machine.vcpu_count,
+                mem_size=machine.mem_size_mib * MIB,
+                guest=guest,
+                image=image,
+                params=params,
+                track_dirty_pages=machine.track_dirty_pages,
+                mmds_version=version,
+            )
+        except VmmError as exc:
+            raise ApiError(str(exc)) from None
+
+    def _console_sink(self) -> Callable[[bytes], None]:
+        serial = self.resources.serial
+        if serial is not None and serial.serial_out_path is not None:
+            try:
+                self._serial = open(serial.serial_out_path, "ab", buffering=0)
+            except OSError as exc:
+                raise ApiError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror or exc}") from None
+        out = self._serial or self._console_default
+
+        def sink(data: bytes) -> None:
+            try:
+                out.write(data)
+            except (OSError, ValueError):
+                pass  # a closed or full output drops the byte, as a disconnected serial line
+
+        return sink
+
+    def _flush_serial(self) -> None:
+        out = self._serial or self._console_default
+        try:
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def _check_image(path: str) -> None:
+    """ApiError unless `path` is a regular file that fits the largest RAM (untrusted path: a
+    FIFO or device would block or never end)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise ApiError(f"kernel_image_path {path}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ApiError(f"kernel_image_path {path}: not a regular file")
+    if st.st_size > RAM_MAX_SIZE:
+        raise ApiError(f"kernel_image_path {path}: {st.st_size} bytes, larger than the largest guest RAM")
+
+
+def _pick(value: Any, default: Any) -> Any:
+    return default if value is None else value
+
+
+def _json_of(body: Any) -> dict[str, Any]:
+    """A body dataclass as JSON, without its unset fields."""
+    return {k: v for k, v in body.__dict__.items() if v is not None}
