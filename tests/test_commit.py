@@ -43,6 +43,7 @@ class State:
     generation: U64
     blob: bytes = b""
     memory: Optional[MemFileInfo] = None
+    memory_file: Optional[str] = None  # written by commit_pair for a memory file not named <name>.mem
 
 
 def ram_for(generation: int) -> np.ndarray:
@@ -305,8 +306,8 @@ def test_an_unreadable_state_file_keeps_staged_files_but_can_be_overwritten(tmp_
 
 
 def test_paths_are_validated_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(InvalidPathError, match="must be"):
-        commit_pair(tmp_path / "vm.snap", tmp_path / "other.mem", enospc, enospc)
+    with pytest.raises(InvalidPathError, match="cannot be the state file"):
+        commit_pair(tmp_path / "vm.snap", tmp_path / "vm.snap", enospc, enospc)
     with pytest.raises(InvalidPathError, match=r"<name>\.snap"):
         commit_pair(tmp_path / "vm.state", tmp_path / "vm.mem", enospc, enospc)
     with pytest.raises(InvalidPathError, match="ENOENT"):
