@@ -77,6 +77,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _u64(text: str) -> int:
+    value = _positive_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 2**64")
+    return value
+
+
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default: the guest's own)")
     p.add_argument("--mem-mib", type=int, default=128, help="guest RAM in MiB: 16..16384, a multiple of 2 (default 128)")
@@ -359,7 +366,9 @@ def cmd_dirty_map(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     console = _console_sink(args)
-    vm = MicroVM.load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
+    vm = MicroVM.load_snapshot(
+        args.path, args.mem_backend, on_console=console, progress_bars=_bars(args), mmds=args.mmds, reseed=args.reseed
+    )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
@@ -607,6 +616,21 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("copy", "mmap"),
         default="copy",
         help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+    )
+    p.add_argument(
+        "--mmds",
+        choices=("keep", "drop"),
+        default="keep",
+        help="keep: the MMDS data store and token key as saved (bit-identical continuation, the default); "
+        "drop: an empty store and a fresh random token key, as Firecracker's clones",
+    )
+    p.add_argument(
+        "--reseed",
+        type=_u64,
+        default=None,
+        metavar="N",
+        help="give the clone config seed N (its MMDS token key derives from it): clones with different seeds "
+        "share no tokens; this deliberately ends bit-identical continuation",
     )
     _add_run_args(p)
     p.set_defaults(func=cmd_restore)
