@@ -31,6 +31,9 @@ class BodyError(VmmError):
 
 
 # --- bodies, named as in Firecracker's API definition -------------------------------------------
+CpuTemplate = Literal["C3", "T2", "T2S", "T2CL", "T2A", "V1N1", "None"]  # a deprecated string enum
+
+
 @dataclass(frozen=True)
 class BootSource:
     """PUT /boot-source. `kernel_image_path` is an image file or `builtin:NAME`; `boot_args`
@@ -49,7 +52,7 @@ class MachineConfiguration:
     mem_size_mib: int
     smt: bool | None = None
     track_dirty_pages: bool | None = None
-    cpu_template: str | None = None
+    cpu_template: CpuTemplate | None = None
     huge_pages: Literal["None", "Transparent", "2M"] | None = None
 
 
@@ -61,7 +64,7 @@ class MachineConfigurationPatch:
     mem_size_mib: int | None = None
     smt: bool | None = None
     track_dirty_pages: bool | None = None
-    cpu_template: str | None = None
+    cpu_template: CpuTemplate | None = None
     huge_pages: Literal["None", "Transparent", "2M"] | None = None
 
 
@@ -208,9 +211,10 @@ def parse_body(cls: type[T], value: object, where: str = "the request body") -> 
         if value.get(name) is None:
             raise BodyError(f"missing field `{name}` in {where}")
     kwargs = {}
+    prefix = f"{where}." if where.startswith("`") else ""  # a nested body's fields: `outer`.`inner`
     for name, tp in types.items():
         if value.get(name) is not None:
-            kwargs[name] = _check(tp, value[name], f"`{name}`")
+            kwargs[name] = _check(tp, value[name], f"{prefix}`{name}`")
     return cls(**kwargs)
 
 

@@ -232,7 +232,7 @@ class ApiController:
             )
             if new.smt:
                 raise ApiError("smt: simultaneous multithreading can be enabled only on x86_64; this machine is AArch64")
-            if body.cpu_template is not None:
+            if body.cpu_template not in (None, "None"):
                 raise unsupported_device("CPU templates (cpu_template)")
             if new.huge_pages != "None":
                 raise ApiError(f"huge_pages {new.huge_pages!r} is not supported: guest RAM uses host pages (\"None\")")
