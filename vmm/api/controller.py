@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
 import guests
+from snapshot.errors import SnapshotError
 from vmm.api.config import (
     BootSource,
     InstanceActionInfo,
@@ -376,7 +377,7 @@ class ApiController:
             kind = "diff" if body.snapshot_type == "Diff" else "full"
             try:
                 report = runner.call(lambda vm: vm.save_snapshot(body.snapshot_path, kind=kind, mem_path=body.mem_file_path))
-            except (VmmError, OSError) as exc:
+            except (VmmError, SnapshotError, OSError) as exc:
                 self.metrics.inc("snapshot.create_fails")
                 raise ApiError(f"Cannot create a snapshot: {exc}") from None
             self.metrics.inc(f"snapshot.{kind}_creates")
@@ -408,7 +409,7 @@ class ApiController:
                     mmds="drop",
                     on_console=self._console_sink(),
                 )
-            except (VmmError, OSError) as exc:
+            except (VmmError, SnapshotError, OSError) as exc:
                 self.metrics.inc("snapshot.load_fails")
                 raise ApiError(f"Cannot load the snapshot: {exc}") from None
             self._set_resources_from(vm)
