@@ -130,6 +130,9 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
     """One connection: requests served in order (keep-alive)."""
 
     protocol_version = "HTTP/1.1"
+    # Assumed until a request line parses: errors about a bad request line then still carry a
+    # status line and headers (http.server's own default, HTTP/0.9, sends a bare body).
+    default_request_version = "HTTP/1.0"
     server_version = "microvm-harness API"
     sys_version = ""
     timeout = REQUEST_TIMEOUT
