@@ -195,33 +195,27 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
         self._respond(status, {"fault_message": message}, close=close)
 
     def _respond(self, status: HTTPStatus, body: Any, *, close: bool = False) -> None:
+        """Status line, headers and the JSON `body` (none if None); `close` ends the connection."""
+        data = b"" if body is None else json.dumps(body).encode("utf-8")
         self.send_response(status)
         if body is not None:
-            data = json.dumps(body).encode("utf-8")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(data)))
         if close:
             self.send_header("Connection", "close")
         self.end_headers()
-        if body is not None and self.command != "HEAD":
+        if data and self.command != "HEAD":
             self.wfile.write(data)
 
     def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
         """http.server's own errors (malformed request line, headers too long, unknown method)
-        as JSON faults: 400 unless it is a 414/431 limit."""
-        status = code if code in (HTTPStatus.REQUEST_URI_TOO_LONG, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE) else HTTPStatus.BAD_REQUEST
-        self.close_connection = True
-        self.server.controller.metrics.inc("api_server.errors")
-        data = json.dumps({"fault_message": message or HTTPStatus(code).phrase}).encode("utf-8")
+        as JSON faults that close the connection: 400 unless it is a 414/431 limit."""
+        limits = (HTTPStatus.REQUEST_URI_TOO_LONG, HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+        status = HTTPStatus(code) if code in limits else HTTPStatus.BAD_REQUEST
         try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Connection", "close")
-            self.end_headers()
-            self.wfile.write(data)
+            self._fault(status, message or HTTPStatus(code).phrase, close=True)
         except OSError:
-            pass
+            pass  # the peer is gone
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (the base's name)
         self.server.controller.logger.log("Debug", format % args, origin="http")
