@@ -12,7 +12,8 @@ import pytest
 
 from vmm.api import config as bodies
 from vmm.api.config import BodyError, field_types, parse_body, required_fields
-from vmm.api.controller import ApiController, ApiError
+from vmm.api.controller import ApiController
+from vmm.api.resources import ApiError
 from vmm.api.server import _EMPTY, FIRECRACKER_API_VERSION, ROUTES, route
 
 SCHEMA = json.loads((Path(__file__).parent.parent / "vmm" / "api" / "firecracker-api.json").read_text())

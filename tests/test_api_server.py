@@ -227,7 +227,7 @@ def test_snapshot_load_checks(tmp_path: Path, microvm) -> None:
      ("/hotplug/memory", "hotplug"), ("/pmem/p0", "pmem")],
 )
 def test_unsupported_devices_are_named(path: str, device: str) -> None:
-    from vmm.api.controller import ApiError
+    from vmm.api.resources import ApiError
     from vmm.api.server import route
 
     with pytest.raises(ApiError, match=device):

@@ -4,6 +4,7 @@ API server apart from `vmm`:
 - `server`: the HTTP server on a Unix socket (http.server), routes, config files, `serve()`;
 - `config`: typed request bodies and their parser (Firecracker's vmm_config);
 - `controller`: the state machine Not started / Running / Paused (Firecracker's rpc_interface);
+- `resources`: what is configured before boot and how it maps to VmConfig (resources.rs);
 - `runner`: the guest's thread, running rounds of virtual time until paused;
 - `telemetry`: the logger and metrics, JSON lines;
 - `firecracker-api.json`: the part of Firecracker's API definition served here (checked by

@@ -16,10 +16,7 @@ Order rules, as Firecracker's:
 - any time: GET /, /version, /machine-config, /vm/config; /mmds (PUT, PATCH, GET); /logger and
   /metrics (once each).
 
-Mapping to this machine:
-- `kernel_image_path` is an image file (flat binary or ELF) or `builtin:NAME` for a built-in
-  guest (`microvm guests`); `boot_args` holds guest parameters, NAME=VALUE words (integers);
-  `initrd_path` is refused (one image, no initrd).
+Mapping to this machine (the resources themselves: vmm.api.resources):
 - SendCtrlAltDel: Firecracker injects Ctrl+Alt+Del through the x86 i8042 keyboard controller
   and refuses the action on aarch64, whose machine has no i8042. This machine is AArch64 and
   has none either, so the guest gets nothing and the request gets a 400, as on an aarch64
@@ -30,15 +27,10 @@ Mapping to this machine:
 """
 from __future__ import annotations
 
-import os
-import re
-import stat
 import sys
 import threading
-from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Callable
 
-import guests
 from snapshot.errors import SnapshotError
 from vmm.api.config import (
     BootSource,
@@ -53,12 +45,18 @@ from vmm.api.config import (
     SnapshotLoadParams,
     Vm,
 )
+from vmm.api.resources import (
+    ApiError,
+    MachineSettings,
+    Resources,
+    check_boot_source,
+    check_mmds_config,
+    unsupported_device,
+)
 from vmm.api.runner import GuestRunner, GuestStoppedError
 from vmm.api.telemetry import ApiLogger, ApiMetrics, TelemetryError
-from vmm.config import VmConfig
 from vmm.devices.mmds import MmdsError, MmdsStore
 from vmm.errors import VmmError
-from vmm.layout import MIB, RAM_MAX_SIZE
 from vmm.machine import MicroVM
 from vmm.scheduler import RunResult
 
@@ -66,11 +64,7 @@ APP_NAME = "microvm-harness"
 NOT_STARTED = "Not started"
 RUNNING = "Running"
 PAUSED = "Paused"
-BUILTIN_PREFIX = "builtin:"
 DEFAULT_INSTANCE_ID = "anonymous-instance"  # Firecracker's default --id
-DEFAULT_MMDS_IPV4 = "169.254.169.254"  # Firecracker's MmdsConfig.ipv4_address default
-# Firecracker's MmdsConfig.ipv4_address format: a link-local address, 169.254.[1-254].[0-255]
-_MMDS_IPV4 = re.compile(r"169\.254\.([1-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-4])\.([0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5])")
 
 # Firecracker's VmmActionError messages for requests in the wrong state.
 MSG_AFTER_START = "The requested operation is not supported after starting the microVM."
@@ -80,77 +74,6 @@ MSG_CTRL_ALT_DEL = (
     "SendCtrlAltDel is not supported on aarch64: the machine has no i8042 keyboard controller, "
     "so the guest would get nothing (as Firecracker on aarch64)."
 )
-
-# The devices Firecracker offers that this machine does not: endpoint prefix -> name.
-UNSUPPORTED_DEVICES = {
-    "/drives": "block devices (drives)",
-    "/pmem": "pmem devices",
-    "/network-interfaces": "network interfaces (virtio-net)",
-    "/vsock": "vsock devices",
-    "/balloon": "balloon devices",
-    "/entropy": "entropy devices (virtio-rng)",
-    "/cpu-config": "custom CPU templates (cpu-config)",
-    "/hotplug": "memory hotplug (virtio-mem)",
-}
-MACHINE_DEVICES = "a PL011 UART, an MMDS device, a GICv3 and the generic timer"
-
-
-class ApiError(VmmError):
-    """The request cannot be honoured now or with these values (HTTP 400)."""
-
-
-def unsupported_device(name: str) -> ApiError:
-    return ApiError(f"{name} are not supported: this machine has {MACHINE_DEVICES} only")
-
-
-@dataclass
-class MachineSettings:
-    """What /machine-config holds (Firecracker's defaults: 1 vCPU, 128 MiB)."""
-
-    vcpu_count: int = 1
-    mem_size_mib: int = 128
-    smt: bool = False
-    track_dirty_pages: bool = False
-    huge_pages: str = "None"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "vcpu_count": self.vcpu_count,
-            "mem_size_mib": self.mem_size_mib,
-            "smt": self.smt,
-            "track_dirty_pages": self.track_dirty_pages,
-            "huge_pages": self.huge_pages,
-        }
-
-
-@dataclass
-class Resources:
-    """Everything configured before boot, as the API reported it back (GET /vm/config)."""
-
-    machine: MachineSettings = field(default_factory=MachineSettings)
-    boot_source: BootSource | None = None
-    mmds_config: MmdsConfig | None = None
-    logger: Logger | None = None
-    metrics: Metrics | None = None
-    serial: SerialDevice | None = None
-
-
-def guest_params(boot_args: str | None) -> dict[str, int]:
-    """Guest parameters from `boot_args`: space-separated NAME=VALUE words, VALUE an integer
-    (decimal or 0x hex). ApiError naming the first word that is not one."""
-    params: dict[str, int] = {}
-    for word in (boot_args or "").split():
-        name, sep, value = word.partition("=")
-        try:
-            if not sep or not name:
-                raise ValueError
-            params[name] = int(value, 0)
-        except ValueError:
-            raise ApiError(
-                f"boot_args word {word[:40]!r} is not NAME=INTEGER (boot_args carries guest parameters)"
-            ) from None
-    return params
-
 
 class ApiController:
     """One microVM behind the API. Thread-safe: requests are served one at a time (a lock),
@@ -208,57 +131,29 @@ class ApiController:
         return self.resources.machine.to_json()
 
     def full_config(self) -> dict[str, Any]:
-        """GET /vm/config: every configured resource in the config file's shape."""
-        r = self.resources
-        out: dict[str, Any] = {"machine-config": r.machine.to_json()}
-        for key, body in (("boot-source", r.boot_source), ("mmds-config", r.mmds_config), ("logger", r.logger), ("metrics", r.metrics)):
-            if body is not None:
-                out[key] = _json_of(body)
-        out["drives"] = []
-        out["network-interfaces"] = []
-        return out
+        return self.resources.to_json()
 
     # --- pre-boot configuration -----------------------------------------------------------------
     def put_machine_config(self, body: MachineConfiguration | MachineConfigurationPatch) -> None:
         with self._lock:
             self._require_not_started()
-            m = self.resources.machine
-            full = isinstance(body, MachineConfiguration)
-            new = MachineSettings(
-                vcpu_count=_pick(body.vcpu_count, m.vcpu_count),
-                mem_size_mib=_pick(body.mem_size_mib, m.mem_size_mib),
-                smt=_pick(body.smt, False if full else m.smt),
-                track_dirty_pages=_pick(body.track_dirty_pages, False if full else m.track_dirty_pages),
-                huge_pages=_pick(body.huge_pages, "None" if full else m.huge_pages),
-            )
-            if new.smt:
-                raise ApiError("smt: simultaneous multithreading can be enabled only on x86_64; this machine is AArch64")
-            if body.cpu_template not in (None, "None"):
-                raise unsupported_device("CPU templates (cpu_template)")
-            if new.huge_pages != "None":
-                raise ApiError(f"huge_pages {new.huge_pages!r} is not supported: guest RAM uses host pages (\"None\")")
-            self._vm_config(new, self.resources.boot_source)  # checks vCPU count and RAM size now
+            new = self.resources.machine.updated(body)
+            self.resources.vm_config(machine=new)  # checks vCPU count and RAM size now
             self.resources.machine = new
             self._boot_configured = True
 
     def put_boot_source(self, body: BootSource) -> None:
         with self._lock:
             self._require_not_started()
-            if body.initrd_path is not None:
-                raise ApiError("initrd_path is not supported: this machine boots one image, without an initrd")
-            self._vm_config(self.resources.machine, body)
-            if not body.kernel_image_path.startswith(BUILTIN_PREFIX):
-                _check_image(body.kernel_image_path)
+            self.resources.vm_config(boot=body)
+            check_boot_source(body)
             self.resources.boot_source = body
             self._boot_configured = True
 
     def put_mmds_config(self, body: MmdsConfig) -> None:
         with self._lock:
             self._require_not_started()
-            if body.ipv4_address is not None and not _MMDS_IPV4.fullmatch(body.ipv4_address):
-                raise ApiError(f"ipv4_address {body.ipv4_address[:40]!r} is not a valid link-local address 169.254.[1-254].[0-255]")
-            if body.imds_compat:
-                raise ApiError("imds_compat is not supported: the MMDS answers JSON or IMDS text by the Accept header")
+            check_mmds_config(body)
             self.resources.mmds_config = body
             self._boot_configured = True
 
@@ -329,7 +224,7 @@ class ApiController:
         r = self.resources
         if r.boot_source is None:
             raise ApiError("Cannot start microvm without kernel configuration.")
-        config = self._vm_config(r.machine, r.boot_source)
+        config = r.vm_config()
         try:
             vm = MicroVM(config, on_console=self._console_sink())
             vm.mmds.put(self._pending_mmds.get("/"))
@@ -463,34 +358,6 @@ class ApiController:
                 self._serial = None
 
     # --- helpers --------------------------------------------------------------------------------
-    def _vm_config(self, machine: MachineSettings, boot: BootSource | None) -> VmConfig:
-        """The VmConfig these resources describe (ApiError naming a bad value)."""
-        guest = image = None
-        params: dict[str, int] = {}
-        if boot is not None:
-            path = boot.kernel_image_path
-            if path.startswith(BUILTIN_PREFIX):
-                guest = path[len(BUILTIN_PREFIX):]
-            else:
-                image = path
-            params = guest_params(boot.boot_args)
-        mmds = self.resources.mmds_config
-        version = 2 if mmds is None else (1 if (mmds.version or "V1") == "V1" else 2)
-        try:
-            if guest is not None:
-                guests.get(guest).resolve_params(params)
-            return VmConfig(
-                vcpus=machine.vcpu_count,
-                mem_size=machine.mem_size_mib * MIB,
-                guest=guest,
-                image=image,
-                params=params,
-                track_dirty_pages=machine.track_dirty_pages,
-                mmds_version=version,
-            )
-        except VmmError as exc:
-            raise ApiError(str(exc)) from None
-
     def _console_sink(self) -> Callable[[bytes], None]:
         serial = self.resources.serial
         if serial is not None and serial.serial_out_path is not None:
@@ -514,25 +381,3 @@ class ApiController:
             out.flush()
         except (OSError, ValueError):
             pass
-
-
-def _check_image(path: str) -> None:
-    """ApiError unless `path` is a regular file that fits the largest RAM (untrusted path: a
-    FIFO or device would block or never end)."""
-    try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ApiError(f"kernel_image_path {path}: {exc.strerror or exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ApiError(f"kernel_image_path {path}: not a regular file")
-    if st.st_size > RAM_MAX_SIZE:
-        raise ApiError(f"kernel_image_path {path}: {st.st_size} bytes, larger than the largest guest RAM")
-
-
-def _pick(value: Any, default: Any) -> Any:
-    return default if value is None else value
-
-
-def _json_of(body: Any) -> dict[str, Any]:
-    """A body dataclass as JSON, without its unset fields."""
-    return {k: v for k, v in body.__dict__.items() if v is not None}

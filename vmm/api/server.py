@@ -41,7 +41,8 @@ from vmm.api.config import (
     Vm,
     parse_body,
 )
-from vmm.api.controller import UNSUPPORTED_DEVICES, ApiController, ApiError, unsupported_device
+from vmm.api.controller import ApiController
+from vmm.api.resources import UNSUPPORTED_DEVICES, ApiError, unsupported_device
 from vmm.devices.mmds import DEFAULT_DATA_LIMIT
 from vmm.scheduler import RunResult
 
