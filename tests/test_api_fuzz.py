@@ -7,6 +7,7 @@ import json
 import random
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -101,6 +102,35 @@ def test_a_stalled_client_does_not_block_others(server: InProcessServer) -> None
         stalled.connect(str(server.sock))
         stalled.sendall(b"PUT /mmds HTTP/1.1\r\nContent-Length: 1000\r\n\r\n{")  # and then nothing
         server.alive()
+
+
+def test_connections_beyond_the_limit_are_closed_and_service_resumes(server: InProcessServer) -> None:
+    server.server.max_connections = 3
+    server.server._slots = threading.BoundedSemaphore(3)
+    idle = [socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) for _ in range(3)]
+    try:
+        for s in idle:
+            s.connect(str(server.sock))
+        time.sleep(0.2)  # the server has accepted them
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as extra:
+            extra.settimeout(10)
+            extra.connect(str(server.sock))
+            try:
+                extra.sendall(b"GET / HTTP/1.1\r\n\r\n")
+                assert extra.recv(100) == b""  # closed without an answer
+            except ConnectionResetError:
+                pass  # closed with the request unread
+    finally:
+        for s in idle:
+            s.close()
+    deadline = time.monotonic() + 10
+    while True:  # the idle connections' threads end as they see EOF
+        try:
+            server.alive()
+            break
+        except (AssertionError, ConnectionError, OSError):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
 
 
 JSON = st.recursive(

@@ -50,6 +50,7 @@ MAX_PAYLOAD = 51_200  # bytes; Firecracker's HTTP_MAX_PAYLOAD_SIZE (src/vmm/src/
 MAX_MMDS_PAYLOAD = max(MAX_PAYLOAD, DEFAULT_DATA_LIMIT)  # a whole data store fits in one PUT
 MAX_CONFIG_FILE = 1 << 20  # bytes; a config file is a few hundred
 REQUEST_TIMEOUT = 30.0  # seconds a connection may stall mid-request before it is closed
+MAX_CONNECTIONS = 64  # open API connections served at once
 # The Firecracker API definition vmm/api/firecracker-api.json was written from (its info.version).
 FIRECRACKER_API_VERSION = "1.17.0-dev"
 
@@ -226,15 +227,31 @@ class ApiRequestHandler(BaseHTTPRequestHandler):
 
 
 class ApiServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    """The Unix-socket HTTP server; one thread per connection, requests to the controller are
-    serialised by its lock."""
+    """The Unix-socket HTTP server; one thread per connection (at most MAX_CONNECTIONS: more
+    are closed at once, so a flood of idle clients cannot exhaust threads), requests to the
+    controller serialised by its lock."""
 
     daemon_threads = True
     block_on_close = False
+    max_connections = MAX_CONNECTIONS
 
     def __init__(self, path: str, controller: ApiController) -> None:
         self.controller = controller
+        self._slots = threading.BoundedSemaphore(self.max_connections)
         super().__init__(path, ApiRequestHandler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            self.controller.logger.log("Warning", f"more than {self.max_connections} connections: one closed", origin="http")
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A connection that broke (peer gone, timeout) ends quietly; nothing else is affected."""
