@@ -2,8 +2,8 @@
 one unit. The memory file is `<name>.mem` by default; it may have any name, in the state file's
 directory or another one (Firecracker names the two independently), and the state file records
 which (MEMORY_FILE_FIELD: absent for the default `<name>.mem`, as in 1.0 files; a bare name
-for another name beside it; an absolute path otherwise). Below, M is the memory file's name and its directory
-holds M's temp and staged names; everything else is in the state file's directory. One memory
+for another name beside it; an absolute path otherwise). Below, M is the memory file's name;
+its directory holds M's temp and staged names, the state file's directory the rest. One memory
 file belongs to one state file: two state files naming the same memory file overwrite each
 other's image, which the digest check then reports (never restores silently).
 
@@ -20,16 +20,16 @@ memory file's digest):
                                name; it exists only between steps 5 and 7 below
 
 Loader rule (`resolve_memory_file`): if `.M.staged-D` exists for the digest D that N.snap
-records (and N.snap names M), that is the memory file; otherwise M is. Either way the loader then verifies the
-digest (`memfile.read_into`, or `memfile.compute_digest` before `map_private`), so a pair that
+records (and N.snap names M), that is the memory file; otherwise M is. Either way the loader
+then verifies the digest (`memfile.read_into`, or `memfile.compute_digest` before `map_private`), so a pair that
 does not belong together is reported (MemoryFileMismatchError), never silently restored.
 
 `commit_pair` steps, with what the destination loads as if the process dies after each one
 (and, as fsyncs come before every rename that depends on them, after a power cut too):
 
  1. Lock the directory, and M's if it is another (flock, exclusive, in a fixed order;
-    released by the kernel if we die), and refuse a
-    destination on another filesystem than its own directory (AtomicCommitCrossFsError) or that is not a regular file.
+    released by the kernel if we die), and refuse a destination on another filesystem than
+    its own directory (AtomicCommitCrossFsError) or that is not a regular file.
     -> previous snapshot.
  2. Recover from an earlier crash (`recover`): delete stale `.N.snap.tmp-U` and `.M.tmp-U`
     files; for a staged file, rename it to M if N.snap records M and its digest (finish that
@@ -61,9 +61,9 @@ snapshot is in place (loadable through the loader rule) but its last step is not
 
 Concurrency: commits to one directory are serialised by the lock; `open_pair` takes the state
 file's directory's lock shared (every commit that can change that state file's memory file
-holds it), so a loader never observes a commit in progress (only, after a crash, its leftovers, which the
-loader rule handles). A memory file that is mmapped stays valid after
-it is replaced, because files are only ever renamed over, never rewritten in place.
+holds it), so a loader never observes a commit in progress (only, after a crash, its
+leftovers, which the loader rule handles). A memory file that is mmapped stays valid after it
+is replaced, because files are only ever renamed over, never rewritten in place.
 """
 from __future__ import annotations
 
@@ -80,8 +80,8 @@ from typing import Any, Callable, Iterator
 from snapshot.envelope import Header, decode_state, encode_state, read_state_file
 from snapshot.errors import (
     AtomicCommitCrossFsError,
-    EncodingError,
     AtomicCommitFailedError,
+    EncodingError,
     IncompatibleError,
     InvalidPathError,
     MemoryIoError,
@@ -101,7 +101,7 @@ MEMORY_FIELD = "memory"  # ours: key of the MemFileInfo in the state's plain dat
 MEMORY_FILE_FIELD = "memory_file"
 MAX_MEMORY_FILE_CHARS = 4096  # PATH_MAX on Linux
 TEMP_MARK = ".tmp-"  # squib: TEMP_SUFFIX; ours adds a unique "<pid>-<16 hex>" after it
-STAGED_MARK = ".staged-"  # ours: `.<name>.mem.staged-<digest>`, see the module docstring
+STAGED_MARK = ".staged-"  # ours: `.<memory file>.staged-<digest>`, see the module docstring
 
 _TOKEN_PATTERN = r"\d+-[0-9a-f]{16}"
 
