@@ -268,6 +268,7 @@ def test_bad_config_file_is_one_line_and_status_2(tmp_path: Path, config: object
 def test_usage_errors(tmp_path: Path) -> None:
     assert _serve(cwd=tmp_path).returncode == 2
     assert _serve("--no-api", cwd=tmp_path).returncode == 2
+    assert _serve("--api-sock", "x.sock", "--id", "bad id!", cwd=tmp_path).returncode == 2
     (tmp_path / "taken.sock").write_text("")
     done = _serve("--api-sock", "taken.sock", cwd=tmp_path)
     assert done.returncode == 2 and b"already exists" in done.stderr

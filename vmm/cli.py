@@ -84,6 +84,13 @@ def _u64(text: str) -> int:
     return value
 
 
+def _instance_id(text: str) -> str:
+    """Firecracker's instance id rule: 1..64 characters, ASCII letters, digits and hyphens."""
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text[:70]!r} must be 1 to 64 letters, digits or hyphens")
+    return text
+
+
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default: the guest's own)")
     p.add_argument("--mem-mib", type=int, default=128, help="guest RAM in MiB: 16..16384, a multiple of 2 (default 128)")
@@ -649,7 +656,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-sock", metavar="PATH", help="the Unix socket to create (must not exist)")
     p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
     p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
-    p.add_argument("--id", default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
+    p.add_argument("--id", type=_instance_id, default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
