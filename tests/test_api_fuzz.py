@@ -4,6 +4,7 @@ all get a 400 (414/431 for http.server's line and header limits), never a 500 or
 from __future__ import annotations
 
 import json
+import os
 import random
 import socket
 import threading
@@ -199,3 +200,27 @@ def test_valid_requests_in_random_order(tmp_path: Path, monkeypatch: pytest.Monk
             client.close()
             srv.close()
     assert statuses == {200, 204, 400}
+
+
+def test_named_pipes_for_logs_never_block_the_api(server: InProcessServer, tmp_path: Path) -> None:
+    """Firecracker users point the logger and metrics at named pipes: one without a reader is
+    refused at once (the API does not hang in open), one with a reader gets JSON lines."""
+    fifo = tmp_path / "log.fifo"
+    os.mkfifo(fifo)
+    client = ApiClient(server.sock)
+    try:
+        r = client.request("PUT", "/logger", {"log_path": str(fifo)})
+        assert r.status == 400 and "no reader" in r.body["fault_message"]
+        r = client.request("PUT", "/metrics", {"metrics_path": str(tmp_path)})
+        assert r.status == 400 and "metrics file" in r.body["fault_message"]
+        reader = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        try:
+            assert client.request("PUT", "/logger", {"log_path": str(fifo), "level": "Info"}).status == 204
+            assert client.request("GET", "/").status == 200
+            os.set_blocking(reader, True)
+            first = json.loads(os.read(reader, 65536).decode().splitlines()[0])
+            assert first["level"] == "Info" and first["id"] == "fuzz"
+        finally:
+            os.close(reader)
+    finally:
+        client.close()

@@ -27,6 +27,7 @@ Mapping to this machine (the resources themselves: vmm.api.resources):
 """
 from __future__ import annotations
 
+import os
 import sys
 import threading
 from typing import Any, BinaryIO, Callable
@@ -54,7 +55,7 @@ from vmm.api.resources import (
     unsupported_device,
 )
 from vmm.api.runner import GuestRunner, GuestStoppedError
-from vmm.api.telemetry import ApiLogger, ApiMetrics, TelemetryError
+from vmm.api.telemetry import ApiLogger, ApiMetrics, TelemetryError, open_output
 from vmm.devices.mmds import MmdsError, MmdsStore
 from vmm.errors import VmmError
 from vmm.machine import MicroVM
@@ -362,9 +363,9 @@ class ApiController:
         serial = self.resources.serial
         if serial is not None and serial.serial_out_path is not None:
             try:
-                self._serial = open(serial.serial_out_path, "ab", buffering=0)
-            except OSError as exc:
-                raise ApiError(f"cannot open serial_out_path {serial.serial_out_path}: {exc.strerror or exc}") from None
+                self._serial = os.fdopen(open_output(serial.serial_out_path, "serial"), "ab", buffering=0)
+            except TelemetryError as exc:
+                raise ApiError(str(exc)) from None
         out = self._serial or self._console_default
 
         def sink(data: bytes) -> None:

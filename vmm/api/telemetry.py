@@ -13,7 +13,10 @@ Host time appears only here (timestamps), never in anything the guest sees.
 """
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
 import threading
 import time
 from collections import Counter
@@ -29,12 +32,36 @@ class TelemetryError(VmmError):
     """A log or metrics destination cannot be opened (HTTP 400)."""
 
 
-def _open_append(path: str, what: str) -> TextIO:
-    """`path` opened for appending text (created if absent; a FIFO is written as a stream)."""
+def open_output(path: str, what: str) -> int:
+    """A write-only, appending fd of `path`: a regular file (created if absent) or a named pipe
+    that has a reader (Firecracker's usual log and metrics destination). The open never blocks
+    (O_NONBLOCK: a pipe without a reader is ENXIO, a TelemetryError); writes then block as
+    usual. Anything else (a directory, a device) is refused."""
     try:
-        return open(path, "a", encoding="utf-8", buffering=1)  # line buffered
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NONBLOCK | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise TelemetryError(f"cannot open the {what} file {path}: {exc.strerror or exc}") from None
+        reason = "a named pipe with no reader" if exc.errno == errno.ENXIO else (exc.strerror or str(exc))
+        raise TelemetryError(f"cannot open the {what} file {path}: {reason}") from None
+    mode = os.fstat(fd).st_mode
+    if not (stat.S_ISREG(mode) or stat.S_ISFIFO(mode)):
+        os.close(fd)
+        raise TelemetryError(f"cannot open the {what} file {path}: not a regular file or named pipe")
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _open_append(path: str, what: str) -> TextIO:
+    """`path` opened for appending text lines (open_output), line buffered."""
+    return os.fdopen(open_output(path, what), "a", encoding="utf-8", buffering=1)
+
+
+def _close_quietly(file: TextIO | None) -> None:
+    """Close `file`; a reader that went away (EPIPE on the last flush) is not an error."""
+    if file is not None:
+        try:
+            file.close()
+        except OSError:
+            pass
 
 
 def _utc_ms() -> int:
@@ -76,9 +103,8 @@ class ApiLogger:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            _close_quietly(self._file)
+            self._file = None
 
 
 class ApiMetrics:
@@ -130,6 +156,5 @@ class ApiMetrics:
 
     def close(self) -> None:
         with self._lock:
-            if self._file is not None:
-                self._file.close()
-                self._file = None
+            _close_quietly(self._file)
+            self._file = None
