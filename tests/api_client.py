@@ -1,61 +1,21 @@
-"""Test helpers for `microvm serve`: start a server process, talk to it with curl or with a
-Python client (http.client over a Unix socket)."""
+"""Test helpers for `microvm serve`: start a server process, talk to it with curl (the Python
+client is vmm.api.client)."""
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from vmm.api.client import ApiClient, Reply
+
+__all__ = ["ApiClient", "Reply", "ServerProcess", "curl", "ROOT"]
 
 ROOT = Path(__file__).resolve().parent.parent
 START_TIMEOUT = 60.0  # seconds for a server process to create its socket
-
-
-@dataclass
-class Reply:
-    status: int
-    body: Any  # decoded JSON, or None for an empty body
-
-
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """http.client over AF_UNIX: the Python side of a Firecracker SDK."""
-
-    def __init__(self, path: str, timeout: float = 60.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self.unix_path)
-        self.sock = sock
-
-
-class ApiClient:
-    """One keep-alive connection to a server's socket."""
-
-    def __init__(self, sock: str | os.PathLike[str]) -> None:
-        self.conn = UnixHTTPConnection(str(sock))
-
-    def request(self, method: str, path: str, body: Any = None) -> Reply:
-        data = None if body is None else json.dumps(body).encode()
-        headers = {"Accept": "application/json"}
-        if data is not None:
-            headers["Content-Type"] = "application/json"
-        self.conn.request(method, path, body=data, headers=headers)
-        resp = self.conn.getresponse()
-        raw = resp.read()
-        return Reply(resp.status, json.loads(raw) if raw else None)
-
-    def close(self) -> None:
-        self.conn.close()
 
 
 def curl(sock: str | os.PathLike[str], method: str, path: str, body: str | None = None) -> Reply:

@@ -7,6 +7,7 @@ API server apart from `vmm`:
 - `resources`: what is configured before boot and how it maps to VmConfig (resources.rs);
 - `runner`: the guest's thread, running rounds of virtual time until paused;
 - `telemetry`: the logger and metrics, JSON lines;
+- `client`: a minimal Python client for the socket (what an SDK does);
 - `firecracker-api.json`: the part of Firecracker's API definition served here (checked by
   tests/test_api_schema.py).
 """
