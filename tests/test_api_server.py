@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import time
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -103,7 +104,8 @@ def test_python_client_lifecycle_mmds_logger_metrics(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "api.sock", "--id", "py-vm")
     api, second = ApiClient(server.sock), ApiClient(server.sock)
     try:
-        assert api.request("GET", "/").body == {"id": "py-vm", "state": "Not started", "vmm_version": "0.1.0", "app_name": "microvm-harness"}
+        info = {"id": "py-vm", "state": "Not started", "vmm_version": metadata.version("microvm-harness"), "app_name": "microvm-harness"}
+        assert api.request("GET", "/").body == info
         assert api.request("GET", "/version").body == {"firecracker_version": "1.17.0-dev"}
         assert api.request("GET", "/machine-config").body["mem_size_mib"] == 128
         assert api.request("PUT", "/logger", {"log_path": str(log), "level": "Info"}).status == 204
