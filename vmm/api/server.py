@@ -51,6 +51,7 @@ MAX_MMDS_PAYLOAD = max(MAX_PAYLOAD, DEFAULT_DATA_LIMIT)  # a whole data store fi
 MAX_CONFIG_FILE = 1 << 20  # bytes; a config file is a few hundred
 REQUEST_TIMEOUT = 30.0  # seconds a connection may stall mid-request before it is closed
 MAX_CONNECTIONS = 64  # open API connections served at once
+POLL_SECONDS = 0.1  # how soon the main loop notices that the guest stopped or SIGTERM came
 # The Firecracker API definition vmm/api/firecracker-api.json was written from (its info.version).
 FIRECRACKER_API_VERSION = "1.17.0-dev"
 
@@ -349,7 +350,6 @@ def serve(
     *,
     config_file: str | None = None,
     instance_id: str,
-    on_ready: Callable[[], None] | None = None,
 ) -> RunResult | None:
     """Run until the guest stops for good (its RunResult is returned), or SIGTERM / SIGINT
     (None; SIGINT raises KeyboardInterrupt after a clean shutdown). With `api_sock` None
@@ -366,26 +366,25 @@ def serve(
     def on_exit(result: RunResult) -> None:
         stopped.append(result)
         done.set()
-        if server is not None:
-            threading.Thread(target=server.shutdown, daemon=True).start()
 
     controller = ApiController(
         instance_id, vmm_version=_version(), api_version=FIRECRACKER_API_VERSION, on_exit=on_exit
     )
     interrupted = False
-    previous = signal.signal(signal.SIGTERM, lambda *_: _stop(server, done))
+    previous = signal.signal(signal.SIGTERM, lambda *_: done.set())
     try:
         if api_sock is not None:
             server = ApiServer(api_sock, controller)
+            server.timeout = POLL_SECONDS
         if config is not None:
             apply_config(controller, config, config_file or "")
-        if on_ready is not None:
-            on_ready()
-        if server is not None:
-            server.serve_forever(poll_interval=0.1)
-        else:
-            while not done.wait(0.2):
-                pass
+        # The guest's stop and SIGTERM only set `done`; this loop notices within POLL_SECONDS
+        # (no helper thread calling shutdown()).
+        while not done.is_set():
+            if server is not None:
+                server.handle_request()  # one connection (served on its own thread) or a timeout
+            else:
+                done.wait(POLL_SECONDS)
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -397,12 +396,6 @@ def serve(
     if interrupted:
         raise KeyboardInterrupt
     return stopped[0] if stopped else None
-
-
-def _stop(server: ApiServer | None, done: threading.Event) -> None:
-    done.set()
-    if server is not None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
 
 
 def _unlink_quietly(path: str | None) -> None:
