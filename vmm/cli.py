@@ -77,6 +77,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _u64(text: str) -> int:
+    value = _positive_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 2**64")
+    return value
+
+
+def _instance_id(text: str) -> str:
+    """Firecracker's instance id rule: 1..64 characters, ASCII letters, digits and hyphens."""
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text[:70]!r} must be 1 to 64 letters, digits or hyphens")
+    return text
+
+
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default: the guest's own)")
     p.add_argument("--mem-mib", type=int, default=128, help="guest RAM in MiB: 16..16384, a multiple of 2 (default 128)")
@@ -359,7 +373,9 @@ def cmd_dirty_map(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     console = _console_sink(args)
-    vm = MicroVM.load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
+    vm = MicroVM.load_snapshot(
+        args.path, args.mem_backend, on_console=console, progress_bars=_bars(args), mmds=args.mmds, reseed=args.reseed
+    )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
@@ -370,6 +386,23 @@ def cmd_restore(args: argparse.Namespace) -> int:
     return _finish(
         args, result, vm, time.perf_counter() - t0, restored_from=args.path, restored_at_ns=restored_at, restore_seconds=round(restore_s, 6)
     )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Firecracker's API on a Unix socket (vmm.api); exits when the guest stops for good, with
+    its status, or 0 on SIGTERM."""
+    from vmm.api.server import serve
+
+    if args.no_api and args.api_sock is not None:
+        raise UsageError("give --api-sock or --no-api, not both")
+    if not args.no_api and args.api_sock is None:
+        raise UsageError("--api-sock PATH is required (or --no-api with --config-file)")
+    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id)
+    if result is None:
+        return EXIT_OK
+    if result.reason is StopReason.FAULT and result.fault is not None:
+        print(result.fault.format(), file=sys.stderr)
+    return EXIT_CODES[result.reason]
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
@@ -591,8 +624,40 @@ def build_parser() -> argparse.ArgumentParser:
         default="copy",
         help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
     )
+    p.add_argument(
+        "--mmds",
+        choices=("keep", "drop"),
+        default="keep",
+        help="keep: the MMDS data store and token key as saved (bit-identical continuation, the default); "
+        "drop: an empty store and a fresh random token key, as Firecracker's clones",
+    )
+    p.add_argument(
+        "--reseed",
+        type=_u64,
+        default=None,
+        metavar="N",
+        help="give the clone config seed N (its MMDS token key derives from it): clones with different seeds "
+        "share no tokens; this deliberately ends bit-identical continuation",
+    )
     _add_run_args(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve Firecracker's HTTP API on a Unix socket (configure, start, pause, snapshot with curl or an SDK)",
+        description="Mirror `firecracker --api-sock PATH [--config-file FILE] [--no-api] [--id ID]`: Firecracker's API "
+        "endpoints, JSON fields, status codes and state machine on a Unix socket (README: Firecracker users). "
+        "A config file configures the VM and starts it at once. The guest's console goes to stdout unless PUT /serial "
+        "names a file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT.replace("  3  the instruction budget ran out before the guest powered off\n", "")
+        + "the server runs until the guest stops for good; SIGTERM stops it with status 0\n",
+    )
+    p.add_argument("--api-sock", metavar="PATH", help="the Unix socket to create (must not exist)")
+    p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
+    p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
+    p.add_argument("--id", type=_instance_id, default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "describe",
