@@ -47,7 +47,7 @@ from snapshot.memfile import (
     FULL,
     RAW,
     MemFileInfo,
-    check_length,
+    check_identity,
     extent_bytes,
     extents_digest,
     io_chunks,
@@ -135,7 +135,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
     fd, where = pair.memory_fd, pair.memory_path
     view = memoryview(ram)
     try:
-        check_length(fd, where, info.length)
+        check_identity(fd, where, info)
         extents = [(0, info.length)] if info.kind == FULL else [(f * info.page_size, n * info.page_size) for f, n in info.runs]
         for start, count in extents:
             pos = start
