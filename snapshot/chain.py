@@ -136,7 +136,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
     view = memoryview(ram)
     try:
         check_identity(fd, where, info)
-        extents = [(0, info.length)] if info.kind == FULL else [(f * info.page_size, n * info.page_size) for f, n in info.runs]
+        extents = [(0, info.length)] if info.kind == FULL else ((f * info.page_size, n * info.page_size) for f, n in info.iter_runs())
         for start, count in extents:
             pos = start
             for offset, n in _data_extents(fd, start, start + count):
@@ -150,7 +150,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
             advance(count)
     except OSError as exc:
         raise from_os_error(exc, "reading", where, MemoryIoError) from exc
-    found = extents_digest(ram, info.kind, info.page_size, info.runs, info.parent_digest)
+    found = extents_digest(ram, info.kind, info.page_size, info.iter_runs(), info.parent_digest)
     if found != info.digest:
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 

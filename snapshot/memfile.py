@@ -44,7 +44,7 @@ import re
 import struct
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated, Iterable, Iterator, Literal, Optional
 
@@ -87,6 +87,7 @@ TRAILER_VERSION = 1
 _TRAILER_HEAD = struct.Struct("<8sIIQ16s")  # the trailer without its checksum
 TRAILER_SIZE = _TRAILER_HEAD.size + 8  # 48 bytes
 
+_RUN_BATCH = 1 << 16  # runs turned into Python ints at a time by MemFileInfo.iter_runs
 _HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
 Run = tuple[int, int]  # (first_page, page_count)
 FileRef = int | str | os.PathLike[str]  # an open fd, or a path
@@ -164,7 +165,7 @@ class MemFileInfo:
         mask = page_mask(runs, length // page_size)
         pages = int(np.count_nonzero(mask))
         page_map = np.packbits(mask, bitorder="little").tobytes()
-        return cls(DIFF, length, page_size, digest, pages, page_map, parent_digest, trailer=True)
+        return cls(DIFF, length, page_size, digest, pages, page_map, parent_digest)
 
     @property
     def file_length(self) -> int:
@@ -175,12 +176,26 @@ class MemFileInfo:
         return self.length + TRAILER_SIZE if self.trailer else self.length
 
     @cached_property
-    def runs(self) -> tuple[Run, ...]:
-        """The diff's pages as sorted, non-adjacent (first_page, page_count) runs; () if full."""
+    def run_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first pages, page counts) of the diff's runs as int64 arrays (empty if full): 16
+        bytes per run, where a tuple of Python ints costs ~150."""
         if not self.page_map:
-            return ()
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         bits = np.unpackbits(np.frombuffer(self.page_map, np.uint8), bitorder="little")
-        return _runs_of(bits[: self.length // self.page_size].astype(bool))
+        starts, ends = _run_edges(bits[: self.length // self.page_size].astype(bool))
+        return starts, ends - starts
+
+    @property
+    def runs(self) -> tuple[Run, ...]:
+        """The diff's pages as sorted, non-adjacent (first_page, page_count) runs; () if full.
+        Readers iterate `iter_runs()` instead, which never holds them all as objects."""
+        return tuple(self.iter_runs())
+
+    def iter_runs(self) -> Iterator[Run]:
+        """The runs of `runs`, produced lazily (a bounded batch of Python ints at a time)."""
+        starts, counts = self.run_bounds
+        for at in range(0, len(starts), _RUN_BATCH):
+            yield from zip(starts[at : at + _RUN_BATCH].tolist(), counts[at : at + _RUN_BATCH].tolist())
 
 
 def _count_page_map(page_map: bytes, npages: int) -> int:
@@ -216,12 +231,16 @@ def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
     return _runs_of(page_mask(runs, npages))
 
 
+def _run_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of True in a per-page bool mask, as int64 page numbers."""
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    return np.flatnonzero(edges == 1).astype(np.int64), np.flatnonzero(edges == -1).astype(np.int64)
+
+
 def _runs_of(mask: np.ndarray, min_gap: int = 1) -> tuple[Run, ...]:
     """Runs of True in a per-page bool mask, as (first_page, page_count); runs separated by
     fewer than `min_gap` False pages are merged."""
-    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    starts, ends = _run_edges(mask)
     if len(starts) > 1 and min_gap > 1:
         keep = np.concatenate(([True], starts[1:] - ends[:-1] >= min_gap))
         starts = starts[keep]
@@ -254,6 +273,17 @@ def _regions(
     for first, count in runs:
         header = first.to_bytes(8, "little") + count.to_bytes(8, "little")
         yield first * page_size, count * page_size, header
+
+
+def digest_hasher(info: MemFileInfo) -> xxhash.xxh3_128:
+    """A hasher primed for the digest of `info` (diff: with its domain prefix); feed it
+    `digest_regions(info)` in order: each prefix, then the RAM bytes of that region."""
+    return _new_hasher(info.kind, info.length, info.page_size, info.parent_digest)
+
+
+def digest_regions(info: MemFileInfo) -> Iterator[tuple[int, int, bytes]]:
+    """(byte offset, byte count, digest prefix) of each extent `info` records, in order."""
+    return _regions(info.kind, info.length, info.page_size, info.iter_runs())
 
 
 def io_chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
@@ -533,7 +563,7 @@ def write_diff(
                     if os.pwrite(fd, part, off) != n:  # one call for nearly every run
                         pwrite_all(fd, part, off)
                     advance(n)
-            info = MemFileInfo.diff(length, page_size, hasher.hexdigest(), canon, parent_digest)
+            info = replace(MemFileInfo.diff(length, page_size, hasher.hexdigest(), canon, parent_digest), trailer=True)
             _write_trailer(fd, info)
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
@@ -553,16 +583,14 @@ def _stream(
     buffer if None), hashing them if `hash_it`. Returns the hex digest or None. Reads nothing
     outside the recorded extents. `progress` advances by extent_bytes(info) in all."""
     advance = progress or no_progress
-    hasher = None
-    if hash_it:
-        hasher = _new_hasher(info.kind, info.length, info.page_size, info.parent_digest)
-    regions = list(_regions(info.kind, info.length, info.page_size, info.runs))
+    hasher = digest_hasher(info) if hash_it else None
     scratch = memoryview(b"")
     if dest is None:
-        largest = max((count for _, count, _ in regions), default=0)
+        counts = info.run_bounds[1]
+        largest = info.length if info.kind == FULL else int(counts.max(initial=0)) * info.page_size
         scratch = memoryview(bytearray(min(MAX_IO_CHUNK, largest)))
     try:
-        for offset, count, prefix in regions:
+        for offset, count, prefix in digest_regions(info):
             if hasher is not None:
                 hasher.update(prefix)
             for off, n in io_chunks(offset, count):
