@@ -1,5 +1,5 @@
-"""The memory file `<name>.mem`: a raw image of guest RAM (Firecracker/squib layout), followed
-by a 48-byte identity trailer.
+"""The memory file `<name>.mem`: a raw image of guest RAM (Firecracker's layout), followed by a
+48-byte identity trailer.
 
 Byte offset in the file = guest physical address - RAM base, for the first `length` bytes (the
 RAM size). A *full* file holds every page (all-zero pages may be filesystem holes, which read
