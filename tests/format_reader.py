@@ -21,7 +21,7 @@ import xxhash
 # --- section 1: the state file -----------------------------------------------------------------
 MAX_STATE_BYTES = 10_000_000
 MAGIC = 0x0710_1984_AAAA_0000
-READER_VERSION = (1, 0)  # the major.minor this reader implements
+READER_VERSION = (1, 1)  # the major.minor this reader implements
 CRC_POLY = 0xAD93D23594C935A9  # CRC-64/Jones, reflected in and out, init 0, xorout 0
 MAX_CHAIN = 64
 DIFF_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"
@@ -102,6 +102,7 @@ class MemInfo:
     format: str
     frame_size: int
     file_size: int | None
+    trailer: bool
 
     @property
     def npages(self) -> int:
@@ -127,7 +128,7 @@ class MemInfo:
         return [(first * self.page_size, count * self.page_size) for first, count in self.runs()]
 
 
-_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None}
+_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False}
 _MEM_FIELDS = ("kind", "length", "page_size", "digest", "pages_written", *_MEM_DEFAULTS)
 
 
@@ -139,6 +140,8 @@ def mem_info(record: dict) -> MemInfo:
     info = MemInfo(**{**_MEM_DEFAULTS, **record})
     if info.kind not in ("full", "diff") or info.format not in ("raw", "lz4"):
         raise FormatError("memory: bad kind or format")
+    if info.trailer is not False and (info.trailer is not True or info.format != "raw"):
+        raise FormatError("memory: trailer is a bool, true only for raw files")
     if info.page_size < 512 or info.page_size & (info.page_size - 1) or info.length <= 0 or info.length % info.page_size:
         raise FormatError("memory: bad geometry")
     if info.kind == "diff":
@@ -235,9 +238,20 @@ def _frames(info: MemInfo) -> list[tuple[int, list[tuple[int, int]]]]:
     return sorted(frames.items())
 
 
+_TRAILER = struct.Struct("<8sIIQ16sQ")  # section 5, raw: the identity trailer
+
+
 def _read_raw(f, info: MemInfo, ram: bytearray) -> None:
-    if os.fstat(f.fileno()).st_size != info.length:
-        raise FormatError("raw memory file size is not the RAM length")
+    if os.fstat(f.fileno()).st_size != info.length + (_TRAILER.size if info.trailer else 0):
+        raise FormatError("raw memory file size is not the RAM length (plus its trailer)")
+    if info.trailer:
+        f.seek(info.length)
+        raw = f.read(_TRAILER.size)
+        magic, version, page_size, length, digest, checksum = _TRAILER.unpack(raw)
+        if magic != b"MVMRAWID" or xxhash.xxh3_64_intdigest(raw[:40]) != checksum or version != 1:
+            raise FormatError("raw: bad identity trailer")
+        if (page_size, length, digest.hex()) != (info.page_size, info.length, info.digest):
+            raise FormatError("raw: trailer does not match the state file")
     for offset, size in info.extents():
         f.seek(offset)
         data = f.read(size)

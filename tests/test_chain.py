@@ -16,6 +16,7 @@ from snapshot.commit import open_pair
 from snapshot.chain import rebase, verify
 from snapshot.errors import BrokenLinkError, InvalidPathError, MemoryFileMismatchError
 from snapshot.describe import describe
+from snapshot.memfile import TRAILER_SIZE
 from vmm.persist import MACHINE
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB, RAM_BASE
@@ -157,6 +158,8 @@ def test_holes_inside_recorded_pages_and_filesystems_without_seek_data(tmp_path:
                 if p * 4096 != offset:
                     f.seek(p * 4096)
                     f.write(chunk)
+        f.seek(len(data) - TRAILER_SIZE)
+        f.write(data[-TRAILER_SIZE:])  # the identity trailer
     fd = os.open(tmp_path / "diff.mem", os.O_RDONLY)
     try:  # a hole where the filesystem reports holes
         assert list(chain_module._data_extents(fd, offset, offset + 4096)) in ([], [(offset, 4096)])
