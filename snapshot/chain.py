@@ -264,6 +264,7 @@ def verify(
     bars = progress_bars or _NO_BARS
     checked: list[CheckedLink] = []
     child: tuple[Path, StateCore] | None = None
+    seen = {resolve_path(current)}
     while True:
         if len(checked) >= MAX_CHAIN:
             broken = BrokenLinkError(current, f"diff chain longer than {MAX_CHAIN} snapshots")
@@ -276,8 +277,15 @@ def verify(
         checked.append(CheckedLink(current, state.memory.kind, state.memory.format, state.memory.digest))
         if state.parent is None:
             return VerifyReport(Path(path), checked, None)
-        parent = parent_state_path(current, state.parent)
+        try:
+            parent = parent_state_path(current, state.parent)
+        except InvalidPathError as exc:
+            return VerifyReport(Path(path), checked, BrokenLinkError(current, str(exc)))
         if not parent.exists():
             reason = f"its parent {state.parent.state_name!r} was not found (looked for {parent})"
             return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))
+        if parent in seen:
+            reason = f"the chain loops: its parent {state.parent.state_name!r} is already in it"
+            return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))
+        seen.add(parent)
         child, current = (current, state), parent

@@ -663,6 +663,14 @@ def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
     return bytes(index.frames[at].size) if payload is None else bytes(payload)
 
 
+def check_file(src: FileRef, info: MemFileInfo, *, name: FileRef | None = None) -> None:
+    """Every check of the module docstring that needs no frame: size, footer, index (reads the
+    footer and the index only; CorruptMemoryFileError / MemoryFileMismatchError)."""
+    _check_lz4(info)
+    with open_source(src) as fd:
+        _read_index(fd, src if name is None else name, info)
+
+
 def frame_styles(src: FileRef, info: MemFileInfo) -> dict[str, int]:
     """How many frames the file stores in each style, e.g. {"RAW": 1, "LZ4": 40, "ZERO": 23}
     (reads the footer and index only)."""

@@ -18,6 +18,7 @@ from typing import Annotated, Any, Optional, Protocol
 
 from snapshot.commit import MEMORY_SUFFIX, STATE_SUFFIX, OpenedPair, open_pair
 from snapshot.errors import (
+    ChainLoopError,
     EncodingError,
     IncompatibleError,
     InvalidPathError,
@@ -25,7 +26,7 @@ from snapshot.errors import (
     ParentMismatchError,
     resolve_path,
 )
-from snapshot.memfile import DIFF, MemFileInfo
+from snapshot.memfile import DIFF, MemFileInfo, check_digest_text
 from snapshot.plain import U32, U64, MaxLen, from_plain
 
 MAX_CHAIN = 64  # ours: the longest diff chain followed when loading
@@ -41,6 +42,13 @@ class ParentLink:
     state_name: Annotated[str, MaxLen(255)]
     state_crc: U64  # CRC-64 trailer of the parent's state file
     memory_digest: Annotated[str, MaxLen(32)]
+
+    def __post_init__(self) -> None:
+        """ValueError (EncodingError when decoded) for a name no file can have (empty, or with
+        a NUL byte) or a digest that is not 32 lowercase hex characters."""
+        if not self.state_name or "\0" in self.state_name:
+            raise ValueError("state_name is empty or contains a NUL byte")
+        check_digest_text("memory_digest", self.memory_digest)
 
 
 @dataclass
@@ -103,8 +111,14 @@ def decode_core(pair: OpenedPair) -> StateCore:
     memory = pair.memory
     if memory.length != ram.ram_size:
         raise EncodingError(f"memory file length {memory.length} is not the RAM size {ram.ram_size}")
+    if memory.page_size != ram.page_size:
+        raise IncompatibleError(f"memory file page size {memory.page_size} does not match the VM's page size {ram.page_size}")
     if (memory.kind == DIFF) != (parent is not None):
         raise EncodingError("a diff must name its parent and a full snapshot must not")
+    if parent is not None and parent.memory_digest != memory.parent_digest:
+        raise EncodingError(
+            f"parent.memory_digest {parent.memory_digest} is not memory.parent_digest {memory.parent_digest}"
+        )
     return StateCore(ram, memory, parent, data)
 
 
@@ -139,11 +153,17 @@ def close_chain(chain: list[Link]) -> None:
 def open_chain(path: Path, base: Path | None = None) -> list[Link]:
     """[full, diff1, ..., diffN] ending at the state file `path`, every pair open (close them
     with `close_chain`) and every link checked by digest. `base`: the base of `path` itself,
-    instead of its recorded parent. MissingParentError if a parent is absent."""
+    instead of its recorded parent. MissingParentError if a parent is absent, ChainLoopError if
+    the parents lead back into the chain, IncompatibleError past MAX_CHAIN snapshots."""
     chain: list[Link] = []
+    seen: set[Path] = set()
     try:
         current = path
         while True:
+            here = resolve_path(current)
+            if here in seen:
+                raise ChainLoopError(path, current)
+            seen.add(here)
             if len(chain) >= MAX_CHAIN:
                 raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")
             pair = open_pair(current)
@@ -156,7 +176,7 @@ def open_chain(path: Path, base: Path | None = None) -> list[Link]:
             else:
                 parent_path = parent_state_path(current, link)
             if not parent_path.exists():
-                raise MissingParentError(f"{current}: parent snapshot {parent_path} not found")
+                raise MissingParentError(link.memory_digest, path=current, parent_path=parent_path)
             current = parent_path
         chain.reverse()  # chain[0] has no parent, so decode_core made sure it is full
         for older, newer in zip(chain, chain[1:]):

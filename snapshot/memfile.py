@@ -93,7 +93,8 @@ Run = tuple[int, int]  # (first_page, page_count)
 FileRef = int | str | os.PathLike[str]  # an open fd, or a path
 
 
-def _check_digest_text(name: str, value: object) -> None:
+def check_digest_text(name: str, value: object) -> None:
+    """ValueError unless `value` is a digest as text: DIGEST_HEX_CHARS lowercase hex characters."""
     if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
         raise ValueError(f"{name} must be {DIGEST_HEX_CHARS} lowercase hex characters")
 
@@ -145,7 +146,7 @@ class MemFileInfo:
             )
         if self.length <= 0 or self.length % self.page_size:
             raise ValueError(f"length {self.length} is not a positive multiple of the page size")
-        _check_digest_text("digest", self.digest)
+        check_digest_text("digest", self.digest)
         npages = self.length // self.page_size
         if self.kind == FULL:
             if self.page_map or self.parent_digest is not None:
@@ -153,7 +154,7 @@ class MemFileInfo:
             if self.pages_written > npages:
                 raise ValueError(f"pages_written {self.pages_written} exceeds {npages} pages")
         else:
-            _check_digest_text("parent_digest", self.parent_digest)
+            check_digest_text("parent_digest", self.parent_digest)
             if _count_page_map(self.page_map, npages) != self.pages_written:
                 raise ValueError("pages_written is not the number of pages in the page map")
 
@@ -548,7 +549,7 @@ def write_diff(
     """
     view = ram_view(ram, page_size)
     advance = progress or no_progress
-    _check_digest_text("parent_digest", parent_digest)
+    check_digest_text("parent_digest", parent_digest)
     length = len(view)
     canon = canonical_runs(runs, length // page_size)
     hasher = _new_hasher(DIFF, length, page_size, parent_digest)

@@ -188,7 +188,7 @@ CASES: list[tuple[Callable[[Path], None], type[errors.SnapshotError], str, bool]
     (_newer_minor, errors.VersionMismatchError, "version", True),
     (_no_vcpus, errors.EncodingError, "vCPU", True),
     (_register_too_wide, errors.EncodingError, "vcpus[0].pc", True),
-    (_page_size_changed, errors.IncompatibleError, "RAM layout", True),
+    (_page_size_changed, errors.IncompatibleError, "page size", True),
     (_ram_base_changed, errors.IncompatibleError, "RAM layout", True),
     (_memory_truncated, errors.MemoryFileMismatchError, "length", False),
     (_memory_changed, errors.MemoryFileMismatchError, "digest", False),

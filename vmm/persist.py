@@ -34,7 +34,7 @@ from snapshot.envelope import CRC_SIZE
 from snapshot.errors import EncodingError, IncompatibleError
 from snapshot.links import Link, ParentLink, close_chain, open_chain, snapshot_paths
 from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
-from snapshot.memory import check_compression, read_memory, write_memory
+from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
 from snapshot.progress import ProgressBars, progress_bars
 from vmm.config import VmConfig
@@ -260,7 +260,11 @@ def open_snapshot(
 def _lay_chain(
     chain: list[Link], size: int, mem_backend: str, verify: bool, bars: ProgressBars | None, name: str
 ) -> np.ndarray:
-    """RAM of `size` bytes holding the chain's base with every diff laid over it."""
+    """RAM of `size` bytes holding the chain's base with every diff laid over it. Every memory
+    file's size and identity are checked before RAM is allocated (a 16 GiB claim beside a small
+    file allocates nothing)."""
+    for link in chain:
+        check_memory_file(link.pair)
     first = chain[0]
     base_info = first.core.memory
     work = sum(extent_bytes(link.core.memory) for link in chain)
@@ -270,13 +274,15 @@ def _lay_chain(
     source: frames.Source = "mmap" if mem_backend == "mmap" else "stream"
     with (bars or _NO_BARS)(work, f"restoring {name}") as advance:
         if lazy:
-            ram = map_private(first.pair.memory_fd, size, info=base_info, verify_digest=verify, progress=advance)
+            ram = map_private(
+                first.pair.memory_fd, size, info=base_info, verify_digest=verify, progress=advance, name=first.pair.memory_path
+            )
         elif base_info.format == LZ4:
             ram = np.zeros(size, dtype=np.uint8)  # ZERO frames stay untouched pages
             read_memory(first.pair, ram, verify, source=source, zeroed=True, progress=advance)
         else:
             ram = np.empty(size, dtype=np.uint8)
-            read_into(first.pair.memory_fd, ram, base_info, verify, progress=advance)
+            read_into(first.pair.memory_fd, ram, base_info, verify, progress=advance, name=first.pair.memory_path)
         for older, newer in zip(chain, chain[1:]):
             read_memory(newer.pair, ram, verify, parent=older.core.memory, source=source, progress=advance)
     return ram
