@@ -31,8 +31,8 @@ import numpy as np
 from snapshot import frames
 from snapshot.commit import commit_pair
 from snapshot.envelope import CRC_SIZE
-from snapshot.errors import EncodingError, IncompatibleError
-from snapshot.links import Link, ParentLink, close_chain, open_chain, snapshot_paths
+from snapshot.errors import EncodingError, IncompatibleError, InvalidPathError, resolve_path
+from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, open_chain, snapshot_paths
 from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
 from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
@@ -53,11 +53,38 @@ _NO_BARS = progress_bars(enabled=False)
 
 @dataclass
 class Lineage:
-    """The snapshot a VM was last saved to or restored from: the base of its next diff."""
+    """The snapshot a VM was last saved to or restored from: the base of its next diff.
+    `chain`: the resolved state paths of that snapshot's chain, full base first, this snapshot
+    last (what a diff saved now would depend on)."""
 
     state_path: Path
     state_crc: int
     memory: MemFileInfo
+    chain: tuple[Path, ...] = ()
+
+
+def _check_destination(snap: Path, kind: str, lineage: Lineage | None) -> None:
+    """Refuse, before anything is written, a save that would make a snapshot of this VM's
+    chain unrestorable: a diff to the name of any link of the chain (the diff would replace a
+    base it depends on: the chain loops or breaks), a full snapshot to the name of a link that
+    has a diff over it in the chain (that diff's parent digest would no longer match), or a
+    diff past MAX_CHAIN links (it could not be restored)."""
+    if lineage is None:
+        return
+    target = resolve_path(snap)
+    chain = lineage.chain or (resolve_path(lineage.state_path),)
+    if kind == DIFF and target in chain:
+        raise InvalidPathError(
+            snap, f"is a link of this VM's snapshot chain ({len(chain)} snapshots, ending at {chain[-1].name}): "
+            "a diff saved there would replace a snapshot it depends on; save it under another name or as a full snapshot"
+        )
+    if kind == FULL and target in chain[:-1]:
+        raise InvalidPathError(
+            snap, f"is a base of {chain[-1].name} in this VM's snapshot chain: overwriting it would break that diff; "
+            "save under another name"
+        )
+    if kind == DIFF and len(chain) >= MAX_CHAIN:
+        raise IncompatibleError(f"a diff chain holds at most {MAX_CHAIN} snapshots; save a full snapshot")
 
 
 @dataclass
@@ -120,6 +147,7 @@ def save_snapshot(
     check_compression(compress, DIRTY_PAGE_SIZE, frame_size)
     snap, mem = snapshot_paths(path)
     lineage: Lineage | None = vm.lineage  # type: ignore[assignment]
+    _check_destination(snap, kind, lineage)
     t0 = time.perf_counter()
     ram = vm.memory.view()
     parent: ParentLink | None = None
@@ -152,7 +180,8 @@ def save_snapshot(
         info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
-    vm.lineage = Lineage(snap, _state_crc(snap), info)
+    links = (lineage.chain or (resolve_path(lineage.state_path),)) if kind == DIFF and lineage is not None else ()
+    vm.lineage = Lineage(snap, _state_crc(snap), info, links + (resolve_path(snap),))
     return SaveReport(
         state_path=snap,
         memory_path=mem,
@@ -251,7 +280,8 @@ def open_snapshot(
         config = config_of(top)
         ram = _lay_chain(chain, config.mem_size, mem_backend, verify, progress_bars, snap.name)
         top_pair = chain[-1].pair
-        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory)
+        links = tuple(resolve_path(link.pair.paths.state) for link in chain)
+        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory, links)
         return OpenedSnapshot(config, ram, top, lineage)
     finally:
         close_chain(chain)
