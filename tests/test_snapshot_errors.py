@@ -379,3 +379,15 @@ def test_messages_name_files_never_fds(snaps: Path, damage, expected, words, _) 
             call()
         except errors.SnapshotError as err:
             assert not re.search(r"\bfd \d", str(err)), err
+
+
+def test_describe_escapes_what_the_state_file_says(snaps: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted parent name cannot send terminal escapes or add rows to describe's table."""
+    evil = "base.snap\x1b[2J\x1b]0;owned\x07\nkind             full\u202e\x7f"
+    rewrite_state(snaps / "top.snap", set_field("parent", "state_name", value=evil))
+    assert main(["describe", str(snaps / "top.snap")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\x7f" not in out
+    assert sum(line.startswith("kind") for line in out.splitlines()) == 1
+    row = next(line for line in out.splitlines() if line.startswith("parent.state_name"))
+    assert r"base.snap\x1b[2J\x1b]0;owned\x07\nkind             full\u202e\x7f" in row
