@@ -49,10 +49,12 @@ commit's files and raise AtomicCommitFailedError (cause chained, errno named); t
 snapshot is untouched. A failure after step 6 also raises it, with `committed=True`: the new
 snapshot is in place (loadable through the loader rule) but its last step is not confirmed.
 
-Concurrency: commits to one directory are serialised by the lock; `open_pair` takes it shared,
-so a loader never observes a commit in progress (only, after a crash, its leftovers, which the
-loader rule handles). A memory file that is mmapped stays valid after
-it is replaced, because files are only ever renamed over, never rewritten in place.
+Concurrency: commits to one directory are serialised by the lock. Readers (`open_pair`: load,
+describe, verify) take no lock and so never wait for a writer: they read the state file, open
+the memory file the loader rule names, and check that the state file was not replaced in
+between (else they start again). Renames are atomic and files are never rewritten in place, so
+what they open is one committed pair, the previous or the new one; a memory file that is
+opened or mmapped stays valid after it is replaced.
 """
 from __future__ import annotations
 
@@ -74,9 +76,11 @@ from snapshot.errors import (
     InvalidPathError,
     MemoryIoError,
     SnapshotError,
+    SnapshotIoError,
     errno_text,
     from_os_error,
     open_regular_readonly,
+    show_path,
 )
 from snapshot.memfile import DIFF, FILE_MODE, MemFileInfo, pwrite_all
 from snapshot.plain import from_plain
@@ -86,6 +90,7 @@ MEMORY_SUFFIX = ".mem"  # squib: memory file `<id>.mem`
 MEMORY_FIELD = "memory"  # ours: key of the MemFileInfo in the state's plain data
 TEMP_MARK = ".tmp-"  # squib: TEMP_SUFFIX; ours adds a unique "<pid>-<16 hex>" after it
 STAGED_MARK = ".staged-"  # ours: `.<name>.mem.staged-<digest>`, see the module docstring
+OPEN_ATTEMPTS = 8  # ours: times open_pair starts again when a commit replaces the state file
 
 _TOKEN_PATTERN = r"\d+-[0-9a-f]{16}"
 
@@ -445,16 +450,47 @@ class OpenedPair:
         self.close()
 
 
+def _state_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a commit renames a new state file over `path`: (device, inode,
+    size, mtime in ns); None if it cannot be inspected (the read that follows reports why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _open_memory(paths: SnapshotPaths, info: MemFileInfo) -> tuple[Path, int]:
+    """(path, fd) of the memory file the loader rule gives for `info`; if the staged file is
+    renamed to its final name between the check and the open (commit step 7), the final one."""
+    memory_path = resolve_memory_file(paths, info)
+    try:
+        return memory_path, open_regular_readonly(memory_path, MemoryIoError)
+    except InvalidPathError:
+        if memory_path == paths.memory:
+            raise
+    return paths.memory, open_regular_readonly(paths.memory, MemoryIoError)
+
+
 def open_pair(state_path: str | os.PathLike[str]) -> OpenedPair:
     """Open the snapshot whose state file is `state_path`: read and check the state file, find
     its memory file (loader rule in the module docstring) and open it. Restore with
     `memfile.read_into(pair.memory_fd, ram, pair.memory)` (verifies the digest) or
-    `map_private(pair.memory_fd, size, info=pair.memory, verify_digest=True)`."""
+    `map_private(pair.memory_fd, size, info=pair.memory, verify_digest=True)`.
+
+    Takes no lock, so it never waits for a save in progress: the state file is the commit
+    point, and the memory file is opened while that state file is still in place (checked by
+    its identity before and after; a commit that renamed a new one over it in between makes
+    the open start again, at most OPEN_ATTEMPTS times, then SnapshotIoError). The pair opened
+    is one committed snapshot, the previous or the new one."""
     paths = SnapshotPaths.for_state(state_path)
-    with _locked_directory(paths.directory, exclusive=False):
+    for _ in range(OPEN_ATTEMPTS):
+        before = _state_identity(paths.state)
         header, data = read_state_file(paths.state)
         info = recorded_memory(data)
-        memory_path = resolve_memory_file(paths, info)
-        fd = open_regular_readonly(memory_path, MemoryIoError)
-    return OpenedPair(paths, header, data, info, memory_path, fd)
+        memory_path, fd = _open_memory(paths, info)
+        if before is not None and _state_identity(paths.state) == before:
+            return OpenedPair(paths, header, data, info, memory_path, fd)
+        os.close(fd)
+    raise SnapshotIoError(f"{show_path(paths.state)} kept being replaced while it was opened ({OPEN_ATTEMPTS} attempts)")
 
