@@ -24,6 +24,7 @@ from snapshot.errors import (
     InvalidPathError,
     MissingParentError,
     ParentMismatchError,
+    SnapshotError,
     resolve_path,
 )
 from snapshot.memfile import DIFF, MemFileInfo, check_digest_text
@@ -135,6 +136,32 @@ def check_parent_link(older: StateCore, newer: StateCore) -> None:
         raise ParentMismatchError(str(newer.memory.parent_digest), older.memory.digest)
     if newer.ram.ram_size != older.ram.ram_size:
         raise IncompatibleError("a diff and its base have different RAM sizes")
+
+
+def dependants(state_path: Path) -> list[Path]:
+    """The state files in `state_path`'s directory whose recorded parent is `state_path`: the
+    diffs that stop restoring if it is replaced. Reads each other state file of the directory
+    (bounded by the envelope's size limit); unreadable ones are skipped (they restore nothing).
+    Diffs in other directories that name it are not found."""
+    from snapshot.envelope import read_state_file  # the envelope is only needed here
+
+    target = resolve_path(state_path)
+    found: list[Path] = []
+    try:
+        names = sorted(os.listdir(state_path.parent))
+    except OSError:
+        return found
+    for name in names:
+        other = state_path.parent / name
+        if not name.endswith(STATE_SUFFIX) or name.startswith(".") or other == state_path:
+            continue
+        try:
+            link = from_plain(Optional[ParentLink], read_state_file(other)[1].get(PARENT_FIELD), path=f"data.{PARENT_FIELD}")
+            if link is not None and parent_state_path(other, link) == target:
+                found.append(other)
+        except (SnapshotError, OSError):
+            continue
+    return found
 
 
 @dataclass

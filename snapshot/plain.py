@@ -385,6 +385,37 @@ def _compile(annotation: Any) -> _Spec:
     raise TypeError(f"unsupported annotation for snapshot state: {annotation!r}")
 
 
+def int_bounds(cls: Any, data: Any) -> list[tuple[tuple[Any, ...], int, int]]:
+    """(path, low, high) of every int in plain `data` (shaped like `cls`) with the range its
+    annotation declares; `path` is the keys and indices from the root. For tools that probe
+    the limits (the fault campaign); parts of `data` that do not fit `cls` are skipped."""
+    out: list[tuple[tuple[Any, ...], int, int]] = []
+
+    def walk(spec: _Spec, value: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(spec, _Optional):
+            if value is not None:
+                walk(spec.inner, value, path)
+        elif isinstance(spec, _Int):
+            if type(value) is int:
+                out.append((path, spec.low, spec.high))
+        elif isinstance(spec, _Sequence) and type(value) is list:
+            for i, v in enumerate(value):
+                walk(spec.item, v, path + (i,))
+        elif isinstance(spec, _FixedTuple) and type(value) is list:
+            for i, (item, v) in enumerate(zip(spec.items, value)):
+                walk(item, v, path + (i,))
+        elif isinstance(spec, _Dict) and type(value) is dict:
+            for k, v in value.items():
+                walk(spec.item, v, path + (k,))
+        elif isinstance(spec, _Dataclass) and type(value) is dict:
+            for name, f in spec.fields.items():
+                if name in value:
+                    walk(f.spec, value[name], path + (name,))
+
+    walk(_compile(cls), data, ())
+    return out
+
+
 def to_plain(obj: Any) -> dict[str, Any]:
     """The plain dict for dataclass instance `obj`, validated against its type hints.
 

@@ -65,7 +65,7 @@ def test_a_diff_to_the_name_of_its_grandparent_is_refused_before_anything_is_wri
     b = vm.state_digest()
     vm.run(20 * Q)
     before = files(tmp_path)
-    with pytest.raises(InvalidPathError, match=r"'.*A\.snap'.*is a link of this VM's snapshot chain"):
+    with pytest.raises(InvalidPathError, match=r"'.*A\.snap'.*(is a link of this VM's snapshot chain|is the base of the diff B)"):
         vm.save_snapshot(tmp_path / "A", "diff")
     assert files(tmp_path) == before  # nothing written, not even a temp file
     assert restorable(tmp_path, "A") == a and restorable(tmp_path, "B") == b
@@ -81,7 +81,7 @@ def test_no_save_to_a_link_of_a_longer_chain_breaks_it(chain: tuple[MicroVM, dic
     vm, taken = chain
     vm.run(10 * Q)
     before = files(tmp_path)
-    with pytest.raises(InvalidPathError, match="snapshot chain"):
+    with pytest.raises(InvalidPathError, match="snapshot chain|is the base of the diff"):
         vm.save_snapshot(tmp_path / name, kind)  # type: ignore[arg-type]
     assert files(tmp_path) == before
     for n in "ABCD":
@@ -107,7 +107,7 @@ def test_a_restored_vm_knows_its_whole_chain(chain: tuple[MicroVM, dict[str, str
     vm = MicroVM.load_snapshot(tmp_path / "C")
     vm.run(10 * Q)
     for name in "ABC":
-        with pytest.raises(InvalidPathError, match="snapshot chain"):
+        with pytest.raises(InvalidPathError, match="snapshot chain|is the base of the diff"):
             vm.save_snapshot(tmp_path / name, "diff")
     vm.save_snapshot(tmp_path / "D", "diff")  # D is not in C's chain: replacing it is fine
     assert restorable(tmp_path, "D") == vm.state_digest()
@@ -167,3 +167,22 @@ def test_a_parent_digest_that_disagrees_with_its_link_is_refused_by_load(chain: 
     for backend in ("copy", "mmap"):
         with pytest.raises(EncodingError, match="parent.memory_digest .* is not memory.parent_digest"):
             MicroVM.load_snapshot(tmp_path / "D", backend)  # type: ignore[arg-type]
+
+
+def test_a_vm_restored_from_a_link_cannot_replace_a_base_of_later_diffs(chain: tuple[MicroVM, dict[str, str]], tmp_path: Path) -> None:
+    """Found by the campaign (tools/faults/saves.py): a VM restored from B is free to save over
+    its own top as far as its chain goes, but C (a diff of the original run) is taken over B:
+    replacing B would leave C unrestorable. Any save over a snapshot a diff in its directory
+    is taken over is refused."""
+    _, taken = chain
+    vm = MicroVM.load_snapshot(tmp_path / "B")
+    vm.run(10 * Q)
+    before = files(tmp_path)
+    for name, kind in (("B", "full"), ("C", "full"), ("C", "diff")):
+        with pytest.raises(InvalidPathError, match="is the base of the diff"):
+            vm.save_snapshot(tmp_path / name, kind)  # type: ignore[arg-type]
+    assert files(tmp_path) == before
+    vm.save_snapshot(tmp_path / "D", "diff")  # D has no diff over it: replacing it is allowed
+    for n in "ABC":
+        assert restorable(tmp_path, n) == taken[n]
+    assert restorable(tmp_path, "D") == vm.state_digest()

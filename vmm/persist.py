@@ -32,7 +32,7 @@ from snapshot import frames
 from snapshot.commit import commit_pair
 from snapshot.envelope import CRC_SIZE
 from snapshot.errors import EncodingError, IncompatibleError, InvalidPathError, resolve_path
-from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, open_chain, snapshot_paths
+from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, dependants, open_chain, snapshot_paths
 from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
 from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
@@ -64,11 +64,18 @@ class Lineage:
 
 
 def _check_destination(snap: Path, kind: str, lineage: Lineage | None) -> None:
-    """Refuse, before anything is written, a save that would make a snapshot of this VM's
-    chain unrestorable: a diff to the name of any link of the chain (the diff would replace a
-    base it depends on: the chain loops or breaks), a full snapshot to the name of a link that
-    has a diff over it in the chain (that diff's parent digest would no longer match), or a
-    diff past MAX_CHAIN links (it could not be restored)."""
+    """Refuse, before anything is written, a save that would make a snapshot unrestorable: a
+    diff to the name of any link of this VM's chain (it would replace a base it depends on:
+    the chain loops or breaks), any save over a snapshot that a diff in its directory or in
+    this VM's chain is taken over (that diff's parent digest would no longer match), or a diff
+    past MAX_CHAIN links (it could not be restored)."""
+    if os.path.lexists(snap):
+        found = dependants(snap)
+        if found:
+            raise InvalidPathError(
+                snap, f"is the base of the diff {found[0].name} ({len(found)} in all): replacing it would make "
+                "that diff unrestorable; save under another name, or remove the diff first"
+            )
     if lineage is None:
         return
     target = resolve_path(snap)
