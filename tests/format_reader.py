@@ -337,7 +337,11 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain."""
     links: list[tuple[Path, dict, MemInfo]] = []
     current = Path(path)
+    seen: set[Path] = set()
     while True:
+        if current.resolve() in seen:
+            raise FormatError("the chain loops")
+        seen.add(current.resolve())
         if len(links) >= MAX_CHAIN:
             raise FormatError("chain longer than 64 snapshots")
         header, data = read_state(current)
@@ -354,6 +358,8 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             break
         if parent["memory_digest"] != info.parent_digest:
             raise FormatError("parent link and parent_digest disagree")
+        if not parent["state_name"] or "\0" in parent["state_name"]:
+            raise FormatError("parent state_name is empty or holds a NUL byte")
         current = (current.parent / parent["state_name"]).resolve()
     links.reverse()
     for (_, _, older), (_, _, newer) in zip(links, links[1:]):
