@@ -391,3 +391,12 @@ def test_describe_escapes_what_the_state_file_says(snaps: Path, capsys: pytest.C
     assert sum(line.startswith("kind") for line in out.splitlines()) == 1
     row = next(line for line in out.splitlines() if line.startswith("parent.state_name"))
     assert r"base.snap\x1b[2J\x1b]0;owned\x07\nkind             full\u202e\x7f" in row
+
+
+def test_cli_restore_mmap_checks_contents_only_with_verify_memory(snaps: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _memory_changed(snaps)  # a flipped byte inside the image: the O(1) check cannot see it
+    assert main(["restore", str(snaps / "top.snap"), "--mem-backend", "mmap", "--max-instructions", "1000"]) != 2
+    capsys.readouterr()
+    code = main(["restore", str(snaps / "top.snap"), "--mem-backend", "mmap", "--verify-memory", "--max-instructions", "1000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "digest" in err[0] and "top.mem" in err[0]

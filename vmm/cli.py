@@ -359,7 +359,9 @@ def cmd_dirty_map(args: argparse.Namespace) -> int:
 def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     console = _console_sink(args)
-    vm = MicroVM.load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
+    vm = MicroVM.load_snapshot(
+        args.path, args.mem_backend, verify_memory=True if args.verify_memory else None, on_console=console, progress_bars=_bars(args)
+    )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
@@ -598,7 +600,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-backend",
         choices=("copy", "mmap"),
         default="copy",
-        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily "
+        "(checks each memory file's identity in O(1), not its contents)",
+    )
+    p.add_argument(
+        "--verify-memory",
+        action="store_true",
+        help="with --mem-backend mmap: also read every memory file once to check its digest (finds damage inside it)",
     )
     _add_run_args(p)
     p.set_defaults(func=cmd_restore)
