@@ -48,6 +48,7 @@ from snapshot.memfile import (
     RAW,
     MemFileInfo,
     check_identity,
+    data_extents,
     extent_bytes,
     extents_digest,
     io_chunks,
@@ -106,27 +107,6 @@ class VerifyReport:
 
 
 # --- rebase -----------------------------------------------------------------------------------
-def _data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """(offset, count) of the data extents of `fd` within [start, end), by SEEK_DATA/SEEK_HOLE;
-    the whole range if the filesystem does not support them."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data at or after pos
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # not supported here
-                yield pos, end - pos
-                return
-            raise
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield data, hole - data
-        pos = hole
-
-
 def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool, advance: Progress) -> None:
     """Lay the raw memory file of `pair` into `ram`: the data extents within its recorded
     extents are read, the holes there zero-filled (skipped if `zeroed`); then its digest is
@@ -138,7 +118,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
         extents = [(0, info.length)] if info.kind == FULL else ((f * info.page_size, n * info.page_size) for f, n in info.iter_runs())
         for start, count in extents:
             pos = start
-            for offset, n in _data_extents(fd, start, start + count):
+            for offset, n in data_extents(fd, start, start + count):
                 if not zeroed:
                     ram[pos:offset].fill(0)
                 for off, m in io_chunks(offset, n):

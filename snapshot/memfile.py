@@ -15,8 +15,12 @@ recorded as MemFileInfo.trailer False): after the image, written last, all littl
 It lets a reader tie the file to its state file in O(1), without reading the image
 (`check_identity`): a file of another snapshot or VM, an unfinished temp file, a file of the
 right size made of holes, or one with another page size is refused before anything else is
-read. What it cannot see is damage inside the image (a flipped byte, a punched hole): only the
-content digest, recomputed from the whole image, finds that.
+read. What it cannot see is damage inside the image: only the content digest, recomputed from
+the whole image, finds a flipped byte. A punched hole is seen without reading: the writer
+records the page runs it wrote as data (MemFileInfo.data_runs; a diff's are its page runs),
+and a reader that finds a hole inside one (SEEK_DATA/SEEK_HOLE, `has_extra_holes`) checks the
+digest even where it would skip it (a filesystem or copy that turns zero blocks into holes
+costs that pass, and still loads).
 
 Which file a state file belongs to is recorded as a `MemFileInfo`, whose `digest` is defined
 over what the file logically contains, so a verifier can recompute it from the file alone
@@ -38,6 +42,7 @@ recorded info before anything is read, and nothing past the recorded extents is 
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
@@ -82,6 +87,9 @@ FILE_MODE = 0o600  # new memory files hold guest secrets: owner-only
 # Ours: a diff's page map is one bit per page; 16 GiB of RAM (vmm.layout's maximum) in
 # MIN_PAGE_SIZE pages needs 4 MiB, well inside the state file's 10 MB limit.
 MAX_PAGE_MAP_BYTES = (16 << 30) // MIN_PAGE_SIZE // 8
+# Ours: a full file's data runs are separated by holes of at least MIN_HOLE, so 16 GiB holds at
+# most this many 16-byte runs (~256 KiB).
+MAX_DATA_RUNS_BYTES = 16 * ((16 << 30) // MIN_HOLE + 1)
 TRAILER_MAGIC = b"MVMRAWID"  # ours: the identity trailer (module docstring)
 TRAILER_VERSION = 1
 _TRAILER_HEAD = struct.Struct("<8sIIQ16s")  # the trailer without its checksum
@@ -133,6 +141,9 @@ class MemFileInfo:
     frame_size: U64 = 0  # lz4 only: bytes of RAM per frame, a multiple of page_size
     file_size: Optional[U64] = None  # lz4 only: bytes of the file (raw files: file_length)
     trailer: bool = False  # raw only: the file ends with the identity trailer (state format 1.1)
+    # raw full only: the page runs written as data, le64 first page || le64 page count each, in
+    # order (the rest of the image was left as holes); empty: not recorded (1.0 files)
+    data_runs: Annotated[bytes, MaxLen(MAX_DATA_RUNS_BYTES)] = b""
 
     def __post_init__(self) -> None:
         check_page_size(self.page_size)
@@ -146,6 +157,8 @@ class MemFileInfo:
             )
         if self.length <= 0 or self.length % self.page_size:
             raise ValueError(f"length {self.length} is not a positive multiple of the page size")
+        if self.data_runs and (self.format != RAW or self.kind != FULL or len(self.data_runs) % 16):
+            raise ValueError("data_runs is recorded only for a raw full file, as 16-byte runs")
         check_digest_text("digest", self.digest)
         npages = self.length // self.page_size
         if self.kind == FULL:
@@ -451,6 +464,52 @@ def check_identity(fd: int, where: FileRef, info: MemFileInfo) -> None:
             raise MemoryFileMismatchError(where, what, found, expected)
 
 
+def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(offset, count) of the data extents of `fd` within [start, end), by SEEK_DATA/SEEK_HOLE;
+    the whole range if the filesystem does not support them."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at or after pos
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # not supported here
+                yield pos, end - pos
+                return
+            raise
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole - data
+        pos = hole
+
+
+def written_regions(info: MemFileInfo) -> Iterator[tuple[int, int]]:
+    """(byte offset, byte count) of every range the writer of a raw file wrote as data: a
+    diff's runs, a full file's recorded data_runs; none if a full file recorded nothing."""
+    if info.kind == DIFF:
+        pairs: Iterable[Run] = info.iter_runs()
+    else:
+        pairs = np.frombuffer(info.data_runs, "<u8").reshape(-1, 2).tolist()
+    for first, count in pairs:
+        yield first * info.page_size, count * info.page_size
+
+
+def has_extra_holes(fd: int, where: FileRef, info: MemFileInfo) -> bool:
+    """Whether the raw file open at `fd` has a hole inside a range its writer wrote as data
+    (written_regions): a hole punched into data, or a filesystem or copy that dropped zero
+    blocks. Only a digest pass tells those apart; callers that skip it run it then. Costs
+    SEEK_DATA/SEEK_HOLE calls, about two per written range; reads nothing."""
+    try:
+        for offset, count in written_regions(info):
+            if sum(n for _, n in data_extents(fd, offset, offset + count)) < count:
+                return True
+    except OSError as exc:
+        raise from_os_error(exc, "inspecting", where, MemoryIoError) from exc
+    return False
+
+
 def _write_trailer(fd: int, info: MemFileInfo) -> None:
     pwrite_all(fd, trailer_bytes(info), info.length)
 
@@ -520,7 +579,9 @@ def write_full(
                         done = offset + n
                 advance(len(view) - done)
                 hexdigest = digest.hexdigest()
-                info = MemFileInfo(FULL, len(view), page_size, hexdigest, sum(count for _, count in runs), trailer=True)
+                written = sum(count for _, count in runs)
+                data_runs = np.asarray(runs, dtype="<u8").reshape(-1, 2).tobytes()
+                info = MemFileInfo(FULL, len(view), page_size, hexdigest, written, trailer=True, data_runs=data_runs)
                 _write_trailer(fd, info)
             except OSError as exc:
                 raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
@@ -660,7 +721,8 @@ def read_into(
     `ram` already holds, which must be the image `parent` (MissingParentError /
     ParentMismatchError otherwise). The file must pass check_identity and len(ram) must be
     `info.length` (MemoryFileMismatchError / IncompatibleError, before anything is read). With
-    `verify_digest`, a digest mismatch raises MemoryFileMismatchError after the copy: on any
+    `verify_digest` (forced on when the file has_extra_holes), a digest mismatch raises
+    MemoryFileMismatchError after the copy: on any
     error `ram` holds unspecified contents and must be discarded. `progress` advances by
     extent_bytes(info) in all. `name` as for compute_digest.
     """
@@ -671,6 +733,7 @@ def read_into(
     check_parent_info(info, parent)
     with open_source(src) as fd:
         check_identity(fd, where, info)
+        verify_digest = verify_digest or has_extra_holes(fd, where, info)
         found = _stream(fd, where, info, view, verify_digest, progress)
     _check_digest(where, found, info)
 
@@ -692,7 +755,7 @@ def map_private(
     must be a full file of that size (a diff is only meaningful over its base: use read_into)
     that passes check_identity (O(1): the recorded file, not another one), and `verify_digest`
     recomputes its digest first (reads the whole file once; the only check that sees damage
-    inside the image). The file must not be modified while mapped: MAP_PRIVATE shows later
+    inside the image; forced on when the file has_extra_holes). The file must not be modified while mapped: MAP_PRIVATE shows later
     changes to pages not yet copied. `progress` advances by the bytes verified
     (extent_bytes(info) with `verify_digest`, else 0). `name` as for compute_digest.
     """
@@ -709,7 +772,7 @@ def map_private(
             check_length(fd, where, size)
         else:
             check_identity(fd, where, info)
-            if verify_digest:
+            if verify_digest or has_extra_holes(fd, where, info):
                 _check_digest(where, _stream(fd, where, info, None, True, progress), info)
         try:
             mapping = mmap.mmap(

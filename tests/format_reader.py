@@ -103,6 +103,7 @@ class MemInfo:
     frame_size: int
     file_size: int | None
     trailer: bool
+    data_runs: bytes
 
     @property
     def npages(self) -> int:
@@ -128,7 +129,7 @@ class MemInfo:
         return [(first * self.page_size, count * self.page_size) for first, count in self.runs()]
 
 
-_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False}
+_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False, "data_runs": b""}
 _MEM_FIELDS = ("kind", "length", "page_size", "digest", "pages_written", *_MEM_DEFAULTS)
 
 

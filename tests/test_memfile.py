@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +36,7 @@ from snapshot.memfile import (
     write_full,
 )
 from snapshot.plain import from_plain, to_plain
+from tools.faults.mutate import punch_hole
 
 PAGE = 4096
 RAM_SIZE = 64 * PAGE
@@ -68,7 +70,8 @@ def test_full_file_is_the_raw_image_with_holes(tmp_path: Path) -> None:
     info = write_full(path, ram, PAGE)
     assert path.read_bytes() == ram.tobytes() + trailer_bytes(info)
     # Pages 0-5 are one run (the 2-page zero gap is written), page 900 another.
-    assert info == MemFileInfo("full", size, PAGE, xxhash.xxh3_128(ram.tobytes()).hexdigest(), 7, trailer=True)
+    runs = struct.pack("<4Q", 0, 6, 900, 1)  # the data written: pages 0-5 and page 900
+    assert info == MemFileInfo("full", size, PAGE, xxhash.xxh3_128(ram.tobytes()).hexdigest(), 7, trailer=True, data_runs=runs)
     assert compute_digest(path, info) == info.digest
     assert os.stat(path).st_blocks * 512 < size // 4  # the long zero gaps were left as holes
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -361,9 +364,9 @@ def test_files_without_a_trailer_still_load(tmp_path: Path) -> None:
     new = write_full(path, ram, PAGE)
     path.write_bytes(ram.tobytes())
     plain = to_plain(new)
-    del plain["trailer"]
+    del plain["trailer"], plain["data_runs"]
     old = from_plain(MemFileInfo, plain)
-    assert not old.trailer and old.file_length == RAM_SIZE
+    assert not old.trailer and not old.data_runs and old.file_length == RAM_SIZE
     assert np.array_equal(_mapped(path, old), ram)
     out = np.zeros(RAM_SIZE, np.uint8)
     read_into(path, out, old)
@@ -389,3 +392,37 @@ def test_errors_name_the_file_when_given_an_fd(tmp_path: Path) -> None:
             assert str(path) in str(caught.value) and "fd " not in str(caught.value)
     finally:
         os.close(fd)
+
+
+def test_a_hole_punched_into_data_is_found_without_a_digest_pass_being_asked_for(tmp_path: Path) -> None:
+    ram = make_ram(24, [3, 4, 5, 40])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    assert list(memfile.written_regions(info)) == [(3 * PAGE, 38 * PAGE)]  # gaps under MIN_HOLE are data
+    if not punch_hole(path, 4 * PAGE, PAGE):  # non-zero data turned into zeros
+        pytest.skip("this filesystem cannot punch holes")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if list(memfile.data_extents(fd, 4 * PAGE, 5 * PAGE)):
+            pytest.skip("this filesystem does not report holes")
+        assert memfile.has_extra_holes(fd, path, info)
+    finally:
+        os.close(fd)
+    with pytest.raises(MemoryFileMismatchError, match="digest"):
+        _mapped(path, info)
+    with pytest.raises(MemoryFileMismatchError, match="digest"):
+        read_into(path, np.zeros(RAM_SIZE, np.uint8), info, verify_digest=False)
+
+
+def test_a_copy_that_drops_zero_blocks_still_maps_after_a_digest_pass(tmp_path: Path) -> None:
+    """A filesystem or `cp --sparse=always` may turn written zero pages into holes: more holes
+    than recorded, same contents. The digest pass that triggers says so, and it loads."""
+    ram = make_ram(25, [3, 5])  # page 4 is a zero page written as data (a short gap)
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    if not punch_hole(path, 4 * PAGE, PAGE):
+        pytest.skip("this filesystem cannot punch holes")
+    assert np.array_equal(_mapped(path, info), ram)
+    out = np.zeros(RAM_SIZE, np.uint8)
+    read_into(path, out, info, verify_digest=False)
+    assert np.array_equal(out, ram)

@@ -8,7 +8,8 @@ accidental (what a disk, a copy or a user can do; must never load as different d
   runs and pages), append, extend (a hole past the end), swap (a file of another snapshot),
   odd-file (empty, directory, FIFO, symlink to /dev/zero, dangling or looping symlink,
   missing), mismatch (a memory file that is not the recorded one but has its size or name:
-  an unfinished temp, a file of holes, the bare image, another snapshot's staged file)
+  an unfinished temp, a file of holes, the bare image, another snapshot's staged file, a hole
+  punched into recorded data)
 forged (a valid CRC-64 over a body built to be hostile; may load if it happens to be valid):
   field (a value of the decoded state replaced by an edge value or another type, a field
   dropped or an unknown one added), huge-length (a msgpack header declaring ~4 G items or
@@ -326,15 +327,37 @@ def _odd_file(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Ca
     return kind, apply
 
 
+def punch_hole(path: Path, offset: int, count: int) -> bool:
+    """Deallocate [offset, offset+count) of the file in place (fallocate PUNCH_HOLE, as
+    `fallocate -p` does); False if the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        punch_keep_size = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+        return libc.fallocate(fd, punch_keep_size, ctypes.c_long(offset), ctypes.c_long(count)) == 0
+    finally:
+        os.close(fd)
+
+
 def _mismatch(rng: random.Random, s: SnapshotFiles, names: list[str]) -> tuple[str, Callable[[Path], None]]:
     """A memory file of the recorded size (or at the recorded staged name) that is not the
-    recorded file: only the identity trailer tells them apart without reading the image."""
-    kind = rng.choice(("unfinished", "holes", "bare-image", "foreign-staged"))
+    recorded file: the identity trailer tells most apart without reading the image; a hole
+    punched into recorded data, the recorded data runs (memfile.has_extra_holes)."""
+    kind = rng.choice(("unfinished", "holes", "bare-image", "foreign-staged", "punched"))
     donor = rng.choice([n for n in names if n != s.name])
+    page = s.memory.page_size
+    runs = s.memory.runs or ((0, s.memory.length // page),)
+    first, count = rng.choice(runs)
+    punch_at = rng.randrange(first, first + count) * page
 
     def apply(d: Path) -> None:
         path = d / f"{s.name}.mem"
-        if kind == "unfinished":  # image written, trailer not yet (a temp mid-save)
+        if kind == "punched":
+            _private_copy(path)
+            punch_hole(path, punch_at, page)
+        elif kind == "unfinished":  # image written, trailer not yet (a temp mid-save)
             data = path.read_bytes()
             _write_new(path, data[: s.memory.length] + bytes(len(data) - s.memory.length))
         elif kind == "holes":
@@ -347,7 +370,8 @@ def _mismatch(rng: random.Random, s: SnapshotFiles, names: list[str]) -> tuple[s
         else:  # the loader prefers a staged file named for the recorded digest
             shutil.copyfile(d / f"{donor}.mem", d / f".{s.name}.mem.staged-{s.memory.digest}")
 
-    return f"{kind}" + (f" (from {donor})" if kind == "foreign-staged" else ""), apply
+    shown = {"foreign-staged": f" (from {donor})", "punched": f" at byte {punch_at}"}.get(kind, "")
+    return kind + shown, apply
 
 
 # --- forged families (valid CRC) --------------------------------------------------------------
