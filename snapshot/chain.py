@@ -19,13 +19,12 @@ larger than a page, or no hole support at all), and copying that would lay zeros
 """
 from __future__ import annotations
 
-import errno
 import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 

@@ -196,19 +196,18 @@ def check_same_filesystem(temp_dir: str | os.PathLike[str], dest: str | os.PathL
 
 
 @contextmanager
-def _locked_directory(directory: Path, *, exclusive: bool) -> Iterator[int]:
-    """An fd of `directory`, flock'ed for the duration. A shared lock the filesystem refuses
-    is skipped (readers still verify digests); an exclusive one is an error."""
+def _locked_directory(directory: Path) -> Iterator[int]:
+    """An fd of `directory`, flock'ed exclusively for the duration (writers only: readers take
+    no lock, see open_pair)."""
     try:
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise from_os_error(exc, "opening directory", directory) from exc
     try:
         try:
-            fcntl.flock(dirfd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            fcntl.flock(dirfd, fcntl.LOCK_EX)
         except OSError as exc:
-            if exclusive:
-                raise from_os_error(exc, "locking directory", directory) from exc
+            raise from_os_error(exc, "locking directory", directory) from exc
         yield dirfd
     finally:
         os.close(dirfd)  # also releases the lock
@@ -269,7 +268,7 @@ def cleanup_stale_temps(directory: str | os.PathLike[str], name: str) -> list[Pa
     """Delete the temp files a crashed save of snapshot `name` left in `directory` (exactly
     `.<name>.snap.tmp-U` and `.<name>.mem.tmp-U`; nothing else). Returns what was removed."""
     paths = SnapshotPaths(Path(directory), name)
-    with _locked_directory(paths.directory, exclusive=True) as dirfd:
+    with _locked_directory(paths.directory) as dirfd:
         try:
             removed = _cleanup_temps(dirfd, paths)
             if removed:
@@ -284,7 +283,7 @@ def recover(state_path: str | os.PathLike[str]) -> list[str]:
     module docstring), so `<name>.snap` + `<name>.mem` alone are the snapshot again. Returns a
     description of each action; [] if there was nothing to do."""
     paths = SnapshotPaths.for_state(state_path)
-    with _locked_directory(paths.directory, exclusive=True) as dirfd:
+    with _locked_directory(paths.directory) as dirfd:
         try:
             return _recover(dirfd, paths)[1]
         except OSError as exc:
@@ -339,7 +338,7 @@ def commit_pair(
     AtomicCommitFailedError (cause chained, errno named) for any failure after that.
     """
     paths = SnapshotPaths.for_pair(dest_snap, dest_mem)
-    with _locked_directory(paths.directory, exclusive=True) as dirfd:
+    with _locked_directory(paths.directory) as dirfd:
         _preflight(paths)
         try:
             previous, _ = _recover(dirfd, paths)
