@@ -50,7 +50,14 @@ import msgpack
 
 from snapshot.commit import recorded_memory
 from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, MAX_ARRAY_ITEMS, MAX_DECODED_CONTAINERS, MAX_STATE_FILE_SIZE, crc64, read_state_file
-from snapshot.errors import ChainLoopError, EncodingError, MemoryFileMismatchError, MissingParentError, SnapshotError
+from snapshot.errors import (
+    ChainLoopError,
+    CorruptMemoryFileError,
+    EncodingError,
+    MemoryFileMismatchError,
+    MissingParentError,
+    SnapshotError,
+)
 from snapshot.frames import FOOTER_SIZE
 from snapshot.memfile import TRAILER_SIZE, MemFileInfo
 from snapshot.plain import int_bounds
@@ -546,7 +553,7 @@ def _link(rng: random.Random, info: CorpusInfo) -> Refused:
 
         def change(d: dict[str, Any]) -> None:
             d["parent"] = {"state_name": "top.snap", "state_crc": 0, "memory_digest": top.memory.digest}
-            d["memory"].update(kind="diff", parent_digest=top.memory.digest, trailer=True)
+            d["memory"].update(kind="diff", parent_digest=top.memory.digest, trailer=True, data_runs=b"")
             npages = base.memory.length // base.memory.page_size
             d["memory"]["page_map"] = b"\x01" + bytes((npages + 7) // 8 - 1)
             d["memory"]["pages_written"] = 1
@@ -594,7 +601,7 @@ def _claim(rng: random.Random, info: CorpusInfo) -> Refused:
     def change(data: dict[str, Any]) -> None:
         data["vm"]["ram_size"] = data["vm"]["config"]["mem_size"] = data["memory"]["length"] = size
         if kind == "lz4-tiny":
-            data["memory"].update(format="lz4", frame_size=s.memory.page_size, file_size=FOOTER_SIZE, trailer=False)
+            data["memory"].update(format="lz4", frame_size=s.memory.page_size, file_size=FOOTER_SIZE, trailer=False, data_runs=b"")
 
     write_state = _sealed_edit(s, change)
     footer = _lz4_empty_footer(size, s.memory.page_size, s.memory.digest)
@@ -604,7 +611,8 @@ def _claim(rng: random.Random, info: CorpusInfo) -> Refused:
         if kind == "lz4-tiny":
             _write_new(d / f"{s.name}.mem", footer)
 
-    return s.name, f"{kind} 16 GiB claim", apply, SnapshotError
+    expected = MemoryFileMismatchError if kind == "raw" else CorruptMemoryFileError
+    return s.name, f"{kind} 16 GiB claim", apply, expected
 
 
 def _lz4_empty_footer(length: int, frame_size: int, digest: str) -> bytes:
