@@ -62,6 +62,10 @@ class Lineage:
     memory: MemFileInfo
     chain: tuple[Path, ...] = ()
 
+    def links(self) -> tuple[Path, ...]:
+        """`chain`, or this snapshot alone if the chain was not recorded."""
+        return self.chain or (resolve_path(self.state_path),)
+
 
 def _check_destination(snap: Path, kind: str, lineage: Lineage | None) -> None:
     """Refuse, before anything is written, a save that would make a snapshot unrestorable: a
@@ -79,7 +83,7 @@ def _check_destination(snap: Path, kind: str, lineage: Lineage | None) -> None:
     if lineage is None:
         return
     target = resolve_path(snap)
-    chain = lineage.chain or (resolve_path(lineage.state_path),)
+    chain = lineage.links()
     if kind == DIFF and target in chain:
         raise InvalidPathError(
             snap, f"is a link of this VM's snapshot chain ({len(chain)} snapshots, ending at {chain[-1].name}): "
@@ -187,8 +191,8 @@ def save_snapshot(
         info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
-    links = (lineage.chain or (resolve_path(lineage.state_path),)) if kind == DIFF and lineage is not None else ()
-    vm.lineage = Lineage(snap, _state_crc(snap), info, links + (resolve_path(snap),))
+    base = lineage.links() if kind == DIFF and lineage is not None else ()
+    vm.lineage = Lineage(snap, _state_crc(snap), info, base + (resolve_path(snap),))
     return SaveReport(
         state_path=snap,
         memory_path=mem,
