@@ -374,7 +374,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     console = _console_sink(args)
     vm = MicroVM.load_snapshot(
-        args.path, args.mem_backend, on_console=console, progress_bars=_bars(args), mmds=args.mmds, reseed=args.reseed
+        args.path,
+        args.mem_backend,
+        verify_memory=True if args.verify_memory else None,
+        on_console=console,
+        progress_bars=_bars(args),
+        mmds=args.mmds,
+        reseed=args.reseed,
     )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
@@ -514,10 +520,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls such as ESC and newline,
+    format characters such as bidi overrides) written as its Python escape (`\x1b`, `\n`,
+    `\u202e`): strings from a file can neither drive the terminal nor fake rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
     """Print `rows` as aligned columns (with a header line if given); columns whose every
-    cell is a number are right-aligned."""
-    body = [tuple(r) for r in rows]
+    cell is a number are right-aligned. Cells are shown `printable`."""
+    body = [tuple(printable(c) for c in r) for r in rows]
     all_rows = ([tuple(headers)] if headers else []) + body
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
     numeric = [bool(body) and all(_NUMBER.fullmatch(r[i]) for r in body) for i in range(len(widths))]
@@ -622,7 +637,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-backend",
         choices=("copy", "mmap"),
         default="copy",
-        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily "
+        "(checks each memory file's identity in O(1), not its contents)",
+    )
+    p.add_argument(
+        "--verify-memory",
+        action="store_true",
+        help="with --mem-backend mmap: also read every memory file once to check its digest (finds damage inside it)",
     )
     p.add_argument(
         "--mmds",
