@@ -221,6 +221,7 @@ class MicroVM:
         verify_memory: bool | None = None,
         on_console: Callable[[bytes], None] | None = None,
         progress_bars: ProgressBars | None = None,
+        track_dirty_pages: bool | None = None,
     ) -> MicroVM:
         """A new VM restored from the snapshot at `path`, paused, ready to `run()`.
 
@@ -229,12 +230,16 @@ class MicroVM:
         becomes anonymous RAM). `base`: the diff's base snapshot, instead of the recorded
         parent. `verify_memory`: check memory-file digests (default: yes for copy, where it
         costs one pass that is done anyway; no for mmap, whose point is not to read the file;
-        lengths and chain digests are always checked). Raises SnapshotError for a bad or
-        mismatched file."""
+        lengths and chain digests are always checked). `track_dirty_pages`: turn dirty-page
+        tracking on or off whatever the snapshot's config says (None: as saved; it is not guest
+        state). Raises SnapshotError for a bad or mismatched file."""
+        from dataclasses import replace
+
         from vmm import persist
 
         opened = persist.open_snapshot(path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars)
-        vm = cls(opened.config, on_console=on_console, ram=opened.ram, boot=False)
+        config = opened.config if track_dirty_pages is None else replace(opened.config, track_dirty_pages=track_dirty_pages)
+        vm = cls(config, on_console=on_console, ram=opened.ram, boot=False)
         persist.restore_devices(vm, opened.state)
         vm.lineage = opened.lineage
         return vm
