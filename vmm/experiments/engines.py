@@ -305,8 +305,9 @@ def iter_experiments(
     how many (default: this machine's CPUs, or the cluster's); `budget`: instructions of virtual
     time for inputs that name none; `transfer` (ray): how the snapshot reaches the actors.
 
-    The snapshot is opened here first, so a bad one raises SnapshotError before any worker
-    starts; a bad input line raises InputError when it is reached (vmm.experiments.inputs)."""
+    The snapshot is opened by this call (not when iteration starts), so a bad one raises
+    SnapshotError before any worker starts; a bad input line raises InputError when it is
+    reached (vmm.experiments.inputs)."""
     if engine not in ENGINES:
         raise FanoutError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     if transfer not in TRANSFERS:
@@ -315,7 +316,12 @@ def iter_experiments(
         raise FanoutError("workers and batch_size must be at least 1")
     snap = str(snapshot_paths(snapshot)[0])
     Worker(snap, budget=budget)  # a bad snapshot fails here, with its own SnapshotError
-    stream = as_inputs(inputs)
+    return _run(snap, as_inputs(inputs), engine, workers, address, budget, batch_size, transfer)
+
+
+def _run(
+    snap: str, stream: Iterator[Input], engine: str, workers: int | None, address: str | None, budget: int, batch_size: int, transfer: str
+) -> Iterator[Result]:
     started = False
     pool: Pool
     if engine == "ray":

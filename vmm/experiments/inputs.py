@@ -101,34 +101,29 @@ def _int(value: object, what: str, lo: int, hi: int) -> int:
     return value
 
 
-def _decode_bytes(value: object, what: str, limit: int, *, allow_text: bool = True) -> bytes:
+def _decode_bytes(value: object, what: str, limit: int) -> bytes:
     """BYTES (see the module docstring), at most `limit` bytes; the length is bounded before
-    decoding (hex: 2 characters a byte, base64: 4 per 3)."""
-    if isinstance(value, str) and allow_text:
-        if len(value) > limit:  # at least one byte per character
-            raise ValueError(f"{what}: more than {limit} bytes")
-        data = value.encode("utf-8", "surrogatepass")
-    elif isinstance(value, dict) and len(value) == 1:
+    decoding (text: at least a byte a character, hex: 2 characters a byte, base64: 4 per 3)."""
+    if isinstance(value, str):
+        value = {"text": value}
+    if isinstance(value, dict) and len(value) == 1:
         (kind, text), = value.items()
         if not isinstance(text, str):
             raise ValueError(f"{what}.{kind}: expected a string")
+        bound = {"hex": 2 * limit, "base64": 4 * ((limit + 2) // 3), "text": limit}.get(kind)
+        if bound is None:
+            raise ValueError(f"{what}: expected \"hex\", \"base64\" or \"text\", got {kind[:20]!r}")
+        if len(text) > bound:  # before decoding
+            raise ValueError(f"{what}: more than {limit} bytes")
         try:
             if kind == "hex":
-                if len(text) > 2 * limit:
-                    raise ValueError(f"{what}: more than {limit} bytes")
                 data = bytes.fromhex(text)
             elif kind == "base64":
-                if len(text) > 4 * ((limit + 2) // 3):
-                    raise ValueError(f"{what}: more than {limit} bytes")
                 data = base64.b64decode(text, validate=True)
-            elif kind == "text":
-                if len(text) > limit:
-                    raise ValueError(f"{what}: more than {limit} bytes")
-                data = text.encode("utf-8", "surrogatepass")
             else:
-                raise ValueError(f"{what}: expected \"hex\", \"base64\" or \"text\", got {kind[:20]!r}")
-        except (binascii.Error, UnicodeEncodeError) as e:
-            raise ValueError(f"{what}: {e}") from None
+                data = text.encode("utf-8")
+        except (binascii.Error, ValueError) as e:  # UnicodeEncodeError is a ValueError
+            raise ValueError(f"{what}: not valid {kind}: {e}") from None
     else:
         raise ValueError(f"{what}: expected a string or an object {{\"hex\"|\"base64\": ...}}")
     if len(data) > limit:
