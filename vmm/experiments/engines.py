@@ -9,12 +9,14 @@
   into a private directory.
 
 Both are driven by the same loop (`_dispatch`): inputs are read lazily and sent in batches of
-`batch_size`, one batch in flight per worker, so a million-line file never sits in memory;
+`batch_size`, at most PIPELINE batches in flight per worker, so a million-line file never sits
+in memory;
 results are handed back in input order, at most MAX_BUFFERED_BATCHES batches per worker held
 for reordering. A worker that dies (its process exits, its actor is killed) is replaced, and
-its batch is retried input by input on the workers, its retried results counting `attempts`;
-an input under which MAX_ATTEMPTS workers died ends as stop reason "worker_lost". A worker
-crashing on an input alone is so told apart from one that was only in the same batch.
+its batches are retried input by input, each alone on a worker, the retried results counting
+`attempts`; an input under which MAX_ATTEMPTS workers died ends as stop reason
+"worker_lost". A worker crashing on an input alone is so told apart from one that was only in
+the same batch.
 """
 from __future__ import annotations
 
@@ -39,6 +41,7 @@ ENGINES = ("local", "ray")
 TRANSFERS = ("path", "object-store")
 MAX_ATTEMPTS = 3  # runs of one input whose worker died, before it is reported lost
 DEFAULT_BATCH = 8  # inputs per task
+PIPELINE = 2  # tasks in flight per worker: one running, one waiting, so no worker idles between tasks
 MAX_BUFFERED_BATCHES = 64  # per worker: results held for reordering before input reading pauses
 
 
@@ -51,7 +54,7 @@ class WorkerLost(Exception):
 
 
 class Pool(Protocol):
-    """Workers numbered 0..size-1, each running at most one batch at a time."""
+    """Workers numbered 0..size-1, each running its batches one after the other."""
 
     size: int
 
@@ -227,50 +230,67 @@ def _ray_session(address: str | None, workers: int | None) -> tuple[bool, int]:
 
 # --- the loop ---------------------------------------------------------------------------------
 @dataclass
-class _Slot:
+class _Task:
     jobs: list[Job]
-    index: int
+    slot: int
+    generation: int  # of the slot's worker when submitted
+    alone: bool  # nothing else was in flight on that worker: a death is this task's doing
 
 
 def _dispatch(pool: Pool, inputs: Iterator[Input], batch_size: int) -> Iterator[Result]:
-    """Feed `inputs` to `pool` and yield the results in input order (see the module docstring)."""
+    """Feed `inputs` to `pool` and yield the results in input order (see the module docstring).
+
+    Up to PIPELINE batches are in flight per worker, so it never waits for the next one. A
+    retried input runs alone on its worker (nothing queued with it), so that if the worker dies
+    again, that input is the cause."""
     source = enumerate(inputs)
     exhausted = False
     retry: collections.deque[Job] = collections.deque()
-    idle = list(range(pool.size))
-    running: dict[cf.Future[list[Result]], _Slot] = {}
+    inflight = [0] * pool.size
+    generation = [0] * pool.size
+    running: dict[cf.Future[list[Result]], _Task] = {}
     done: dict[int, Result] = {}
     next_out = 0
     limit = MAX_BUFFERED_BATCHES * batch_size * pool.size
+
+    def submit(slot: int, jobs: list[Job]) -> None:
+        task = _Task(jobs, slot, generation[slot], alone=inflight[slot] == 0 and len(jobs) == 1)
+        inflight[slot] += PIPELINE if task.alone else 1  # a lone task keeps its worker to itself
+        running[pool.submit(slot, jobs)] = task
+
     try:
         while True:
-            while idle and (retry or (not exhausted and len(done) < limit)):
-                if retry:
-                    jobs = [retry.popleft()]
-                else:
-                    jobs = [Job(i, inp) for i, inp in _take(source, batch_size)]
-                    if not jobs:
-                        exhausted = True
-                        break
-                slot = idle.pop()
-                running[pool.submit(slot, jobs)] = _Slot(jobs, slot)
+            while retry and 0 in inflight:
+                submit(inflight.index(0), [retry.popleft()])
+            while not retry and not exhausted and len(done) < limit and min(inflight) < PIPELINE:
+                jobs = [Job(i, inp) for i, inp in _take(source, batch_size)]
+                if not jobs:
+                    exhausted = True
+                    break
+                submit(inflight.index(min(inflight)), jobs)
             if not running:
                 break
             finished, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
             for future in finished:
-                slot = running.pop(future)
+                task = running.pop(future)
+                stale = task.generation != generation[task.slot]  # its worker was replaced already
+                if not stale:
+                    inflight[task.slot] -= PIPELINE if task.alone else 1
                 try:
                     for r in future.result():
                         done[r.index] = r
                 except WorkerLost as e:
-                    pool.replace(slot.index)
-                    for job in slot.jobs:
-                        again = replace(job, attempt=job.attempt + 1)
-                        if len(slot.jobs) == 1 and job.attempt >= MAX_ATTEMPTS:
-                            done[job.index] = Result(job.index, job.input.id, WORKER_LOST, f"the worker died on each of {job.attempt} attempts ({e})", attempts=job.attempt)
+                    if not stale:
+                        pool.replace(task.slot)
+                        generation[task.slot] += 1
+                        inflight[task.slot] = 0
+                    for job in task.jobs:
+                        if task.alone and job.attempt >= MAX_ATTEMPTS:
+                            done[job.index] = Result(
+                                job.index, job.input.id, WORKER_LOST, f"the worker died on each of {job.attempt} attempts ({e})", attempts=job.attempt
+                            )
                         else:
-                            retry.append(again)
-                idle.append(slot.index)
+                            retry.append(replace(job, attempt=job.attempt + 1))
             while next_out in done:
                 yield done.pop(next_out)
                 next_out += 1
