@@ -246,3 +246,24 @@ def test_result_outcome_leaves_out_only_host_facts() -> None:
     assert r.outcome() == replace(r, wall_seconds=0.0, attempts=1).outcome()
     assert set(r.to_json()) - set(r.outcome()) == {"wall_seconds", "attempts"}
     assert os.environ.get(CRASH_ENV) is None
+
+
+@pytest.mark.slow
+def test_the_readme_fanout_runs_as_written(tmp_path) -> None:
+    """README's five lines (the Ray line aside: it needs a running cluster at `auto`)."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    text = (root / "README.md").read_text()
+    block = re.search(r"^## Experiments at scale\n.*?^```\n(.*?)^```", text, re.M | re.S)
+    assert block is not None
+    lines = [line for line in block.group(1).splitlines() if "--engine ray" not in line]
+    assert len(lines) == 4
+    script = "\n".join(re.sub(r"^microvm ", f"{sys.executable} -m vmm ", line) for line in lines)
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    run = subprocess.run(["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    first = json.loads(run.stdout.splitlines()[-1])
+    assert (first["id"], first["stop_reason"], first["console"]) == ("hi", "power_off", "HIQ")
