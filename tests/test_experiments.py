@@ -267,3 +267,36 @@ def test_the_readme_fanout_runs_as_written(tmp_path) -> None:
     assert run.returncode == 0, run.stderr[-2000:]
     first = json.loads(run.stdout.splitlines()[-1])
     assert (first["id"], first["stop_reason"], first["console"]) == ("hi", "power_off", "HIQ")
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_fanout_cleanly(tmp_path) -> None:
+    """SIGINT to the command's process group (a terminal's Ctrl-C) while workers run long
+    inputs: one line, status 130, no traceback, no worker left, no result invented."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    vm = MicroVM(VmConfig(guest="memwalk", mem_size=32 * MIB, params={"rounds": 0}))
+    vm.save_snapshot(tmp_path / "walk")
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps({"id": f"long-{i}", "budget": 10**11}) + "\n" for i in range(4)))
+    out = tmp_path / "out.jsonl"
+    root = Path(__file__).resolve().parent.parent
+    cmd = [sys.executable, "-m", "vmm", "fanout", str(tmp_path / "walk.snap"), "--inputs", str(inputs), "-o", str(out), "--workers", "2"]
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONPATH": str(root)}, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        time.sleep(8)  # the workers start and take their first inputs
+        assert proc.poll() is None
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err[-3000:]
+    assert err.strip().splitlines()[-1] == "microvm: interrupted" and "Traceback" not in err, err[-3000:]
+    assert out.read_text() == ""
+    survivors = subprocess.run(["pgrep", "-g", str(proc.pid), "-a"], capture_output=True, text=True).stdout
+    # no worker outlived the command (a zombie is dead, waiting for init to reap it)
+    assert all("<defunct>" in line for line in survivors.splitlines()), survivors

@@ -21,11 +21,14 @@ the same batch.
 from __future__ import annotations
 
 import collections
+import contextlib
 import concurrent.futures as cf
 import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
+import threading
 import weakref
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
@@ -64,7 +67,9 @@ class Pool(Protocol):
     def replace(self, slot: int) -> None:
         """Start a new worker in place of the dead one in `slot`."""
 
-    def close(self) -> None: ...
+    def close(self, finished: bool = True) -> None:
+        """Stop the workers: after the last result (`finished`), or at once (an error, Ctrl-C,
+        the caller dropped the results), abandoning what they run."""
 
 
 # --- local ------------------------------------------------------------------------------------
@@ -81,6 +86,20 @@ def _run_local(jobs: list[Job]) -> list[Result]:
     return _WORKER.run_batch(jobs)
 
 
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    """SIGINT ignored while worker processes start: they inherit that through exec, so a
+    terminal's Ctrl-C reaches only this process, which then stops them (`close`)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 class LocalPool:
     """Worker processes on this machine (started with `spawn`: a fresh interpreter each, so
     the caller's threads, e.g. a Ray driver's, are not forked)."""
@@ -91,24 +110,31 @@ class LocalPool:
         self._ctx = multiprocessing.get_context("spawn")
         self._executors = [self._start() for _ in range(size)]
         try:  # a worker that cannot start is an error of the run, not a lost worker
-            for f in [ex.submit(os.getpid) for ex in self._executors]:
+            with _sigint_ignored():
+                ready = [ex.submit(os.getpid) for ex in self._executors]
+            for f in ready:
                 f.result()
         except BrokenProcessPool as e:
-            self.close()
+            self.close(False)
             raise FanoutError(f"a local worker could not start ({e}); a script that starts a fan-out needs `if __name__ == \"__main__\":`") from None
 
     def _start(self) -> cf.ProcessPoolExecutor:
         return cf.ProcessPoolExecutor(1, mp_context=self._ctx, initializer=_init_local, initargs=self._args)
 
     def submit(self, slot: int, jobs: list[Job]) -> cf.Future[list[Result]]:
-        return _translated(self._executors[slot].submit(_run_local, jobs), BrokenProcessPool)
+        with _sigint_ignored():  # a replacement worker may start here
+            future = self._executors[slot].submit(_run_local, jobs)
+        return _translated(future, BrokenProcessPool)
 
     def replace(self, slot: int) -> None:
         self._executors[slot].shutdown(wait=False, cancel_futures=True)
         self._executors[slot] = self._start()
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         for ex in self._executors:
+            if not finished:  # a running batch may take long: end the process (ours, by pid)
+                for process in list(getattr(ex, "_processes", {}).values()):  # CPython's own table
+                    process.terminate()
             ex.shutdown(wait=True, cancel_futures=True)
 
 
@@ -117,6 +143,8 @@ def _translated(future: cf.Future[Any], lost: type[BaseException] | tuple[type[B
     out: cf.Future[Any] = cf.Future()
 
     def done(f: cf.Future[Any]) -> None:
+        if out.done():  # cancelled: the caller stopped waiting
+            return
         try:
             out.set_result(f.result())
         except lost as e:
@@ -203,7 +231,7 @@ class RayPool:
     def pid(self, slot: int) -> int:
         return int(self._ray.get(self._actors[slot].ready.remote()))
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
         for a in self._actors:
             self._ray.kill(a)
 
@@ -349,10 +377,12 @@ def _run(
         pool = RayPool(snap, workers or cpus, budget, transfer)
     else:
         pool = LocalPool(snap, workers or os.cpu_count() or 1, budget)
+    finished = False
     try:
         yield from _dispatch(pool, stream, batch_size)
+        finished = True
     finally:
-        pool.close()
+        pool.close(finished)
         if started:
             import ray
 
