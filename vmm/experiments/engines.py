@@ -10,9 +10,8 @@
 
 Both are driven by the same loop (`_dispatch`): inputs are read lazily and sent in batches of
 `batch_size`, at most PIPELINE batches in flight per worker, so a million-line file never sits
-in memory;
-results are handed back in input order, at most MAX_BUFFERED_BATCHES batches per worker held
-for reordering. A worker that dies (its process exits, its actor is killed) is replaced, and
+in memory; results are handed back in input order, at most MAX_BUFFERED_BATCHES batches per
+worker held for reordering. A worker that dies (its process exits, its actor is killed) is replaced, and
 its batches are retried input by input, each alone on a worker, the retried results counting
 `attempts`; an input under which MAX_ATTEMPTS workers died ends as stop reason
 "worker_lost". A worker crashing on an input alone is so told apart from one that was only in
@@ -227,9 +226,6 @@ class RayPool:
     def replace(self, slot: int) -> None:
         self._ray.kill(self._actors[slot])
         self._actors[slot] = self._cls.remote(*self._args)
-
-    def pid(self, slot: int) -> int:
-        return int(self._ray.get(self._actors[slot].ready.remote()))
 
     def close(self, finished: bool = True) -> None:
         for a in self._actors:
