@@ -34,7 +34,7 @@ from vmm.psci import Psci
 from vmm.scheduler import RunResult, Scheduler, StopReason
 from vmm.sysreg_traps import base_sysreg_traps
 from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
-from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
+from vmm.vcpu import CODE_PAGE_SIZE, FaultInfo, PowerState, Vcpu, VcpuHooks
 
 if TYPE_CHECKING:
     import os
@@ -107,6 +107,7 @@ class MicroVM:
         self.interrupts.install_traps(hooks)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
+        self.memory.add_write_sink(_HostCodeWrites(self.vcpus))
         if boot:
             self._boot()
 
@@ -302,6 +303,21 @@ class MicroVM:
     @property
     def vcpus_on(self) -> int:
         return sum(1 for v in self.vcpus if v.power is PowerState.ON)
+
+
+class _HostCodeWrites:
+    """A GuestMemory write sink: host writes (tests, fan-out inputs, device DMA) over code a
+    vCPU has run reach that vCPU's next fetch, as in a VM restored after the write."""
+
+    def __init__(self, vcpus: list[Vcpu]) -> None:
+        self._vcpus = vcpus
+
+    def mark_range(self, offset: int, length: int) -> None:
+        if length <= 0:
+            return
+        first, last = offset // CODE_PAGE_SIZE, (offset + length - 1) // CODE_PAGE_SIZE
+        for vcpu in self._vcpus:
+            vcpu.note_host_write(first, last)
 
 
 def _tracking_config(config: VmConfig) -> TrackingConfig:

@@ -300,6 +300,7 @@ class Vcpu:
         self._code_pages = bytearray(memory.size // CODE_PAGE_SIZE)  # 1 = may hold translations
         self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
         self._scratch: object | None = None  # a UcContext for drop_translations
+        self.stale_code: set[int] = set()  # fetched pages the host wrote since this vCPU last ran
 
         uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
         uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)  # LSE atomics and v8.x features
@@ -398,6 +399,9 @@ class Vcpu:
         the one that ended it included (WFI, HVC, a timer MSR); a fault charges all `count`.
         """
         uc = self.uc
+        if self.stale_code:
+            self.drop_translations(np.fromiter(sorted(self.stale_code), dtype=np.int64))
+            self.stale_code.clear()
         self.slice_start, self.slice_end = start, start + count
         if self.native_fill is not None:
             self.native_fill.start_slice(start)
@@ -833,6 +837,13 @@ class Vcpu:
         self.flush_tlb()
         if self.hooks.on_restore is not None:
             self.hooks.on_restore(self)
+
+    def note_host_write(self, first_page: int, last_page: int) -> None:
+        """The host (not this vCPU) wrote RAM pages first_page..last_page (CODE_PAGE_SIZE
+        units): translated code of those it fetched from is dropped before its next slice."""
+        if self._code_pages.find(1, first_page, last_page + 1) < 0:
+            return
+        self.stale_code.update(p for p in range(first_page, last_page + 1) if self._code_pages[p])
 
     def drop_translations(self, pages: np.ndarray) -> None:
         """Drop translated code of these RAM pages (indices of CODE_PAGE_SIZE bytes), after
