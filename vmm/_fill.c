@@ -25,6 +25,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "_sysreg.h"
+
 /* unicorn.h: uc_mem_type and uc_prot values, and struct uc_tlb_entry. */
 #define UC_MEM_READ 16
 #define UC_MEM_WRITE 17
@@ -170,8 +172,33 @@ static PyObject *layout(PyObject *self, PyObject *args)
         "uc_tlb_entry", (Py_ssize_t)sizeof(uc_tlb_entry));
 }
 
+static PyObject *sysreg_addresses(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue("{s:N,s:N,s:N}", "mrs", PyLong_FromVoidPtr((void *)&microvm_mrs),
+                         "msr", PyLong_FromVoidPtr((void *)&microvm_msr), "sys", PyLong_FromVoidPtr((void *)&microvm_sys));
+}
+
+static PyObject *sysreg_layout(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return Py_BuildValue(
+        "(n,[NNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
+        FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
+        FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
+        FIELD(microvm_sysreg_state, reg_read), FIELD(microvm_sysreg_state, reg_write),
+        FIELD(microvm_sysreg_state, ctl), FIELD(microvm_sysreg_state, reg_pc),
+        FIELD(microvm_sysreg_state, tlb_flush_ctl), FIELD(microvm_sysreg_state, python_calls),
+        FIELD(microvm_sysreg_state, native_reads), FIELD(microvm_sysreg_state, tlbis));
+}
+
 static PyMethodDef methods[] = {
     {"fill_address", fill_address, METH_NOARGS, "Address of the C function microvm_fill."},
+    {"sysreg_addresses", sysreg_addresses, METH_NOARGS, "Addresses of the MRS, MSR and SYS hook functions."},
+    {"sysreg_layout", sysreg_layout, METH_NOARGS, "Size and field offsets of microvm_sysreg_state."},
     {"layout", layout, METH_NOARGS, "Sizes and field offsets of the C structs."},
     {NULL, NULL, 0, NULL},
 };

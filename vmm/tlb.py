@@ -156,16 +156,17 @@ class TlbFiller:
         for i in np.flatnonzero(arch.unmasks_irq(words)):
             vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
 
-    def fetch_word(self, vcpu: Vcpu, vaddr: int) -> int | None:
-        """The instruction word a fetch from `vaddr` would read now (4-byte aligned), or None if
-        it would fault or reach no RAM. No side effects: for hooks that must check that the
-        instruction they were placed on is still there (`Vcpu.watch_wfi`)."""
+    def fetch_word(self, vcpu: Vcpu, vaddr: int, el: int | None = None) -> int | None:
+        """The instruction word a fetch from `vaddr` at EL `el` (default: the vCPU's current
+        EL) would read now (4-byte aligned), or None if it would fault or reach no RAM. No side
+        effects: for exception entry (is the vector there?), syndromes (the trapped
+        instruction) and fault reports."""
         regs = self._regs.get(vcpu.index)
         if regs is None:
             regs = self._translation_regs(vcpu)
         pa = vaddr
         if regs.sctlr & SCTLR_M:
-            result = self._walk(vcpu, regs, vaddr, AccessKind.FETCH)
+            result = self._walk(vcpu, regs, vaddr, AccessKind.FETCH, el)
             if not isinstance(result, Translation):
                 return None
             pa = result.pa
@@ -181,10 +182,14 @@ class TlbFiller:
             return int(self._words[off >> 3])
         return None
 
-    def _walk(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, kind: AccessKind) -> Translation | TranslationFault:
-        """The stage-1 walk for an access of `kind` at the vCPU's current EL and PSTATE.PAN."""
+    def _walk(
+        self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, kind: AccessKind, el: int | None = None
+    ) -> Translation | TranslationFault:
+        """The stage-1 walk for an access of `kind` at EL `el` (default: the vCPU's current EL)
+        and PSTATE.PAN."""
         pstate = vcpu.pstate
-        return translate(regs, vaddr, kind, arch.pstate_el(pstate), self._read_u64, pan=bool(pstate & PSTATE_PAN))
+        el = arch.pstate_el(pstate) if el is None else el
+        return translate(regs, vaddr, kind, el, self._read_u64, pan=bool(pstate & PSTATE_PAN))
 
     def _translate(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, access: int) -> tuple[int, int] | None:
         """Stage-1 walk: (pa, perms), or None after recording the fault on the vCPU."""

@@ -58,7 +58,9 @@ from unicorn import arm64_const as a64
 from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
+from vmm import native_sysreg
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
+from vmm.native_sysreg import NativeSysreg
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
@@ -251,10 +253,14 @@ class VcpuHooks:
     # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
     # The instruction word a fetch from a VA would read now (None: it would fault); no side
     # effects. Watch hooks check with it that their instruction is still there.
-    fetch_word: Callable[["Vcpu", int], int | None] | None = None
+    fetch_word: Callable[..., int | None] | None = None  # (vcpu, vaddr, el=None)
     tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
     # MMIO dispatch errors and other faults end up here for a report.
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
+    # The generic timer's CNTVOFF for this vCPU (the native counter reads need it).
+    cntvoff: Callable[["Vcpu"], int] | None = None
+    # Called after a TLBI on this vCPU (its own TLB is flushed already): the others' next.
+    on_tlbi: Callable[["Vcpu"], None] | None = None
     # Called after restore_state() (cached per-vCPU facts must be dropped).
     on_restore: Callable[["Vcpu"], None] | None = None
     # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI and after
@@ -306,11 +312,26 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_PROT, self._on_unmapped)
-        uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+        self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
         self._mrs_steps = mrs_steps_past_skip(hooks.sysreg_read)  # see _on_mrs
+        self.native_sysreg: NativeSysreg | None = None
+        if native_sysreg.available():  # untrapped system registers never reach Python
+            self.native_sysreg = NativeSysreg(
+                reads=hooks.sysreg_read,
+                writes=set(hooks.sysreg_write) | set(hooks.sysreg_observe),
+                steps=self._mrs_steps,
+                emu_counter=self._icount.address,
+                on_mrs=self._on_mrs,
+                on_msr=self._on_msr,
+                uc=uc,
+            )
+            self.native_sysreg.register(uc)
+        else:  # the reference: every access through Python
+            uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+            uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
@@ -386,7 +407,13 @@ class Vcpu:
         self.slice_start, self.slice_end = start, start + count
         if self.native_fill is not None:
             self.native_fill.start_slice(start)
+        if self.native_sysreg is not None:
+            cntvoff = self.hooks.cntvoff(self) if self.hooks.cntvoff is not None else 0
+            self.native_sysreg.start_slice(start, cntvoff)
         self.executed = count
+        if self.tlb_stale:
+            self.tlb_stale = False
+            self.flush_tlb()
         self._stopped_before = False
         self._exit = None
         self._unmapped = None
@@ -401,12 +428,14 @@ class Vcpu:
             uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
         except UcError as e:
             self.pc = uc.reg_read(_PC)
+            self._native_tlbis()
             if self._hook_error is not None:
                 return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
             if self.pending_abort is not None:
                 return self._translation_abort(self.pending_abort)
             return self._memory_fault(e)
         self.pc = uc.reg_read(_PC)
+        self._native_tlbis()
         if self._hook_error is not None:
             return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
         if self.pc == VMM_STUB_BASE + 8 and self._exit is None:
@@ -418,6 +447,11 @@ class Vcpu:
         else:
             self.executed = counted - self._stopped_before
         return self._exit
+
+    def _native_tlbis(self) -> None:
+        """Tell the machine about TLBIs the native SYS hook saw in the slice (see _on_sys)."""
+        if self.native_sysreg is not None and self.native_sysreg.take_tlbis() and self.hooks.on_tlbi is not None:
+            self.hooks.on_tlbi(self)
 
     def now(self) -> int:
         """Virtual time (ns) of the instruction being executed: for hooks inside `run_slice`.
@@ -486,11 +520,12 @@ class Vcpu:
         return self.uc.reg_read(_CP_REG, _cp(VBAR_EL1))
 
     def can_take_exception(self, pc: int) -> bool:
-        """A guest can handle an exception if it has a vector table and is not already in it."""
+        """A guest can handle an exception if it has a vector table, readable at EL1 through
+        its current translation, and is not already in it."""
         vbar = self._vbar()
-        if vbar == 0 or not self.memory.contains(vbar, arch.VECTOR_TABLE_SIZE):
+        if vbar == 0 or vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE:
             return False
-        return not (vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE)
+        return self.insn_at(vbar, el=1) is not None
 
     def enter_exception(self, vector_kind: int, preferred_return: int) -> None:
         """Architectural exception entry to EL1 (DDI 0487 D1.10): SPSR, ELR, PSTATE, SP, PC.
@@ -648,10 +683,10 @@ class Vcpu:
                 self.set_reg(0, 0xFFFF_FFFF_FFFF_FFFF)  # NOT_SUPPORTED
             return
         if intno == EXCP_SWI:
-            insn = self._insn_at(pc - 4)
+            insn = self.insn_at(pc - 4) or 0
             ec, iss, ret = arch.EC_SVC64, arch.imm16(insn), pc
         elif intno == EXCP_BKPT:
-            insn = self._insn_at(pc)
+            insn = self.insn_at(pc) or 0
             ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
         elif intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
             # The guest ran into the stub page (not in its map): an instruction fetch from a hole.
@@ -682,7 +717,7 @@ class Vcpu:
         """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
         fault, FAR = the base register Xn (these instructions take no offset), WnR as QEMU
         reports it (0 for a load-exclusive, 1 for stores and read-modify-writes)."""
-        insn = self._insn_at(pc)
+        insn = self.insn_at(pc) or 0
         rn = (insn >> 5) & 31
         far = self.uc.reg_read(_SP) if rn == 31 else self.reg(rn)
         exclusive = insn & 0x3F00_0000 == 0x0800_0000  # load/store exclusive class (and CAS)
@@ -696,10 +731,13 @@ class Vcpu:
             self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
             self.uc.emu_stop()
 
-    def _insn_at(self, pc: int) -> int:
-        if self.memory.contains(pc, 4):
-            return self.memory.read_u32(pc)
-        return 0
+    def insn_at(self, vaddr: int, el: int | None = None) -> int | None:
+        """The instruction word at virtual address `vaddr` as a fetch at EL `el` (default: the
+        current EL) would read it through the current translation; None if it would fault."""
+        fetch_word = self.hooks.fetch_word
+        if fetch_word is None:
+            return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
+        return fetch_word(self, vaddr, el)
 
     def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
@@ -728,6 +766,17 @@ class Vcpu:
         # A skipped MSR ends its translation block, so this PC write counts nothing twice.
         uc.reg_write(_PC, uc.reg_read(_PC) + 4)
         return 1
+
+    def _on_sys(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
+        """SYS instructions: TLB maintenance (op0 = 1, CRn = 8, DDI 0487 C5.5) drops every TLB
+        entry of this vCPU, and of the others before their next slice. Unicorn's own TLBI by
+        VA drops only the one 1 KiB entry at the address, not the rest of the 4 KiB page, and
+        the fill does not tag entries with ASIDs, so "all" is the one safe granule here."""
+        if cp.op0 == 1 and cp.crn == 8:  # type: ignore[attr-defined]
+            self.flush_tlb()
+            if self.hooks.on_tlbi is not None:
+                self._guard(lambda: self.hooks.on_tlbi(self))  # type: ignore[misc]
+        return 0  # Unicorn performs the instruction (its own flush is then a no-op)
 
     def _mmio_read(self, uc: Uc, offset: int, size: int, dev: object) -> int:
         return int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
