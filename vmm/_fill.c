@@ -56,6 +56,16 @@ typedef struct {
     uint32_t reserved;
 } microvm_tracker;
 
+/* Per 1 KiB VA page of code: the words of it the Python fill has placed watch hooks on (vmm.tlb
+ * TlbFiller._watch_wfis): bit i of wfi = a WFI hook at word i, of unmask = an IRQ-unmask hook
+ * after word i. An open-addressed table; va_page = 0 is an empty slot (VA 0 is stored as 1). */
+#define WATCH_WORDS 256 /* instructions per 1 KiB page */
+typedef struct {
+    uint64_t va_page;
+    uint32_t wfi[WATCH_WORDS / 32];
+    uint32_t unmask[WATCH_WORDS / 32];
+} microvm_watch_entry;
+
 /* One vCPU's fill state. */
 typedef struct {
     uint64_t ram_base;        /* guest physical address of RAM */
@@ -67,6 +77,18 @@ typedef struct {
     microvm_tracker *tracker; /* NULL: dirty tracking is off */
     uint64_t fills;           /* fills served here */
     uint64_t write_fills;     /* of which write fills */
+    /* The stage-1 walk (MMU on): the translation registers TlbFiller last read. */
+    uint32_t walk;            /* 1: the MMU is on and these registers are current */
+    uint32_t reg_pstate;      /* UC_ARM64_REG_PSTATE, for the EL and PSTATE.PAN of a fill */
+    uint64_t sctlr, tcr, ttbr0, ttbr1;
+    uint8_t *ram;             /* host address of guest RAM (descriptor reads) */
+    microvm_reg_fn reg_read;  /* uc_reg_read */
+    uint64_t unpriv_page;     /* a 4 KiB VA page | 1 the Python fill serves (LDTR/STTR), or 0 */
+    uint64_t stub_base;       /* the VMM stub page's VA (reserved in every address space) */
+    uint64_t walk_fills;      /* fills served by the walk */
+    microvm_watch_entry *watch; /* the hooked words of code pages */
+    uint64_t watch_slots;     /* a power of two */
+    uint64_t fetch_fills;     /* fetch fills served here */
 } microvm_fill_state;
 
 /* AdaptiveController.on_write_fill for `page` of a block, at virtual time `now`. */
@@ -103,17 +125,236 @@ static void on_write_fill(microvm_tracker *t, uint64_t page, int64_t now)
     }
 }
 
-bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, microvm_fill_state *s)
+/* --- the stage-1 walk: vmm.mmu.translate for the cases it serves (4 KiB granule, little-endian,
+ * no DS), returning false for every fault or unsupported case so that the Python fill reports it. */
+#define SCTLR_M (1ull << 0)
+#define SCTLR_WXN (1ull << 19)
+#define SCTLR_EE (1ull << 25)
+#define TCR_EPD0 (1ull << 7)
+#define TCR_EPD1 (1ull << 23)
+#define TCR_TBI0 (1ull << 37)
+#define TCR_TBI1 (1ull << 38)
+#define TCR_HPD0 (1ull << 41)
+#define TCR_HPD1 (1ull << 42)
+#define TCR_TBID0 (1ull << 51)
+#define TCR_TBID1 (1ull << 52)
+#define TCR_DS (1ull << 59)
+#define TTBR_BADDR_MASK 0x0000FFFFFFFFFFFEull
+#define DESC_VALID (1ull << 0)
+#define DESC_TABLE (1ull << 1)
+#define DESC_AP1 (1ull << 6)
+#define DESC_AP2 (1ull << 7)
+#define DESC_AF (1ull << 10)
+#define DESC_PXN (1ull << 53)
+#define DESC_UXN (1ull << 54)
+#define DESC_PXN_TABLE (1ull << 59)
+#define DESC_UXN_TABLE (1ull << 60)
+#define DESC_AP_TABLE_NO_EL0 (1ull << 61)
+#define DESC_AP_TABLE_RO (1ull << 62)
+#define DESC_OA_MASK 0x0000FFFFFFFFF000ull
+#define TABLE_ATTRS (DESC_PXN_TABLE | DESC_UXN_TABLE | DESC_AP_TABLE_NO_EL0 | DESC_AP_TABLE_RO)
+#define PSTATE_PAN (1ull << 22)
+#define PA_BITS 48
+#define UC_MEM_FETCH 18
+
+static const int ips_bits[8] = {32, 36, 40, 42, 44, 48, 52, PA_BITS};
+
+static bool walk(const microvm_fill_state *s, uint64_t va, int type, int el, bool pan, uint64_t *pa_out, int32_t *perms_out)
 {
-    (void)uc;
-    if (!s->identity || (type != UC_MEM_READ && type != UC_MEM_WRITE)) {
+    uint64_t tcr = s->tcr;
+    if (s->sctlr & SCTLR_EE || tcr & TCR_DS) {
         return false;
     }
-    uint64_t offset = vaddr - s->ram_base; /* wraps above ram_size when below RAM */
+    bool upper = (va >> 55) & 1;
+    uint64_t txsz, ttbr;
+    bool epd, granule_ok, tbi, tbid, hpd;
+    if (upper) {
+        txsz = (tcr >> 16) & 63, epd = tcr & TCR_EPD1, granule_ok = ((tcr >> 30) & 3) == 2;
+        tbi = tcr & TCR_TBI1, tbid = tcr & TCR_TBID1, hpd = tcr & TCR_HPD1, ttbr = s->ttbr1;
+    } else {
+        txsz = tcr & 63, epd = tcr & TCR_EPD0, granule_ok = ((tcr >> 14) & 3) == 0;
+        tbi = tcr & TCR_TBI0, tbid = tcr & TCR_TBID0, hpd = tcr & TCR_HPD0, ttbr = s->ttbr0;
+    }
+    if (epd || txsz < 16 || txsz > 39 || !granule_ok) {
+        return false;
+    }
+    bool fetch = type == UC_MEM_FETCH;
+    int top = (tbi && !(tbid && fetch)) ? 55 : 63;
+    int input_bits = 64 - (int)txsz;
+    uint64_t high_mask = (1ull << (top + 1 - input_bits)) - 1;
+    if (((va >> input_bits) & high_mask) != (upper ? high_mask : 0)) {
+        return false;
+    }
+    int out_bits = ips_bits[(tcr >> 32) & 7];
+    if (out_bits > PA_BITS) {
+        out_bits = PA_BITS;
+    }
+    int level = 4 - (input_bits - 12 + 8) / 9;
+    int index_bits = input_bits - (12 + 9 * (3 - level));
+    uint64_t index_mask = (1ull << index_bits) - 1;
+    uint64_t table = ttbr & TTBR_BADDR_MASK & ~((8ull << index_bits) - 1);
+    if (table >> out_bits) {
+        return false;
+    }
+    uint64_t attrs = 0, desc = 0;
+    int shift = 0;
+    for (;;) {
+        shift = 12 + 9 * (3 - level);
+        uint64_t at = table + ((va >> shift) & index_mask) * 8 - s->ram_base;
+        if (at > s->ram_size - 8) {
+            return false; /* not RAM: an external abort on the walk */
+        }
+        memcpy(&desc, s->ram + at, 8);
+        if (!(desc & DESC_VALID) || (level == 3 && !(desc & DESC_TABLE))) {
+            return false;
+        }
+        if (level == 3 || !(desc & DESC_TABLE)) {
+            break;
+        }
+        table = desc & DESC_OA_MASK;
+        if (table >> out_bits) {
+            return false;
+        }
+        if (!hpd) {
+            attrs |= desc & TABLE_ATTRS;
+        }
+        level += 1;
+        index_mask = 511;
+    }
+    if (level < 1) {
+        return false;
+    }
+    uint64_t span = 1ull << shift;
+    uint64_t pa = (desc & DESC_OA_MASK & ~(span - 1)) | (va & (span - 1));
+    if (pa >> out_bits || !(desc & DESC_AF)) {
+        return false;
+    }
+    bool el0_access = (desc & DESC_AP1) && !(attrs & DESC_AP_TABLE_NO_EL0);
+    bool read_only = (desc & DESC_AP2) || (attrs & DESC_AP_TABLE_RO);
+    bool uxn = (desc & DESC_UXN) || (attrs & DESC_UXN_TABLE);
+    bool pxn = (desc & DESC_PXN) || (attrs & DESC_PXN_TABLE);
+    bool wxn = s->sctlr & SCTLR_WXN;
+    bool user_w = el0_access && !read_only;
+    bool r, w, x;
+    if (el == 0) {
+        r = el0_access, w = user_w, x = !uxn && !(user_w && wxn);
+    } else {
+        bool priv_w = !read_only;
+        x = !pxn && !user_w && !(priv_w && wxn);
+        if (pan && el0_access) {
+            r = false, w = false;
+        } else {
+            r = true, w = priv_w;
+        }
+    }
+    bool allowed = fetch ? x : (type == UC_MEM_WRITE ? w : r);
+    if (!allowed) {
+        return false;
+    }
+    *pa_out = pa;
+    *perms_out = (r ? UC_PROT_READ : 0) | (w ? UC_PROT_WRITE : 0) | (x ? UC_PROT_EXEC : 0);
+    return true;
+}
+
+#define INSN_WFI 0xD503207Fu
+#define MSR_DAIFCLR 0xD50340FFu
+#define MSR_DAIFCLR_MASK 0xFFFFF0FFu
+#define DAIF_IMM_I 0x200u
+
+static microvm_watch_entry *watch_slot(const microvm_fill_state *s, uint64_t va_page, bool insert)
+{
+    uint64_t key = va_page ? va_page : 1;
+    uint64_t mask = s->watch_slots - 1;
+    uint64_t i = (key >> 10) * 0x9E3779B97F4A7C15ull >> 40;
+    for (uint64_t n = 0; n < s->watch_slots; n++, i++) {
+        microvm_watch_entry *e = &s->watch[i & mask];
+        if (e->va_page == key) {
+            return e;
+        }
+        if (e->va_page == 0) {
+            if (!insert) {
+                return NULL;
+            }
+            e->va_page = key;
+            return e;
+        }
+    }
+    return NULL; /* full */
+}
+
+/* Record that the Python fill hooked the word at `va` (kind 0: a WFI, 1: an IRQ-unmasking
+ * MSR DAIFClr). False if the table is full (fetch fills of that page then stay in Python). */
+bool microvm_watch_note(microvm_fill_state *s, uint64_t va, int kind)
+{
+    microvm_watch_entry *e = watch_slot(s, va & ~1023ull, true);
+    if (e == NULL) {
+        return false;
+    }
+    uint32_t word = (uint32_t)((va & 1023) >> 2);
+    (kind ? e->unmask : e->wfi)[word / 32] |= 1u << (word % 32);
+    return true;
+}
+
+/* Does the Python fill have every hook this 1 KiB code page needs at `va_page` (the words it
+ * would hook if it scanned `code` now)? Then a fetch fill needs nothing from Python. */
+static bool watched(const microvm_fill_state *s, uint64_t va_page, const uint8_t *code)
+{
+    uint32_t wfi[WATCH_WORDS / 32] = {0}, unmask[WATCH_WORDS / 32] = {0};
+    bool any = false;
+    for (uint32_t i = 0; i < WATCH_WORDS; i++) {
+        uint32_t w;
+        memcpy(&w, code + 4 * i, 4);
+        if (w == INSN_WFI) {
+            wfi[i / 32] |= 1u << (i % 32), any = true;
+        } else if ((w & MSR_DAIFCLR_MASK) == MSR_DAIFCLR && (w & DAIF_IMM_I)) {
+            unmask[i / 32] |= 1u << (i % 32), any = true;
+        }
+    }
+    if (!any) {
+        return true;
+    }
+    const microvm_watch_entry *e = s->watch ? watch_slot(s, va_page, false) : NULL;
+    if (e == NULL) {
+        return false;
+    }
+    for (uint32_t k = 0; k < WATCH_WORDS / 32; k++) {
+        if ((wfi[k] & ~e->wfi[k]) || (unmask[k] & ~e->unmask[k])) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, microvm_fill_state *s)
+{
+    if (type != UC_MEM_READ && type != UC_MEM_WRITE && type != UC_MEM_FETCH) {
+        return false;
+    }
+    uint64_t paddr = vaddr;
+    int32_t perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC;
+    bool walked = false;
+    if (!s->identity) {
+        if (!s->walk || (vaddr & ~0xFFFull) == s->stub_base || (vaddr & ~0xFFFull) == (s->unpriv_page & ~1ull)) {
+            return false;
+        }
+        uint64_t pstate = 0;
+        s->reg_read(uc, (int)s->reg_pstate, &pstate);
+        if (!walk(s, vaddr, type, (int)((pstate >> 2) & 3), pstate & PSTATE_PAN, &paddr, &perms)) {
+            return false;
+        }
+        walked = true;
+    }
+    uint64_t offset = paddr - s->ram_base; /* wraps above ram_size when below RAM */
     if (offset >= s->ram_size) {
         return false;
     }
-    int32_t perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC;
+    if (type == UC_MEM_FETCH) {
+        if (s->ram == NULL || offset > s->ram_size - 1024 || !watched(s, vaddr & ~1023ull, s->ram + (offset & ~1023ull))) {
+            return false; /* the Python fill places the hooks this page needs */
+        }
+        s->code_pages[offset >> s->code_shift] = 1;
+        s->fetch_fills += 1;
+    }
     microvm_tracker *t = s->tracker;
     if (t != NULL) {
         uint64_t page = offset >> t->page_shift;
@@ -125,7 +366,7 @@ bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, micro
             if (!(t->fine[page >> t->block_shift] && t->dirty[page])) {
                 on_write_fill(t, page, s->now_ns);
             }
-        } else if (!t->dirty[page]) {
+        } else if (perms & UC_PROT_WRITE && !t->dirty[page]) {
             perms &= ~UC_PROT_WRITE;
         }
     }
@@ -133,7 +374,8 @@ bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, micro
         perms &= ~UC_PROT_EXEC; /* code is translated only after a fetch fill */
     }
     s->fills += 1;
-    entry->paddr = vaddr;
+    s->walk_fills += walked;
+    entry->paddr = paddr;
     entry->perms = perms;
     return true;
 }
@@ -147,6 +389,13 @@ static PyObject *fill_address(PyObject *self, PyObject *args)
     return PyLong_FromVoidPtr((void *)&microvm_fill);
 }
 
+static PyObject *watch_note_address(PyObject *self, PyObject *args)
+{
+    (void)self;
+    (void)args;
+    return PyLong_FromVoidPtr((void *)&microvm_watch_note);
+}
+
 #define FIELD(type, name) Py_BuildValue("(sn)", #name, (Py_ssize_t)offsetof(type, name))
 
 static PyObject *layout(PyObject *self, PyObject *args)
@@ -154,7 +403,7 @@ static PyObject *layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNN]),s:n}",
+        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNNNNNNNNNNNNNNNN]),s:n}",
         "microvm_tracker", (Py_ssize_t)sizeof(microvm_tracker),
         FIELD(microvm_tracker, dirty), FIELD(microvm_tracker, fine),
         FIELD(microvm_tracker, window_start), FIELD(microvm_tracker, window_faults),
@@ -168,7 +417,14 @@ static PyObject *layout(PyObject *self, PyObject *args)
         FIELD(microvm_fill_state, code_pages), FIELD(microvm_fill_state, code_shift),
         FIELD(microvm_fill_state, identity), FIELD(microvm_fill_state, now_ns),
         FIELD(microvm_fill_state, tracker), FIELD(microvm_fill_state, fills),
-        FIELD(microvm_fill_state, write_fills),
+        FIELD(microvm_fill_state, write_fills), FIELD(microvm_fill_state, walk),
+        FIELD(microvm_fill_state, reg_pstate), FIELD(microvm_fill_state, sctlr),
+        FIELD(microvm_fill_state, tcr), FIELD(microvm_fill_state, ttbr0),
+        FIELD(microvm_fill_state, ttbr1), FIELD(microvm_fill_state, ram),
+        FIELD(microvm_fill_state, reg_read), FIELD(microvm_fill_state, unpriv_page),
+        FIELD(microvm_fill_state, stub_base), FIELD(microvm_fill_state, walk_fills),
+        FIELD(microvm_fill_state, watch), FIELD(microvm_fill_state, watch_slots),
+        FIELD(microvm_fill_state, fetch_fills),
         "uc_tlb_entry", (Py_ssize_t)sizeof(uc_tlb_entry));
 }
 
@@ -197,6 +453,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"fill_address", fill_address, METH_NOARGS, "Address of the C function microvm_fill."},
+    {"watch_note_address", watch_note_address, METH_NOARGS, "Address of the C function microvm_watch_note."},
     {"sysreg_addresses", sysreg_addresses, METH_NOARGS, "Addresses of the MRS, MSR and SYS hook functions."},
     {"sysreg_layout", sysreg_layout, METH_NOARGS, "Size and field offsets of microvm_sysreg_state."},
     {"layout", layout, METH_NOARGS, "Sizes and field offsets of the C structs."},

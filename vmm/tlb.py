@@ -109,7 +109,15 @@ class TlbFiller:
         declines every fill until this class has seen the vCPU's MMU off."""
         if not self.native:
             return None
-        stage = NativeFill(self._ram_base, self._ram_size, vcpu.code_pages, vcpu.code_page_size, self._tracker)
+        stage = NativeFill(
+            self._ram_base,
+            self._ram_size,
+            vcpu.code_pages,
+            vcpu.code_page_size,
+            self._tracker,
+            ram_address=self.memory.host_address,
+            stub_base=VMM_STUB_BASE,
+        )
         self._native[vcpu.index] = stage
         return stage
 
@@ -140,7 +148,10 @@ class TlbFiller:
         self._regs[vcpu.index] = regs
         stage = self._native.get(vcpu.index)
         if stage is not None:
-            stage.set_identity(not regs.sctlr & SCTLR_M)
+            if regs.sctlr & SCTLR_M:
+                stage.set_walk(regs.sctlr, regs.tcr, regs.ttbr0, regs.ttbr1)
+            else:
+                stage.set_identity(True)
         return regs
 
     def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
@@ -151,10 +162,15 @@ class TlbFiller:
             return
         words = self.memory.view(pa_page, UC_PAGE_SIZE).view(np.uint32)
         va_page = vaddr & ~(UC_PAGE_SIZE - 1)
+        stage = self._native.get(vcpu.index)
         for i in np.flatnonzero(words == arch.INSN_WFI):
             vcpu.watch_wfi(va_page + 4 * int(i))
+            if stage is not None:
+                stage.note_watch(va_page + 4 * int(i), native_fill.WATCH_WFI)
         for i in np.flatnonzero(arch.unmasks_irq(words)):
             vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
+            if stage is not None:
+                stage.note_watch(va_page + 4 * int(i), native_fill.WATCH_UNMASK)
 
     def fetch_word(self, vcpu: Vcpu, vaddr: int, el: int | None = None) -> int | None:
         """The instruction word a fetch from `vaddr` at EL `el` (default: the vCPU's current
