@@ -56,16 +56,6 @@ typedef struct {
     uint32_t reserved;
 } microvm_tracker;
 
-/* Per 1 KiB VA page of code: the words of it the Python fill has placed watch hooks on (vmm.tlb
- * TlbFiller._watch_wfis): bit i of wfi = a WFI hook at word i, of unmask = an IRQ-unmask hook
- * after word i. An open-addressed table; va_page = 0 is an empty slot (VA 0 is stored as 1). */
-#define WATCH_WORDS 256 /* instructions per 1 KiB page */
-typedef struct {
-    uint64_t va_page;
-    uint32_t wfi[WATCH_WORDS / 32];
-    uint32_t unmask[WATCH_WORDS / 32];
-} microvm_watch_entry;
-
 /* One vCPU's fill state. */
 typedef struct {
     uint64_t ram_base;        /* guest physical address of RAM */
@@ -86,8 +76,6 @@ typedef struct {
     uint64_t unpriv_page;     /* a 4 KiB VA page | 1 the Python fill serves (LDTR/STTR), or 0 */
     uint64_t stub_base;       /* the VMM stub page's VA (reserved in every address space) */
     uint64_t walk_fills;      /* fills served by the walk */
-    microvm_watch_entry *watch; /* the hooked words of code pages */
-    uint64_t watch_slots;     /* a power of two */
     uint64_t fetch_fills;     /* fetch fills served here */
 } microvm_fill_state;
 
@@ -256,75 +244,6 @@ static bool walk(const microvm_fill_state *s, uint64_t va, int type, int el, boo
     return true;
 }
 
-#define INSN_WFI 0xD503207Fu
-#define MSR_DAIFCLR 0xD50340FFu
-#define MSR_DAIFCLR_MASK 0xFFFFF0FFu
-#define DAIF_IMM_I 0x200u
-
-static microvm_watch_entry *watch_slot(const microvm_fill_state *s, uint64_t va_page, bool insert)
-{
-    uint64_t key = va_page ? va_page : 1;
-    uint64_t mask = s->watch_slots - 1;
-    uint64_t i = (key >> 10) * 0x9E3779B97F4A7C15ull >> 40;
-    for (uint64_t n = 0; n < s->watch_slots; n++, i++) {
-        microvm_watch_entry *e = &s->watch[i & mask];
-        if (e->va_page == key) {
-            return e;
-        }
-        if (e->va_page == 0) {
-            if (!insert) {
-                return NULL;
-            }
-            e->va_page = key;
-            return e;
-        }
-    }
-    return NULL; /* full */
-}
-
-/* Record that the Python fill hooked the word at `va` (kind 0: a WFI, 1: an IRQ-unmasking
- * MSR DAIFClr). False if the table is full (fetch fills of that page then stay in Python). */
-bool microvm_watch_note(microvm_fill_state *s, uint64_t va, int kind)
-{
-    microvm_watch_entry *e = watch_slot(s, va & ~1023ull, true);
-    if (e == NULL) {
-        return false;
-    }
-    uint32_t word = (uint32_t)((va & 1023) >> 2);
-    (kind ? e->unmask : e->wfi)[word / 32] |= 1u << (word % 32);
-    return true;
-}
-
-/* Does the Python fill have every hook this 1 KiB code page needs at `va_page` (the words it
- * would hook if it scanned `code` now)? Then a fetch fill needs nothing from Python. */
-static bool watched(const microvm_fill_state *s, uint64_t va_page, const uint8_t *code)
-{
-    uint32_t wfi[WATCH_WORDS / 32] = {0}, unmask[WATCH_WORDS / 32] = {0};
-    bool any = false;
-    for (uint32_t i = 0; i < WATCH_WORDS; i++) {
-        uint32_t w;
-        memcpy(&w, code + 4 * i, 4);
-        if (w == INSN_WFI) {
-            wfi[i / 32] |= 1u << (i % 32), any = true;
-        } else if ((w & MSR_DAIFCLR_MASK) == MSR_DAIFCLR && (w & DAIF_IMM_I)) {
-            unmask[i / 32] |= 1u << (i % 32), any = true;
-        }
-    }
-    if (!any) {
-        return true;
-    }
-    const microvm_watch_entry *e = s->watch ? watch_slot(s, va_page, false) : NULL;
-    if (e == NULL) {
-        return false;
-    }
-    for (uint32_t k = 0; k < WATCH_WORDS / 32; k++) {
-        if ((wfi[k] & ~e->wfi[k]) || (unmask[k] & ~e->unmask[k])) {
-            return false;
-        }
-    }
-    return true;
-}
-
 bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, microvm_fill_state *s)
 {
     if (type != UC_MEM_READ && type != UC_MEM_WRITE && type != UC_MEM_FETCH) {
@@ -349,9 +268,6 @@ bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, micro
         return false;
     }
     if (type == UC_MEM_FETCH) {
-        if (s->ram == NULL || offset > s->ram_size - 1024 || !watched(s, vaddr & ~1023ull, s->ram + (offset & ~1023ull))) {
-            return false; /* the Python fill places the hooks this page needs */
-        }
         s->code_pages[offset >> s->code_shift] = 1;
         s->fetch_fills += 1;
     }
@@ -389,12 +305,6 @@ static PyObject *fill_address(PyObject *self, PyObject *args)
     return PyLong_FromVoidPtr((void *)&microvm_fill);
 }
 
-static PyObject *watch_note_address(PyObject *self, PyObject *args)
-{
-    (void)self;
-    (void)args;
-    return PyLong_FromVoidPtr((void *)&microvm_watch_note);
-}
 
 #define FIELD(type, name) Py_BuildValue("(sn)", #name, (Py_ssize_t)offsetof(type, name))
 
@@ -403,7 +313,7 @@ static PyObject *layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNNNNNNNNNNNNNNNN]),s:n}",
+        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNNNNNNNNNNNNNN]),s:n}",
         "microvm_tracker", (Py_ssize_t)sizeof(microvm_tracker),
         FIELD(microvm_tracker, dirty), FIELD(microvm_tracker, fine),
         FIELD(microvm_tracker, window_start), FIELD(microvm_tracker, window_faults),
@@ -423,7 +333,6 @@ static PyObject *layout(PyObject *self, PyObject *args)
         FIELD(microvm_fill_state, ttbr1), FIELD(microvm_fill_state, ram),
         FIELD(microvm_fill_state, reg_read), FIELD(microvm_fill_state, unpriv_page),
         FIELD(microvm_fill_state, stub_base), FIELD(microvm_fill_state, walk_fills),
-        FIELD(microvm_fill_state, watch), FIELD(microvm_fill_state, watch_slots),
         FIELD(microvm_fill_state, fetch_fills),
         "uc_tlb_entry", (Py_ssize_t)sizeof(uc_tlb_entry));
 }
@@ -432,8 +341,9 @@ static PyObject *sysreg_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("{s:N,s:N,s:N}", "mrs", PyLong_FromVoidPtr((void *)&microvm_mrs),
-                         "msr", PyLong_FromVoidPtr((void *)&microvm_msr), "sys", PyLong_FromVoidPtr((void *)&microvm_sys));
+    return Py_BuildValue("{s:N,s:N,s:N,s:N}", "mrs", PyLong_FromVoidPtr((void *)&microvm_mrs),
+                         "msr", PyLong_FromVoidPtr((void *)&microvm_msr), "sys", PyLong_FromVoidPtr((void *)&microvm_sys),
+                         "block", PyLong_FromVoidPtr((void *)&microvm_block));
 }
 
 static PyObject *sysreg_layout(PyObject *self, PyObject *args)
@@ -441,19 +351,21 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "(n,[NNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        "(n,[NNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
         FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
         FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
         FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
         FIELD(microvm_sysreg_state, reg_read), FIELD(microvm_sysreg_state, reg_write),
         FIELD(microvm_sysreg_state, ctl), FIELD(microvm_sysreg_state, reg_pc),
         FIELD(microvm_sysreg_state, tlb_flush_ctl), FIELD(microvm_sysreg_state, python_calls),
-        FIELD(microvm_sysreg_state, native_reads), FIELD(microvm_sysreg_state, tlbis));
+        FIELD(microvm_sysreg_state, native_reads), FIELD(microvm_sysreg_state, tlbis),
+        FIELD(microvm_sysreg_state, emu_stop), FIELD(microvm_sysreg_state, reg_pstate),
+        FIELD(microvm_sysreg_state, irq_signalled), FIELD(microvm_sysreg_state, stopped),
+        FIELD(microvm_sysreg_state, reserved));
 }
 
 static PyMethodDef methods[] = {
     {"fill_address", fill_address, METH_NOARGS, "Address of the C function microvm_fill."},
-    {"watch_note_address", watch_note_address, METH_NOARGS, "Address of the C function microvm_watch_note."},
     {"sysreg_addresses", sysreg_addresses, METH_NOARGS, "Addresses of the MRS, MSR and SYS hook functions."},
     {"sysreg_layout", sysreg_layout, METH_NOARGS, "Size and field offsets of microvm_sysreg_state."},
     {"layout", layout, METH_NOARGS, "Sizes and field offsets of the C structs."},

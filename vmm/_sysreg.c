@@ -14,6 +14,9 @@
  *     CNTVCT_EL0/CNTVCTSS_EL0 that minus CNTVOFF, exactly what the Python timer model returns;
  *   - SYS: a TLBI (op0 = 1, CRn = 8) flushes this vCPU's TLB with uc_ctl and is counted (the
  *     VMM then flushes the other vCPUs before their next slice); other SYS run natively.
+ * A block hook stops the slice in front of the first block that starts with an IRQ signalled
+ * and PSTATE.I clear (the VMM then takes the IRQ there), so an unmask is precise without a
+ * per-address code hook (those make Unicorn walk its hook list on every instruction).
  * Unicorn entry points (uc_reg_read/write, uc_ctl) come as function pointers from the binding's
  * own library, so this object links against nothing.
  */
@@ -69,4 +72,21 @@ uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
         s->tlbis += 1;
     }
     return 0;
+}
+
+#define PSTATE_I (1u << 7)
+
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+{
+    (void)address;
+    (void)size;
+    if (!s->irq_signalled || s->stopped) {
+        return;
+    }
+    uint64_t pstate = 0;
+    s->reg_read(uc, (int)s->reg_pstate, &pstate);
+    if (!(pstate & PSTATE_I)) {
+        s->stopped = 1;
+        s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    }
 }

@@ -12,6 +12,7 @@ typedef struct {
 typedef uint32_t (*microvm_sys_cb)(void *uc, int reg, const uc_arm64_cp_reg *cp, void *user_data);
 typedef int (*microvm_reg_fn)(void *uc, int regid, void *value);
 typedef int (*microvm_ctl_fn)(void *uc, uint32_t control, ...);
+typedef int (*microvm_stop_fn)(void *uc);
 
 /* Flag bits of microvm_sysreg_state.table entries. */
 enum {
@@ -37,9 +38,18 @@ typedef struct {
     uint64_t python_calls;       /* accesses handed to Python */
     uint64_t native_reads;       /* counter reads served here */
     uint64_t tlbis;              /* TLBIs seen */
+    /* The unmask stop (block hook): an IRQ the GIC signals to this vCPU is taken at the first
+     * translation block that starts with PSTATE.I clear (every instruction that can clear I
+     * ends its block in QEMU: MSR DAIFClr/DAIF, ERET), before the block runs. */
+    microvm_stop_fn emu_stop;    /* uc_emu_stop */
+    uint32_t reg_pstate;         /* UC_ARM64_REG_PSTATE */
+    uint32_t irq_signalled;      /* set by the VMM whenever it may have changed */
+    uint32_t stopped;            /* 1: the block hook stopped the slice */
+    uint32_t reserved;
 } microvm_sysreg_state;
 
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 #endif

@@ -96,6 +96,8 @@ class MicroVM:
             fetch_word=self.tlb.fetch_word,
             on_restore=self.tlb.invalidate,
             irq_pending=lambda v: self.interrupts.wakeup_pending(v.index),
+            irq_signalled=lambda v: self.interrupts.irq_signalled(v.index),
+            unprivileged_retry=self.tlb.unprivileged_retry,
             on_tlbi=self._on_tlbi,
             cntvoff=lambda v: self.interrupts.timers[v.index].cntvoff,
         )

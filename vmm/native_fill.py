@@ -72,21 +72,8 @@ class FillState(ctypes.Structure):
         ("unpriv_page", ctypes.c_uint64),
         ("stub_base", ctypes.c_uint64),
         ("walk_fills", ctypes.c_uint64),
-        ("watch", ctypes.c_void_p),
-        ("watch_slots", ctypes.c_uint64),
         ("fetch_fills", ctypes.c_uint64),
     ]
-
-
-class WatchEntry(ctypes.Structure):
-    """`microvm_watch_entry` in vmm/_fill.c: the hooked words of one 1 KiB code page."""
-
-    _fields_ = [("va_page", ctypes.c_uint64), ("wfi", ctypes.c_uint32 * 8), ("unmask", ctypes.c_uint32 * 8)]
-
-
-WATCH_SLOTS = 4096  # code pages with WFI or DAIFClr hooks one vCPU's native fill can know of
-WATCH_WFI, WATCH_UNMASK = 0, 1
-_WatchNote = ctypes.CFUNCTYPE(ctypes.c_bool, ctypes.c_void_p, ctypes.c_uint64, ctypes.c_int)
 
 
 class _UcTlbEntry(ctypes.Structure):
@@ -179,10 +166,6 @@ class NativeFill:
             reg_read=ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
             stub_base=stub_base,
         )
-        self._watch = (WatchEntry * WATCH_SLOTS)()
-        self.state.watch = ctypes.addressof(self._watch)
-        self.state.watch_slots = WATCH_SLOTS
-        self._note = _WatchNote(_fill.watch_note_address()) if _fill is not None else None
 
     def register(self, uc: Uc) -> None:
         """Add the C hook to `uc`. Call before the Python fill hook: Unicorn calls TLB-fill
@@ -221,12 +204,6 @@ class NativeFill:
     def set_unprivileged_page(self, va_page: int | None) -> None:
         """Leave the fills of this 4 KiB VA page to the Python fill (LDTR/STTR: vmm.tlb)."""
         self.state.unpriv_page = 0 if va_page is None else va_page | 1
-
-    def note_watch(self, va: int, kind: int) -> None:
-        """The Python fill hooked the word at `va` (WATCH_WFI or WATCH_UNMASK: the DAIFClr
-        itself): fetch fills of its page may be served here while every hook it needs exists."""
-        if self._note is not None:
-            self._note(ctypes.addressof(self.state), va, kind)
 
     @property
     def fetch_fills(self) -> int:

@@ -2,7 +2,8 @@
 
 Unicorn calls the MRS/MSR hook for every system-register access, and the VMM traps only a few
 registers (timer, GIC CPU interface, identity, ID overrides). This installs C hooks that let
-the untrapped accesses run natively without entering Python, serve the counters (CNTPCT,
+the untrapped accesses run natively without entering Python, stop a slice where an IRQ
+becomes deliverable (a block hook: the first block with PSTATE.I clear while one is signalled), serve the counters (CNTPCT,
 CNTVCT, their self-synchronised views and PMCCNTR) at the exact virtual time of the reading
 instruction, flush the TLB on a TLBI, and call the vCPU's Python handlers (`Vcpu._on_mrs`,
 `_on_msr`) only for trapped registers. Without the C module, or with MICROVM_NATIVE_FILL=0,
@@ -14,7 +15,7 @@ from __future__ import annotations
 import ctypes
 from typing import Callable, Iterable
 
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_INSN, Uc, UcError
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_INSN, Uc, UcError
 from unicorn import arm64_const as a64
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
@@ -56,6 +57,11 @@ class SysregState(ctypes.Structure):
         ("python_calls", ctypes.c_uint64),
         ("native_reads", ctypes.c_uint64),
         ("tlbis", ctypes.c_uint64),
+        ("emu_stop", ctypes.c_void_p),
+        ("reg_pstate", ctypes.c_uint32),
+        ("irq_signalled", ctypes.c_uint32),
+        ("stopped", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
     ]
 
 
@@ -127,11 +133,13 @@ class NativeSysreg:
             ctl=fn(uclib.uc_ctl),
             reg_pc=UC_ARM64_REG_PC,
             tlb_flush_ctl=(UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH,
+            emu_stop=fn(uclib.uc_emu_stop),
+            reg_pstate=a64.UC_ARM64_REG_PSTATE,
         )
         self._tlbis_seen = 0
 
     def register(self, uc: Uc) -> None:
-        """Add the three hooks to `uc` (instead of the vCPU's Python MRS/MSR/SYS hooks)."""
+        """Add the MRS, MSR, SYS and block hooks to `uc` (instead of the vCPU's Python ones)."""
         from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
 
         addresses = native_fill._fill.sysreg_addresses()  # type: ignore[union-attr]
@@ -149,6 +157,28 @@ class NativeSysreg:
             )
             if status != 0:
                 raise UcError(status)
+        handle = uc_hook_h()
+        status = uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_BLOCK,
+            ctypes.c_void_p(addresses["block"]),
+            ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
+        if status != 0:
+            raise UcError(status)
+
+    def set_irq_signalled(self, signalled: bool) -> None:
+        self.state.irq_signalled = int(signalled)
+
+    def take_stopped(self) -> bool:
+        """Did the block hook stop the slice (an IRQ to take)? Clears the mark."""
+        if not self.state.stopped:
+            return False
+        self.state.stopped = 0
+        return True
 
     def start_slice(self, start_ns: int, cntvoff: int) -> None:
         self.state.slice_start = start_ns
