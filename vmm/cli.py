@@ -40,6 +40,7 @@ EXIT_CODES = {
     StopReason.BUDGET: EXIT_BUDGET,
     StopReason.DEADLOCK: EXIT_DEADLOCK,
     StopReason.RESET: EXIT_RESET,
+    StopReason.OUTPUT: EXIT_OK,
 }
 
 EPILOG_EXIT = """exit status:

@@ -172,6 +172,22 @@ class MicroVM:
         """
         return self.scheduler.run(max_instructions)
 
+    def run_until_output(self, pattern: bytes, max_instructions: int | None = None) -> RunResult:
+        """Run until the console output written from now on contains `pattern`: stops at the
+        end of the round in which it appeared (StopReason.OUTPUT; a pause point like any
+        other), or as `run` does (power-off, fault, budget...)."""
+        if not pattern:
+            raise ValueError("pattern must not be empty")
+        start = len(self._console)
+        pos = [start]
+
+        def seen() -> bool:
+            found = self._console.find(pattern, pos[0]) >= 0
+            pos[0] = max(start, len(self._console) - len(pattern) + 1)
+            return found
+
+        return self.scheduler.run(max_instructions, until=seen)
+
     @property
     def clock(self) -> int:
         """Virtual time since boot, in ns (= instructions per vCPU)."""
