@@ -21,7 +21,7 @@ import xxhash
 # --- section 1: the state file -----------------------------------------------------------------
 MAX_STATE_BYTES = 10_000_000
 MAGIC = 0x0710_1984_AAAA_0000
-READER_VERSION = (1, 0)  # the major.minor this reader implements
+READER_VERSION = (1, 1)  # the major.minor this reader implements
 CRC_POLY = 0xAD93D23594C935A9  # CRC-64/Jones, reflected in and out, init 0, xorout 0
 MAX_CHAIN = 64
 DIFF_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"
@@ -102,6 +102,8 @@ class MemInfo:
     format: str
     frame_size: int
     file_size: int | None
+    trailer: bool
+    data_runs: bytes
 
     @property
     def npages(self) -> int:
@@ -127,7 +129,7 @@ class MemInfo:
         return [(first * self.page_size, count * self.page_size) for first, count in self.runs()]
 
 
-_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None}
+_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False, "data_runs": b""}
 _MEM_FIELDS = ("kind", "length", "page_size", "digest", "pages_written", *_MEM_DEFAULTS)
 
 
@@ -139,6 +141,8 @@ def mem_info(record: dict) -> MemInfo:
     info = MemInfo(**{**_MEM_DEFAULTS, **record})
     if info.kind not in ("full", "diff") or info.format not in ("raw", "lz4"):
         raise FormatError("memory: bad kind or format")
+    if info.trailer is not False and (info.trailer is not True or info.format != "raw"):
+        raise FormatError("memory: trailer is a bool, true only for raw files")
     if info.page_size < 512 or info.page_size & (info.page_size - 1) or info.length <= 0 or info.length % info.page_size:
         raise FormatError("memory: bad geometry")
     if info.kind == "diff":
@@ -235,9 +239,20 @@ def _frames(info: MemInfo) -> list[tuple[int, list[tuple[int, int]]]]:
     return sorted(frames.items())
 
 
+_TRAILER = struct.Struct("<8sIIQ16sQ")  # section 5, raw: the identity trailer
+
+
 def _read_raw(f, info: MemInfo, ram: bytearray) -> None:
-    if os.fstat(f.fileno()).st_size != info.length:
-        raise FormatError("raw memory file size is not the RAM length")
+    if os.fstat(f.fileno()).st_size != info.length + (_TRAILER.size if info.trailer else 0):
+        raise FormatError("raw memory file size is not the RAM length (plus its trailer)")
+    if info.trailer:
+        f.seek(info.length)
+        raw = f.read(_TRAILER.size)
+        magic, version, page_size, length, digest, checksum = _TRAILER.unpack(raw)
+        if magic != b"MVMRAWID" or xxhash.xxh3_64_intdigest(raw[:40]) != checksum or version != 1:
+            raise FormatError("raw: bad identity trailer")
+        if (page_size, length, digest.hex()) != (info.page_size, info.length, info.digest):
+            raise FormatError("raw: trailer does not match the state file")
     for offset, size in info.extents():
         f.seek(offset)
         data = f.read(size)
@@ -296,15 +311,20 @@ def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
 
 
 # --- section 6: pairs and chains ----------------------------------------------------------------
-def memory_path(state_path: Path, info: MemInfo) -> Path:
-    name = state_path.name[: -len(".snap")]
-    staged = state_path.with_name(f".{name}.mem.staged-{info.digest}")
-    return staged if staged.exists() else state_path.with_name(f"{name}.mem")
+def memory_path(state_path: Path, memory_file: str | None, info: MemInfo) -> Path:
+    """The memory file a state file records (`data.memory_file`, 1.1), or its staged name."""
+    if memory_file is None:
+        memory_file = state_path.name[: -len(".snap")] + ".mem"
+    elif not isinstance(memory_file, str) or not (os.path.isabs(memory_file) or "/" not in memory_file):
+        raise FormatError("memory_file: not a bare name or an absolute path")
+    final = state_path.parent / memory_file  # an absolute memory_file replaces the directory
+    staged = final.with_name(f".{final.name}.staged-{info.digest}")
+    return staged if staged.exists() else final
 
 
-def lay_memory(state_path: Path, info: MemInfo, ram: bytearray) -> None:
+def lay_memory(state_path: Path, memory_file: str | None, info: MemInfo, ram: bytearray) -> None:
     """Read the memory file of `state_path` into `ram` at its extents and check its digest."""
-    with open(memory_path(state_path, info), "rb") as f:
+    with open(memory_path(state_path, memory_file, info), "rb") as f:
         (_read_lz4 if info.format == "lz4" else _read_raw)(f, info, ram)
     if content_digest(ram, info) != info.digest:
         raise FormatError(f"{state_path}: memory file digest mismatch")
@@ -321,16 +341,20 @@ class Snapshot:
 
 def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain."""
-    links: list[tuple[Path, dict, MemInfo]] = []
+    links: list[tuple[Path, str | None, MemInfo]] = []
     current = Path(path)
+    seen: set[Path] = set()
     while True:
+        if current.resolve() in seen:
+            raise FormatError("the chain loops")
+        seen.add(current.resolve())
         if len(links) >= MAX_CHAIN:
             raise FormatError("chain longer than 64 snapshots")
         header, data = read_state(current)
         info = mem_info(data["memory"])
         if info.length != data["vm"]["ram_size"]:
             raise FormatError("memory length is not the RAM size")
-        links.append((current, header, info))
+        links.append((current, data.get("memory_file"), info))
         if len(links) == 1:
             top_header, top_data = header, data
         parent = data.get("parent")
@@ -340,12 +364,14 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             break
         if parent["memory_digest"] != info.parent_digest:
             raise FormatError("parent link and parent_digest disagree")
+        if not parent["state_name"] or "\0" in parent["state_name"]:
+            raise FormatError("parent state_name is empty or holds a NUL byte")
         current = (current.parent / parent["state_name"]).resolve()
     links.reverse()
     for (_, _, older), (_, _, newer) in zip(links, links[1:]):
         if newer.parent_digest != older.digest or newer.length != older.length:
             raise FormatError("chain link does not match its parent")
     ram = bytearray(links[0][2].length)
-    for state_path, _, info in links:
-        lay_memory(state_path, info, ram)
+    for state_path, memory_file, info in links:
+        lay_memory(state_path, memory_file, info, ram)
     return Snapshot(top_header, top_data, links[-1][2], [p for p, _, _ in links], ram)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,8 +13,8 @@ from hypothesis import strategies as st
 from asm import RESULTS, RESULTS_PTR, assemble, boot, result
 from snapshot.dirty import DirtyBitmap
 from snapshot.errors import IncompatibleError
-from snapshot.persist import load_snapshot, save_snapshot
-from snapshot.reset import ResetPoint
+from vmm.errors import GuestMemoryError
+from vmm.reset import ResetPoint
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB, RAM_BASE
 from vmm.vcpu import Vcpu
@@ -50,7 +51,7 @@ class _Reference:
 
     def after(self, instructions: int) -> tuple[str, bytes, StopReason]:
         if instructions not in self._cache:
-            vm = load_snapshot(self.path)
+            vm = MicroVM.load_snapshot(self.path)
             r = vm.run(instructions)
             self._cache[instructions] = (vm.state_digest(), vm.console_output, r.reason)
         return self._cache[instructions]
@@ -88,7 +89,7 @@ def test_reset_continues_like_a_fresh_restore(tmp_path, name: str, before: int, 
     directory.mkdir()
     vm = _fresh(name)
     vm.run(before * Q)
-    save_snapshot(vm, directory / "p")
+    vm.save_snapshot(directory / "p")
     point = vm.snapshot_point()
     at_point = vm.state_digest()
     reference = _Reference(directory / "p")
@@ -221,11 +222,13 @@ def test_only_pages_dirtied_since_the_point_are_copied_back(monkeypatch) -> None
     pages = [5000, 5001, 7000]
     for p in pages:
         vm.memory.write(RAM_BASE + p * 4096, b"\x5a")
-    copied: list[tuple[int, int]] = []
-    original = type(vm.memory).fill_from
-    monkeypatch.setattr(type(vm.memory), "fill_from", lambda self, src, off: (copied.append((off, len(src))), original(self, src, off)))
+    copied: list[list[int]] = []
+    original = type(vm.memory).restore_pages
+    monkeypatch.setattr(
+        type(vm.memory), "restore_pages", lambda self, which, image, size: (copied.append(which.tolist()), original(self, which, image, size))
+    )
     vm.reset_to(point)
-    assert copied == [(5000 * 4096, 2 * 4096), (7000 * 4096, 4096)]
+    assert copied == [pages]
     assert vm.memory.read(RAM_BASE + 5000 * 4096, 1) == b"\x00"
     assert vm.dirty.count() == 0
 
@@ -236,7 +239,7 @@ def test_other_epochs_and_other_points_are_accounted_for(tmp_path) -> None:
     first = vm.snapshot_point()
     d1 = vm.state_digest()
     vm.run(3 * Q)
-    save_snapshot(vm, tmp_path / "mid")  # an epoch a point did not start
+    vm.save_snapshot(tmp_path / "mid")  # an epoch a point did not start
     vm.run(2 * Q)
     second = vm.snapshot_point()
     d2 = vm.state_digest()
@@ -255,21 +258,21 @@ def test_other_epochs_and_other_points_are_accounted_for(tmp_path) -> None:
 def test_a_diff_saved_after_a_reset_restores_the_point(tmp_path) -> None:
     vm = _fresh("memwalk")
     vm.run(2 * Q)
-    save_snapshot(vm, tmp_path / "base")
+    vm.save_snapshot(tmp_path / "base")
     vm.run(2 * Q)  # pages dirty since the base when the point is taken
     point = vm.snapshot_point()
     at_point = vm.state_digest()
-    save_snapshot(vm, tmp_path / "other")  # moves the lineage on
+    vm.save_snapshot(tmp_path / "other")  # moves the lineage on
     vm.run(3 * Q)
     vm.reset_to(point)
-    save_snapshot(vm, tmp_path / "diff", "diff")  # over "base", the point's lineage
-    assert load_snapshot(tmp_path / "diff").state_digest() == at_point
+    vm.save_snapshot(tmp_path / "diff", "diff")  # over "base", the point's lineage
+    assert MicroVM.load_snapshot(tmp_path / "diff").state_digest() == at_point
 
 
 def test_a_point_loaded_from_disk(tmp_path) -> None:
     vm = _fresh("smp")
     vm.run(4 * Q)
-    save_snapshot(vm, tmp_path / "p")
+    vm.save_snapshot(tmp_path / "p")
     reference = _Reference(tmp_path / "p")
     loaded, point = ResetPoint.load(tmp_path / "p")
     assert point.clock == 4 * Q
@@ -314,3 +317,12 @@ def test_a_wfi_written_after_the_point_is_gone_after_the_reset(tmp_path) -> None
     vm.memory.write_u64(RESULTS + 8, 1)
     vm.run(Q)
     assert not vm.vcpus[0].waiting and result(vm, 2) == 1
+
+
+def test_restore_pages_refuses_pages_outside_ram_and_a_wrong_image() -> None:
+    vm = _fresh("memwalk")
+    image = np.zeros(vm.memory.size, dtype=np.uint8)
+    with pytest.raises(GuestMemoryError, match="outside RAM"):
+        vm.memory.restore_pages(np.array([vm.memory.size // 4096]), image, 4096)
+    with pytest.raises(GuestMemoryError, match="restore image"):
+        vm.memory.restore_pages(np.array([0]), image[:4096], 4096)

@@ -79,6 +79,20 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _u64(text: str) -> int:
+    value = _positive_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 2**64")
+    return value
+
+
+def _instance_id(text: str) -> str:
+    """Firecracker's instance id rule: 1..64 characters, ASCII letters, digits and hyphens."""
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text[:70]!r} must be 1 to 64 letters, digits or hyphens")
+    return text
+
+
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--vcpus", type=int, default=None, help="number of vCPUs, 1..32 (default: the guest's own)")
     p.add_argument("--mem-mib", type=int, default=128, help="guest RAM in MiB: 16..16384, a multiple of 2 (default 128)")
@@ -271,8 +285,6 @@ def _snapshot_points(text: str | None) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from snapshot.persist import save_snapshot
-
     points = _snapshot_points(args.snapshot_at)
     if points and not args.snapshot_dir:
         raise UsageError("--snapshot-at needs --snapshot-dir")
@@ -305,8 +317,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_console(console)
         kind = "full" if i == 0 or args.kind == "full" else "diff"
         os.makedirs(args.snapshot_dir, exist_ok=True)
-        report = save_snapshot(
-            vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, compress=compress, frame_size=frame_size, progress_bars=_bars(args)
+        report = vm.save_snapshot(
+            os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, compress=compress, frame_size=frame_size, progress_bars=_bars(args)
         )
         snapshots.append(
             {"path": str(report.state_path), "kind": kind, "virtual_time_ns": vm.clock, "pages_written": report.pages_written, "seconds": round(report.seconds, 6)}
@@ -330,7 +342,7 @@ def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
     """Run in epochs of args.dirty_report instructions, printing the dirty pages of each."""
     if args.dirty_report == 0:
         raise UsageError("--dirty-report epoch must be at least 1 instruction")
-    from tools.dirtymap import dirty_epochs
+    from vmm.plots import dirty_epochs
 
     console = _console_sink(args)
     vm = MicroVM(config, on_console=console)
@@ -351,7 +363,7 @@ def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
 
 def cmd_dirty_map(args: argparse.Namespace) -> int:
     """Run GUEST for --epochs epochs of --epoch instructions and plot the pages each wrote."""
-    from tools.dirtymap import PlotUnavailableError, build_map, dirty_epochs, plot_dirty_map, require_matplotlib
+    from vmm.plots import PlotUnavailableError, build_map, dirty_epochs, plot_dirty_map, require_matplotlib
 
     try:
         require_matplotlib()  # before spending time running the guest
@@ -390,11 +402,17 @@ def cmd_dirty_map(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from snapshot.persist import load_snapshot
-
     t0 = time.perf_counter()
     console = _console_sink(args)
-    vm = load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
+    vm = MicroVM.load_snapshot(
+        args.path,
+        args.mem_backend,
+        verify_memory=True if args.verify_memory else None,
+        on_console=console,
+        progress_bars=_bars(args),
+        mmds=args.mmds,
+        reseed=args.reseed,
+    )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
@@ -407,10 +425,28 @@ def cmd_restore(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_describe(args: argparse.Namespace) -> int:
-    from snapshot.persist import describe
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Firecracker's API on a Unix socket (vmm.api); exits when the guest stops for good, with
+    its status, or 0 on SIGTERM."""
+    from vmm.api.server import serve
 
-    info = describe(args.path, verify=args.verify, progress_bars=_bars(args))
+    if args.no_api and args.api_sock is not None:
+        raise UsageError("give --api-sock or --no-api, not both")
+    if not args.no_api and args.api_sock is None:
+        raise UsageError("--api-sock PATH is required (or --no-api with --config-file)")
+    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id)
+    if result is None:
+        return EXIT_OK
+    if result.reason is StopReason.FAULT and result.fault is not None:
+        print(result.fault.format(), file=sys.stderr)
+    return EXIT_CODES[result.reason]
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    from snapshot.describe import describe
+    from vmm.persist import MACHINE
+
+    info = describe(args.path, verify=args.verify, progress_bars=_bars(args), schema=MACHINE)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -470,14 +506,15 @@ def _add_compress_args(p: argparse.ArgumentParser) -> None:
 def _compression(args: argparse.Namespace) -> tuple[str | None, int]:
     """(compress, frame_size) for save_snapshot/rebase from --compress/--frame-size."""
     from snapshot.frames import DEFAULT_FRAME_SIZE
-    from snapshot.persist import check_compression
+    from snapshot.memory import check_compression
+    from vmm.tlb import DIRTY_PAGE_SIZE
 
     compress = None if args.compress == "none" else args.compress
     if compress is None and args.frame_size is not None:
         raise UsageError("--frame-size needs --compress lz4")
     frame_size = DEFAULT_FRAME_SIZE if args.frame_size is None else args.frame_size
     try:
-        check_compression(compress, frame_size)
+        check_compression(compress, DIRTY_PAGE_SIZE, frame_size)
     except ValueError as e:
         raise UsageError(f"--frame-size: {e}") from None
     return compress, frame_size
@@ -500,8 +537,9 @@ def cmd_rebase(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from snapshot.chain import verify
+    from vmm.persist import MACHINE
 
-    report = verify(args.path, progress_bars=_bars(args))
+    report = verify(args.path, schema=MACHINE, progress_bars=_bars(args))
     if not args.quiet:
         for link in report.checked:
             print(f"ok  {link.state_path}  {link.kind} {link.memory_format}  {link.memory_digest}")
@@ -513,10 +551,19 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls such as ESC and newline,
+    format characters such as bidi overrides) written as its Python escape (`\x1b`, `\n`,
+    `\u202e`): strings from a file can neither drive the terminal nor fake rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
     """Print `rows` as aligned columns (with a header line if given); columns whose every
-    cell is a number are right-aligned."""
-    body = [tuple(r) for r in rows]
+    cell is a number are right-aligned. Cells are shown `printable`."""
+    body = [tuple(printable(c) for c in r) for r in rows]
     all_rows = ([tuple(headers)] if headers else []) + body
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
     numeric = [bool(body) and all(_NUMBER.fullmatch(r[i]) for r in body) for i in range(len(widths))]
@@ -530,8 +577,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     VM; continue both and compare."""
     import tempfile
 
-    from snapshot.persist import load_snapshot, save_snapshot
-
     config = VmConfig(guest="smp", vcpus=4, quantum=10_000, track_dirty_pages=True, params={"iterations": 200_000})
     step = 400_000
     print(f"microvm demo: guest smp on 4 vCPUs; snapshots every {step:,} instructions of virtual time\n")
@@ -540,11 +585,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows = []
         for i, kind in enumerate(("full", "diff", "diff")):
             original.run(step)
-            report = save_snapshot(original, os.path.join(tmp, f"s{i}"), kind)
+            report = original.save_snapshot(os.path.join(tmp, f"s{i}"), kind)
             rows.append((report.state_path.name, kind, f"{original.clock:,}", f"{report.pages_written:,}", f"{report.memory_bytes_written / 1024:,.0f}", f"{report.seconds * 1000:.1f}"))
         print_table(rows, ("snapshot", "kind", "at instr", "pages", "KiB written", "save ms"))
         t0 = time.perf_counter()
-        restored = load_snapshot(os.path.join(tmp, "s2"), "mmap")
+        restored = MicroVM.load_snapshot(os.path.join(tmp, "s2"), "mmap")
         restore_ms = (time.perf_counter() - t0) * 1000
         printed = original.console_output
         r1 = original.run(args.max_instructions)
@@ -628,10 +673,48 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-backend",
         choices=("copy", "mmap"),
         default="copy",
-        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily "
+        "(checks each memory file's identity in O(1), not its contents)",
+    )
+    p.add_argument(
+        "--verify-memory",
+        action="store_true",
+        help="with --mem-backend mmap: also read every memory file once to check its digest (finds damage inside it)",
+    )
+    p.add_argument(
+        "--mmds",
+        choices=("keep", "drop"),
+        default="keep",
+        help="keep: the MMDS data store and token key as saved (bit-identical continuation, the default); "
+        "drop: an empty store and a fresh random token key, as Firecracker's clones",
+    )
+    p.add_argument(
+        "--reseed",
+        type=_u64,
+        default=None,
+        metavar="N",
+        help="give the clone config seed N (its MMDS token key derives from it): clones with different seeds "
+        "share no tokens; this deliberately ends bit-identical continuation",
     )
     _add_run_args(p)
     p.set_defaults(func=cmd_restore)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve Firecracker's HTTP API on a Unix socket (configure, start, pause, snapshot with curl or an SDK)",
+        description="Mirror `firecracker --api-sock PATH [--config-file FILE] [--no-api] [--id ID]`: Firecracker's API "
+        "endpoints, JSON fields, status codes and state machine on a Unix socket (README: Firecracker users). "
+        "A config file configures the VM and starts it at once. The guest's console goes to stdout unless PUT /serial "
+        "names a file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT.replace("  3  the instruction budget ran out before the guest powered off\n", "")
+        + "the server runs until the guest stops for good; SIGTERM stops it with status 0\n",
+    )
+    p.add_argument("--api-sock", metavar="PATH", help="the Unix socket to create (must not exist)")
+    p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
+    p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
+    p.add_argument("--id", type=_instance_id, default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser(
         "describe",

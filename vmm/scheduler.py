@@ -29,10 +29,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Annotated, Callable, Protocol, Sequence
+
+from snapshot.plain import Range
+from vmm.config import MAX_QUANTUM
 
 from vmm.psci import complete_pending_power_on
 from vmm.vcpu import ExitKind, PowerState, SliceExit
+
+# Ours: the latest virtual time (ns) a VM may reach or a snapshot may record, ~146 years.
+# Virtual time is the generic timer's count (CNTPCT = clock, CNTVCT = clock - CNTVOFF, 64-bit
+# registers); this bound keeps the clock plus any round and deadline arithmetic inside a
+# signed 64-bit value, where the C hooks and Unicorn's instruction counts compute.
+MAX_CLOCK = 1 << 62
 
 if TYPE_CHECKING:
     from vmm.fault import FaultReport
@@ -94,8 +103,8 @@ class InterruptSource(Protocol):
 class SchedulerState:
     """Scheduler position, as plain data."""
 
-    clock: int  # virtual ns since boot
-    quantum: int
+    clock: Annotated[int, Range(0, MAX_CLOCK)]  # virtual ns since boot
+    quantum: Annotated[int, Range(1, MAX_QUANTUM)]
     stopped: str | None  # StopReason value once final
     stop_detail: str = ""
 

@@ -15,7 +15,7 @@ Contracts:
   slice boundary is a clean architectural point: a snapshot taken there and restored into a
   fresh Unicorn instance continues exactly as the original would.
 - `save_state()` returns a plain `VcpuState`; `restore_state()` takes it back. No Unicorn
-  context blob is used in snapshots. In-process reset (snapshot.reset) uses `checkpoint()` /
+  context blob is used in snapshots. In-process reset (vmm.reset) uses `checkpoint()` /
   `rollback()` instead: the Unicorn CPU context of this very instance, restored with one copy.
 - Translated code: Unicorn does not see RAM written behind its back, so the vCPU keeps a record
   of the RAM pages it may hold translations of (every page a fetch fill reached; other fills
@@ -144,6 +144,12 @@ SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
     SavedSysreg("TPIDR_EL0", (3, 3, 13, 0, 2)),
     SavedSysreg("TPIDRRO_EL0", (3, 3, 13, 0, 3)),
     SavedSysreg("MDSCR_EL1", (2, 0, 0, 2, 2)),
+    # Written by Linux at boot (measured: every MSR of a boot to the busybox prompt).
+    SavedSysreg("PMUSERENR_EL0", (3, 3, 9, 14, 0)),
+    *(SavedSysreg(f"DBGBVR{n}_EL1", (2, 0, 0, n, 4)) for n in range(6)),  # DDI 0487 D19.3: 6 breakpoints
+    *(SavedSysreg(f"DBGBCR{n}_EL1", (2, 0, 0, n, 5)) for n in range(6)),
+    *(SavedSysreg(f"DBGWVR{n}_EL1", (2, 0, 0, n, 6)) for n in range(4)),  # 4 watchpoints
+    *(SavedSysreg(f"DBGWCR{n}_EL1", (2, 0, 0, n, 7)) for n in range(4)),
 )
 _SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
 
@@ -188,6 +194,21 @@ class VcpuState:
     waiting: bool = False  # in WFI or PSCI CPU_SUSPEND (standby), until an interrupt
     pending_entry: U64 = 0  # CPU_ON entry point while ON_PENDING
     pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
+
+    def __post_init__(self) -> None:
+        """ValueError (EncodingError when decoded) for a state this machine cannot be in: PSTATE
+        at an exception level other than EL0t/EL1t/EL1h (no EL2, EL3 or AArch32 here) or a
+        system register that is not one of SAVED_SYSREGS."""
+        mode = self.pstate & (arch.PSTATE_M_MASK | arch.PSTATE_NRW)
+        if mode not in _VALID_PSTATE_MODES:
+            raise ValueError(f"pstate {self.pstate:#x}: M[4:0] = {mode:#x} is not EL0t, EL1t or EL1h")
+        unknown = next((key for key in self.sysregs if key not in _SAVED_SYSREG_KEYS), None)
+        if unknown is not None:
+            raise ValueError(f"sysregs: {unknown[:40]!r} is not a saved system register")
+
+
+_VALID_PSTATE_MODES = frozenset({arch.PSTATE_EL0T, arch.PSTATE_EL1T, arch.PSTATE_EL1H})
+_SAVED_SYSREG_KEYS = frozenset(r.key for r in SAVED_SYSREGS)
 
 
 @dataclass(frozen=True)
