@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from snapshot.persist import load_snapshot, save_snapshot
+import xxhash
+
 from tools.linux import find_assets
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB
@@ -75,11 +76,11 @@ class AtPrompt:
 def _at_prompt(tmp: Path, vcpus: int) -> AtPrompt:
     vm = boot_to_prompt(vcpus)
     console, digest = vm.console_output, vm.state_digest()
-    save_snapshot(vm, tmp / "full", "full")
+    vm.save_snapshot(tmp / "full", "full")
     vm.start_dirty_epoch()
     one = type_command(vm, b"echo one", b"one\r\n")
     dirty = vm.dirty_stats().pages_dirty
-    save_snapshot(vm, tmp / "diff", "diff")
+    vm.save_snapshot(tmp / "diff", "diff")
     answer = type_command(vm, b"echo $((6*7))", ANSWER)
     return AtPrompt(vcpus, console, digest, tmp / "full", tmp / "diff", one, answer, vm.state_digest(), dirty)
 
@@ -118,7 +119,7 @@ def test_two_boots_are_identical(prompt_1: AtPrompt) -> None:
 
 @pytest.mark.parametrize("backend", ["copy", "mmap"])
 def test_full_snapshot_at_the_prompt_continues_like_the_original(at_prompt: AtPrompt, backend: str) -> None:
-    vm = load_snapshot(at_prompt.full, backend)
+    vm = MicroVM.load_snapshot(at_prompt.full, backend)
     assert vm.state_digest() == at_prompt.digest
     assert type_command(vm, b"echo one", b"one\r\n") == at_prompt.one
     assert type_command(vm, b"echo $((6*7))", ANSWER) == at_prompt.answer
@@ -127,9 +128,17 @@ def test_full_snapshot_at_the_prompt_continues_like_the_original(at_prompt: AtPr
 
 @pytest.mark.parametrize("backend", ["copy", "mmap"])
 def test_diff_snapshot_at_the_prompt_continues_like_the_original(at_prompt: AtPrompt, backend: str) -> None:
-    vm = load_snapshot(at_prompt.diff, backend)
+    vm = MicroVM.load_snapshot(at_prompt.diff, backend)
     assert type_command(vm, b"echo $((6*7))", ANSWER) == at_prompt.answer
     assert vm.state_digest() == at_prompt.answer_digest
+
+
+def test_snapshots_record_the_command_line_and_the_initrd_digest(prompt_1: AtPrompt) -> None:
+    vm = MicroVM.load_snapshot(prompt_1.diff, "mmap")
+    assert vm.config.cmdline == CMDLINE
+    assets = find_assets()
+    assert assets is not None and vm.config.initrd == str(assets.initrd)
+    assert vm.initrd_digest == xxhash.xxh3_128_hexdigest(assets.initrd.read_bytes())
 
 
 def test_an_echo_at_the_prompt_dirties_few_pages(prompt_1: AtPrompt) -> None:
@@ -138,7 +147,7 @@ def test_an_echo_at_the_prompt_dirties_few_pages(prompt_1: AtPrompt) -> None:
 
 
 def test_poweroff_from_the_shell(prompt_1: AtPrompt) -> None:
-    vm = load_snapshot(prompt_1.full, "copy")
+    vm = MicroVM.load_snapshot(prompt_1.full, "copy")
     vm.uart.queue_input(b"poweroff -f\n")
     result = vm.run(COMMAND_BUDGET)
     assert result.reason is StopReason.POWER_OFF

@@ -2,12 +2,16 @@
  * The TLB fill's native fast path: a Unicorn UC_HOOK_TLB_FILL callback in C.
  *
  * vmm/native_fill.py registers `microvm_fill` as each vCPU's first TLB-fill hook. It serves the
- * fills that need no Python -- read and write fills of guest RAM while the MMU is off -- and
- * returns false for every other fill, so that Unicorn goes on to the Python fill
- * (vmm.tlb.TlbFiller), which stays the reference for everything and the only path when this
- * module is not built. What it does for the fills it serves is exactly what the Python fill
- * does for them (tests/test_native_fill.py compares the two):
- *   - translation: identity (VA == PA);
+ * fills that need no Python -- read, write and fetch fills that reach guest RAM, with the MMU
+ * off or through a stage-1 walk that succeeds -- and returns false for every other fill
+ * (translation faults, MMIO, holes, the stub page, unsupported translation settings, a page an
+ * LDTR/STTR retry owns), so that Unicorn goes on to the Python fill (vmm.tlb.TlbFiller), which
+ * stays the reference for everything and the only path when this module is not built. What
+ * it does for the fills it serves is exactly what the Python fill does for them
+ * (tests/test_native_fill.py compares the two):
+ *   - translation: identity (VA == PA), or vmm.mmu.translate's walk (4 KiB granule) at the
+ *     current EL and PSTATE.PAN, from the registers TlbFiller last read;
+ *   - a fetch fill records the code page (Vcpu's code-page record);
  *   - a read fill grants write only if the page is dirty already (AdaptiveController
  *     .write_allowed); a write fill does AdaptiveController.on_write_fill's bookkeeping
  *     (fault count, per-block window in virtual ns, step-down, marking) unless the page is

@@ -95,4 +95,6 @@ class VmConfig:
             "dirty_granule": self.dirty_granule,
             "seed": self.seed,
             "mmds_version": self.mmds_version,
+            "initrd": self.initrd,
+            "cmdline": self.cmdline,
         }

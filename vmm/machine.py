@@ -67,6 +67,7 @@ class MicroVM:
         self.config = config
         self.memory = GuestMemory(layout.RAM_BASE, config.mem_size, ram)
         self.lineage: object | None = None  # vmm.persist.Lineage of the last save/load
+        self.initrd_digest = ""  # xxh3-128 hex of the initrd booted (snapshots record it)
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
@@ -168,6 +169,7 @@ class MicroVM:
             what = "empty" if not data else f"{len(data)} bytes; {max(room, 0)} fit between the image and the device tree"
             raise ImageError(f"initrd {path} is {what}")
         self.memory.write(start, data)
+        self.initrd_digest = xxhash.xxh3_128_hexdigest(data)
         return start, start + len(data)
 
     # --- running ----------------------------------------------------------------------------------
@@ -303,6 +305,7 @@ class MicroVM:
         config, state = persist.clone_of(opened.config, opened.state, mmds=mmds, reseed=reseed, track_dirty_pages=track_dirty_pages)
         vm = cls(config, on_console=on_console, ram=opened.ram, boot=False)
         persist.restore_devices(vm, state)
+        vm.initrd_digest = state.vm.config.initrd_digest
         vm.lineage = opened.lineage
         return vm
 

@@ -2,9 +2,10 @@
 
 Every TLB miss of a vCPU calls a fill hook (vmm.tlb). From Python that costs about 2.5 us a
 fill, and a memory-heavy guest takes one fill every ~16 instructions (Unicorn's TLB is 256
-entries of 1 KiB). So each vCPU gets a C hook first: it serves read and write fills of guest
-RAM while the MMU is off, dirty-tracking bookkeeping included, and declines everything else
-(fetches, the MMU on, MMIO, holes), which Unicorn then hands to the Python fill. Both paths
+entries of 1 KiB). So each vCPU gets a C hook first: it serves read, write and fetch fills of
+guest RAM, with the MMU off or through the stage-1 walk (MMU on: a Linux boot makes millions
+of these), dirty-tracking bookkeeping included, and declines everything else
+(faults, MMIO, holes), which Unicorn then hands to the Python fill. Both paths
 work on the same arrays and compute the same result (tests/test_native_fill.py).
 
 The C module is built at install time if a C compiler is present (setup.py, optional). Without
