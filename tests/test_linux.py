@@ -146,6 +146,28 @@ def test_an_echo_at_the_prompt_dirties_few_pages(prompt_1: AtPrompt) -> None:
     assert prompt_1.diff.with_suffix(".mem").stat().st_blocks * 512 <= (DIRTY_PAGES_AFTER_ECHO_MAX + 16) * 4096
 
 
+EARLY_BOOT = 60_000_000  # MMU on, fixmap and TLBIs, timer interrupts: the native paths at work
+
+
+@pytest.mark.slow
+def test_native_and_python_paths_boot_alike(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The C fill (stage-1 walk), system-register filter and block hook against the Python
+    reference, on the first 60 M instructions of the real kernel: the same state, byte for byte."""
+    from vmm.native_fill import ENV_SWITCH
+    from vmm.testing import assert_vms_equal
+
+    vms = []
+    for switch in ("1", "0"):
+        monkeypatch.setenv(ENV_SWITCH, switch)
+        vm = MicroVM(_config(1))
+        assert vm.run(EARLY_BOOT).reason is StopReason.BUDGET
+        vms.append(vm)
+    assert vms[0].vcpus[0].native_sysreg is not None and vms[1].vcpus[0].native_sysreg is None
+    assert vms[0].tlb.python_fills < vms[1].tlb.python_fills
+    assert_vms_equal(vms[0], vms[1])
+    assert vms[0].console_output == vms[1].console_output
+
+
 def test_poweroff_from_the_shell(prompt_1: AtPrompt) -> None:
     vm = MicroVM.load_snapshot(prompt_1.full, "copy")
     vm.uart.queue_input(b"poweroff -f\n")
