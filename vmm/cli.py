@@ -560,6 +560,36 @@ def printable(text: str) -> str:
     return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
+def cmd_fanout(args: argparse.Namespace) -> int:
+    from vmm.experiments.engines import iter_experiments
+    from vmm.experiments.inputs import count_inputs
+    from vmm.experiments.output import write_results
+
+    total = count_inputs(args.inputs)  # every line checked before any worker starts
+    results = iter_experiments(
+        args.snapshot,
+        args.inputs,
+        engine=args.engine,
+        workers=args.workers,
+        address=args.address,
+        budget=args.budget,
+        batch_size=args.batch_size,
+        transfer=args.transfer,
+    )
+    try:
+        out = open(args.output, "w", encoding="utf-8")
+    except OSError as e:
+        raise UsageError(f"cannot write {args.output}: {e.strerror or e}") from None
+    with out:
+        summary = write_results(results, out, total=total, bar=False if args.quiet else None)
+    if args.json:
+        print(json.dumps(summary.to_json(), sort_keys=True))
+    elif not args.quiet:
+        for line in summary.lines():
+            print(line)
+    return EXIT_OK
+
+
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
     """Print `rows` as aligned columns (with a header line if given); columns whose every
     cell is a number are right-aligned. Cells are shown `printable`."""
@@ -772,6 +802,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="PATH", help="the snapshot's .snap file (or its name without .snap)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only a broken link; no progress bar")
     p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser(
+        "fanout",
+        help="run one snapshot over many inputs, on local processes or a Ray cluster",
+        description="Run every input of FILE.jsonl (UART bytes, MMDS data, memory writes, registers, a budget, a console "
+        "string to stop at; see vmm/experiments/inputs.py) from SNAPSHOT, each from the same state, and write one result "
+        "per input, in input order, to OUT. Each worker loads the snapshot once and resets between inputs. Results do "
+        "not depend on the engine, the worker count or the order inputs are picked up (wall time and attempts aside).",
+        epilog="exit status:\n  0  every input ran (whatever the guests did: see the results)\n  2  usage error, bad snapshot, bad input line (named)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot's .snap file (a diff's chain is found from its parents)")
+    p.add_argument("--inputs", required=True, metavar="FILE.jsonl", help="one JSON input per line")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="where to write the results")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: processes on this machine (default); ray: Ray actors")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="workers (default: the CPUs of this machine or of the Ray cluster)")
+    p.add_argument("--address", default=None, metavar="ADDR", help="the Ray cluster to join (default: a running session, else a new local one)")
+    p.add_argument(
+        "--transfer",
+        choices=("path", "object-store"),
+        default="path",
+        help="ray: how the snapshot reaches the workers: its path (every node must read it; default) or Ray's object store",
+    )
+    p.add_argument("--budget", type=_positive_int, default=10_000_000, metavar="N", help="instructions of virtual time for an input that names no budget (default 10,000,000)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="K", help="inputs sent to a worker at a time (default 8)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(func=cmd_fanout)
 
     p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
     p.add_argument("--max-instructions", type=_positive_int, default=2_000_000_000, metavar="N", help=argparse.SUPPRESS)

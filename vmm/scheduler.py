@@ -67,12 +67,15 @@ class StopReason(str, enum.Enum):
 
 @dataclass
 class RunResult:
-    """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU)."""
+    """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU);
+    `retired` is the instructions the vCPUs executed in all (less than `instructions` x vCPUs
+    while vCPUs wait or are off; a faulting slice counts whole, as in `Vcpu.run_slice`)."""
 
     reason: StopReason
     instructions: int
     detail: str = ""
     fault: FaultReport | None = None
+    retired: int = 0
 
     @property
     def ok(self) -> bool:
@@ -120,6 +123,7 @@ class Scheduler:
         self.stopped: StopReason | None = None
         self.stop_detail = ""
         self.fault: FaultReport | None = None
+        self.retired = 0  # instructions executed by all vCPUs since this scheduler was made
 
     def _next_round_end(self) -> int:
         end = (self.clock // self.quantum + 1) * self.quantum
@@ -169,6 +173,7 @@ class Scheduler:
             stop = end if deadline is None else min(deadline, end)
             ex = v.run_slice(stop - now, now)
             now += v.executed
+            self.retired += v.executed
             if ex is not None and ex.kind is not ExitKind.REPLAN:
                 if ex.kind is not ExitKind.WAIT or irq is None:
                     return ex  # stopped, or asleep with no timer of its own to wake it
@@ -201,6 +206,12 @@ class Scheduler:
     def run(self, max_instructions: int | None = None, until: Callable[[], bool] | None = None) -> RunResult:
         """Run rounds until the VM stops or `max_instructions` of virtual time have passed,
         or, with `until`, the first round end at which `until()` is true (StopReason.OUTPUT)."""
+        retired = self.retired
+        result = self._run(max_instructions, until)
+        result.retired = self.retired - retired
+        return result
+
+    def _run(self, max_instructions: int | None, until: Callable[[], bool] | None) -> RunResult:
         if max_instructions is not None and max_instructions < 0:
             raise ValueError("max_instructions must be >= 0")
         start = self.clock

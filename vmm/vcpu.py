@@ -362,7 +362,6 @@ class Vcpu:
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
-        self.executed_total = 0  # instructions this object has run (statistics; not guest state)
         self._reset_state = self.save_state()
 
     # --- registers ------------------------------------------------------------------------------
@@ -425,12 +424,6 @@ class Vcpu:
         self.uc.emu_stop()
 
     def run_slice(self, count: int, start: int) -> SliceExit | None:
-        """`_run_slice` (below), counting what ran into `executed_total`."""
-        ex = self._run_slice(count, start)
-        self.executed_total += self.executed
-        return ex
-
-    def _run_slice(self, count: int, start: int) -> SliceExit | None:
         """Run up to `count` instructions from `self.pc`, the first at virtual time `start`.
 
         None if all `count` ran. Afterwards `executed` is how many instructions the slice ran,
