@@ -5,4 +5,4 @@ Python fill (slower on memory-heavy guests, same results). See vmm/native_fill.p
 """
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("vmm._fill", sources=["vmm/_fill.c"], optional=True)])
+setup(ext_modules=[Extension("vmm._fill", sources=["vmm/_fill.c", "vmm/_sysreg.c"], depends=["vmm/_sysreg.h"], optional=True)])

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from unicorn import UC_MEM_FETCH, UC_MEM_READ, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC
+from unicorn import UC_MEM_FETCH, UC_MEM_READ, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ
 
 from snapshot.dirty import AdaptiveController, StepDownMode, TrackingConfig
 from vmm import MicroVM, VmConfig, native_fill
@@ -88,10 +88,12 @@ class _Native:
 
 
 def _python_fill(filler: TlbFiller, vcpu: _FakeVcpu, code_pages: bytearray, vaddr: int, access: int, now: int):
-    """TlbFiller's answer with Vcpu._on_tlb_fill's code-page rule for a data fill."""
+    """TlbFiller's answer with Vcpu._on_tlb_fill's code-page rule."""
     vcpu.slice_start = now
     paddr, perms = filler(vcpu, vaddr, access)  # type: ignore[arg-type, misc]
-    if not code_pages[(paddr - RAM_BASE) // CODE_PAGE]:
+    if access == UC_MEM_FETCH:
+        code_pages[(paddr - RAM_BASE) // CODE_PAGE] = 1
+    elif not code_pages[(paddr - RAM_BASE) // CODE_PAGE]:
         perms &= ~UC_PROT_EXEC
     return paddr, perms
 
@@ -104,7 +106,7 @@ def _state(controller: AdaptiveController) -> tuple[bytes, ...]:
 _fill_op = st.tuples(
     st.just("fill"),
     st.integers(0, RAM_SIZE // 1024 - 1),  # a 1 KiB TLB page
-    st.sampled_from((UC_MEM_READ, UC_MEM_WRITE, UC_MEM_WRITE)),
+    st.sampled_from((UC_MEM_READ, UC_MEM_WRITE, UC_MEM_WRITE, UC_MEM_FETCH)),
     st.integers(0, 400),  # virtual ns since the previous op
 )
 _ops = st.lists(
@@ -134,7 +136,8 @@ def test_each_fill_matches_the_python_fill(mode, threshold, window_ns, keep_wind
     ours = AdaptiveController(RAM_SIZE, PAGE, config) if tracking else None
     theirs = AdaptiveController(RAM_SIZE, PAGE, config) if tracking else None
     code_pages = bytearray(min(c, 1) for c in code)
-    native = _Native(ours, bytearray(code_pages))
+    native_code = bytearray(code_pages)
+    native = _Native(ours, native_code)
     filler = TlbFiller(GuestMemory(RAM_BASE, RAM_SIZE), MmioBus(), theirs, native=False)
     vcpu = _FakeVcpu()
     now = 0
@@ -156,18 +159,19 @@ def test_each_fill_matches_the_python_fill(mode, threshold, window_ns, keep_wind
             assert _state(ours) == _state(theirs), op
             assert ours.stats() == theirs.stats()
     assert (native.stage.fills, native.stage.write_fills) == (filler.python_fills, filler.python_write_fills)
+    assert native_code == code_pages  # the same code-page record
 
 
 @needs_native
 def test_it_declines_what_only_python_can_do() -> None:
     native = _Native(AdaptiveController(RAM_SIZE, PAGE), bytearray(b"\x01" * (RAM_SIZE // CODE_PAGE)))
-    assert native(RAM_BASE, UC_MEM_FETCH, 0) is None  # WFI/DAIFClr discovery, code-page record
+    assert native(RAM_BASE, UC_MEM_FETCH, 0) == (RAM_BASE, UC_PROT_READ | UC_PROT_EXEC)  # clean: no write
     assert native(RAM_BASE - 1024, UC_MEM_READ, 0) is None  # below RAM: MMIO, stub, holes
     assert native(RAM_BASE + RAM_SIZE, UC_MEM_WRITE, 0) is None  # above RAM
     assert native(RAM_BASE + RAM_SIZE - 1024, UC_MEM_WRITE, 0) == (RAM_BASE + RAM_SIZE - 1024, UC_PROT_ALL)
     native.stage.set_identity(False)  # the MMU is on, or not known yet: the walk is Python's
     assert native(RAM_BASE, UC_MEM_READ, 0) is None
-    assert native.stage.fills == 1
+    assert native.stage.fills == 2
 
 
 # --- whole guests, both ways ---------------------------------------------------------------------

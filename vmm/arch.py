@@ -100,6 +100,16 @@ DAIF_IMM_I = 0x200  # imm4 bit 1 in place: the I (IRQ) mask
 INSN_B_SELF = 0x1400_0000  # B . (branch to itself)
 
 
+# Load/store register (unprivileged): LDTR*, STTR* (DDI 0487 C4.1.66): size 111 0 00 opc 0 imm9 10 Rn Rt.
+LDST_UNPRIV_MASK = 0x3F20_0C00
+LDST_UNPRIV = 0x3800_0800
+
+
+def is_unprivileged_ldst(word: int) -> bool:
+    """Is `word` an LDTR/STTR-family load or store (checked with EL0 permissions at EL1)?"""
+    return word & LDST_UNPRIV_MASK == LDST_UNPRIV
+
+
 def unmasks_irq(word):  # type: ignore[no-untyped-def]
     """Is `word` an `MSR DAIFClr, #imm` that clears the I mask? Works on an int or elementwise
     on a numpy array of instruction words."""

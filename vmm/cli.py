@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import stat
 import sys
 import time
 from typing import Callable, Sequence
@@ -40,6 +41,7 @@ EXIT_CODES = {
     StopReason.BUDGET: EXIT_BUDGET,
     StopReason.DEADLOCK: EXIT_DEADLOCK,
     StopReason.RESET: EXIT_RESET,
+    StopReason.OUTPUT: EXIT_OK,
 }
 
 EPILOG_EXIT = """exit status:
@@ -108,6 +110,8 @@ def _add_machine_args(p: argparse.ArgumentParser) -> None:
         metavar="NAME=VALUE",
         help="guest parameter (repeatable); `microvm guests` lists each guest's parameters",
     )
+    p.add_argument("--initrd", metavar="FILE", help="initramfs for a Linux image (device tree /chosen linux,initrd-start/end)")
+    p.add_argument("--cmdline", default="", metavar="TEXT", help="kernel command line (/chosen bootargs), e.g. \"console=ttyAMA0\"")
     p.add_argument("--mmds-data", metavar="FILE.json", help="put this JSON object into the MMDS data store before boot")
     p.add_argument(
         "--mmds-version",
@@ -148,6 +152,8 @@ def _config_from(args: argparse.Namespace) -> VmConfig:
         image=None if is_builtin else target,
         params=dict(args.param),
         mmds_version=args.mmds_version,
+        initrd=args.initrd,
+        cmdline=args.cmdline,
     )
 
 
@@ -162,6 +168,23 @@ def _load_mmds(vm: MicroVM, path: str | None) -> None:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"MMDS data {path} is not valid JSON: {e}") from None
     vm.mmds.put(data)
+
+
+MAX_INPUT = 1 << 20  # bytes of --input: a script typed at the console, not a data channel
+
+
+def _read_input(path: str) -> bytes:
+    """The bytes of --input FILE (a regular file, at most MAX_INPUT bytes)."""
+    try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"--input {path} is not a regular file")
+        if st.st_size > MAX_INPUT:
+            raise UsageError(f"--input {path} is {st.st_size} bytes; at most {MAX_INPUT}")
+        with open(path, "rb") as f:
+            return f.read(MAX_INPUT)
+    except OSError as e:
+        raise UsageError(f"cannot read --input {path}: {e.strerror or e}") from None
 
 
 def _bars(args: argparse.Namespace) -> ProgressBars:
@@ -278,6 +301,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     _load_mmds(vm, args.mmds_data)
     t0 = time.perf_counter()
     result: RunResult | None = None
+    if args.input is not None:
+        data = _read_input(args.input)
+        result = vm.scheduler.run(args.max_instructions, until=lambda: vm.uart.rx_interrupts_enabled)
+        _check_console(console)
+        if result.reason.final or result.reason is StopReason.BUDGET:
+            return _finish(args, result, vm, time.perf_counter() - t0)
+        vm.uart.queue_input(data)
+        result = None
     snapshots: list[dict[str, object]] = []
     for i, point in enumerate(points):
         if args.max_instructions is not None and point > args.max_instructions:
@@ -631,6 +662,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("guest", metavar="GUEST", help="built-in guest name or image path")
     _add_machine_args(p)
     _add_run_args(p)
+    p.add_argument(
+        "--input",
+        metavar="FILE",
+        help="bytes the guest's UART receives, in order, once its driver unmasks the receive interrupt (a scripted console)",
+    )
     p.add_argument(
         "--snapshot-at",
         metavar="N[,N2,...]",

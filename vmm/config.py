@@ -9,6 +9,8 @@ from vmm.layout import MAX_VCPUS, MIB, RAM_DEFAULT_SIZE, RAM_MAX_SIZE, RAM_MIN_S
 DEFAULT_QUANTUM = 100_000  # instructions per vCPU per scheduling round
 MAX_QUANTUM = 100_000_000
 DIRTY_GRANULES = ("page", "per-block", "global")
+# arm64 COMMAND_LINE_SIZE (arch/arm64/include/uapi/asm/setup.h) is 2048 bytes, NUL included.
+MAX_CMDLINE = 2047
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,9 @@ class VmConfig:
       and only enlarge diffs; see snapshot/dirty.py and the `dirty` benchmark.
     - `seed`: seeds every guest-visible pseudo-random value (e.g. MMDS tokens).
     - `mmds_version`: 1 (plain GET) or 2 (session tokens, the default).
+    - `initrd`: path of an initramfs (e.g. cpio newc) handed to a Linux `image` through the
+      device tree (/chosen linux,initrd-start/end).
+    - `cmdline`: the kernel command line (/chosen bootargs), printable ASCII, at most 2047 bytes.
     """
 
     vcpus: int = 1
@@ -40,6 +45,8 @@ class VmConfig:
     dirty_granule: str = "page"
     seed: int = 0
     mmds_version: int = 2
+    initrd: str | None = None
+    cmdline: str = ""
 
     def __post_init__(self) -> None:
         if isinstance(self.vcpus, bool) or not isinstance(self.vcpus, int) or not 1 <= self.vcpus <= MAX_VCPUS:
@@ -61,6 +68,12 @@ class VmConfig:
             raise ConfigError(f"mmds_version must be 1 or 2, got {self.mmds_version!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or not 0 <= self.seed < 2**64:
             raise ConfigError(f"seed must be an integer in 0..2**64-1, got {self.seed!r}")
+        if not isinstance(self.cmdline, str) or len(self.cmdline) > MAX_CMDLINE or not all(
+            " " <= c <= "~" for c in self.cmdline
+        ):
+            raise ConfigError(f"cmdline must be printable ASCII of at most {MAX_CMDLINE} characters")
+        if self.initrd is not None and self.image is None:
+            raise ConfigError("an initrd needs a kernel image")
         for k, v in self.params.items():
             if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**64:
                 raise ConfigError(f"guest parameter {k!r} must be an integer in 0..2**64-1, got {v!r}")
@@ -82,4 +95,6 @@ class VmConfig:
             "dirty_granule": self.dirty_granule,
             "seed": self.seed,
             "mmds_version": self.mmds_version,
+            "initrd": self.initrd,
+            "cmdline": self.cmdline,
         }

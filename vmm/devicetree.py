@@ -46,8 +46,15 @@ def build_dtb(
     params: Mapping[str, int],
     with_gic: bool = True,
     with_mmds: bool = True,
+    bootargs: str = "",
+    initrd: tuple[int, int] | None = None,
+    rng_seed: bytes = b"",
 ) -> bytes:
-    """The DTB for a machine with `vcpus` vCPUs and `mem_size` bytes of RAM."""
+    """The DTB for a machine with `vcpus` vCPUs and `mem_size` bytes of RAM.
+
+    /chosen gets `bootargs` (the kernel command line) if not empty, `linux,initrd-start/end`
+    for `initrd` = (start, end) guest physical addresses, and `rng-seed` if given
+    (bindings: dt-schema chosen.yaml)."""
     tree = fdt.FDT()
     root = tree.root
     root.append(fdt.PropStrings("compatible", "microvm-harness,virt", "linux,dummy-virt"))
@@ -57,6 +64,13 @@ def build_dtb(
         root.append(fdt.PropWords("interrupt-parent", GIC_PHANDLE))
 
     chosen = _node("chosen", fdt.PropStrings("stdout-path", f"/pl011@{layout.UART0_BASE:x}"))
+    if bootargs:
+        chosen.append(fdt.PropStrings("bootargs", bootargs))
+    if initrd is not None:
+        chosen.append(fdt.PropWords("linux,initrd-start", *_cells64(initrd[0])))
+        chosen.append(fdt.PropWords("linux,initrd-end", *_cells64(initrd[1])))
+    if rng_seed:
+        chosen.append(fdt.PropBytes("rng-seed", data=rng_seed))
     for name, value in sorted(params.items()):
         chosen.append(fdt.PropWords(f"microvm,param-{name}", *_cells64(value)))
     tree.add_item(chosen)

@@ -71,7 +71,10 @@ def build_report(vcpu: Vcpu, info: FaultInfo) -> FaultReport:
     regs["pstate"] = state.pstate
     regs["elr_el1"] = state.sysregs[saved_sysreg_key("ELR_EL1")]
     regs["vbar_el1"] = state.sysregs[saved_sysreg_key("VBAR_EL1")]
-    word = vcpu.memory.read_u32(info.pc) if vcpu.memory.contains(info.pc, 4) else None
+    try:
+        word = vcpu.insn_at(info.pc)
+    except Exception:  # an unsupported translation: the report still goes out
+        word = None
     return FaultReport(
         vcpu=vcpu.index,
         pc=info.pc,

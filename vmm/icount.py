@@ -153,6 +153,11 @@ class InstructionCounter:
         self._uc = uc  # keeps the engine (and so the counted memory) alive
         self._cell = ctypes.c_uint64.from_address(_handle(uc) + _offset)
 
+    @property
+    def address(self) -> int:
+        """Where the count lives (for native hooks that read it: vmm/_sysreg.c)."""
+        return ctypes.addressof(self._cell)
+
     def counted(self) -> int:
         """Instructions counted so far by the current or last `emu_start` (contract above)."""
         return self._cell.value

@@ -14,6 +14,8 @@ KIB = 1024
 MIB = 1024 * KIB
 GIB = 1024 * MIB
 
+PAGE_SIZE = 4 * KIB  # the AArch64 4 KiB translation granule
+
 # --- RAM -------------------------------------------------------------------------------------
 RAM_BASE = 0x8000_0000  # Firecracker aarch64: DRAM starts at 2 GiB.
 RAM_MIN_SIZE = 16 * MIB

@@ -7,8 +7,10 @@ parameter block (guests/__init__.py). Secondary vCPUs start powered off (PSCI CP
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import stat
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import msgpack
@@ -20,13 +22,14 @@ from snapshot.dirty import AdaptiveController, DirtyBitmap, TrackingConfig, Trac
 from snapshot.frames import DEFAULT_FRAME_SIZE
 from vmm import layout
 from vmm.config import VmConfig
+from vmm.cpu_model import install_cpu_model
 from vmm.devicetree import build_dtb
 from vmm.devices.mmds import MmdsDevice, MmdsStore
 from vmm.devices.mmds.tokens import secret_for_seed
 from vmm.devices.pl011 import Pl011
 from vmm.errors import ConfigError, ImageError
 from vmm.fault import FaultReport, build_report
-from vmm.image import load_image
+from vmm.image import load_image, load_kernel
 from vmm.interrupts import Interrupts
 from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
@@ -64,6 +67,7 @@ class MicroVM:
         self.config = config
         self.memory = GuestMemory(layout.RAM_BASE, config.mem_size, ram)
         self.lineage: object | None = None  # vmm.persist.Lineage of the last save/load
+        self.initrd_digest = ""  # xxh3-128 hex of the initrd booted (snapshots record it)
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
@@ -100,10 +104,15 @@ class MicroVM:
             fetch_word=self.tlb.fetch_word,
             on_restore=self.tlb.invalidate,
             irq_pending=lambda v: self.interrupts.wakeup_pending(v.index),
+            irq_signalled=lambda v: self.interrupts.irq_signalled(v.index),
+            unprivileged_retry=self.tlb.unprivileged_retry,
+            on_tlbi=self._on_tlbi,
+            cntvoff=lambda v: self.interrupts.timers[v.index].cntvoff,
         )
         for enc in TRANSLATION_REGS:
-            hooks.sysreg_observe[enc] = self.tlb.invalidate
+            hooks.sysreg_observe[enc] = self._on_translation_write
         base_sysreg_traps(hooks)
+        install_cpu_model(hooks)
         self.interrupts.install_traps(hooks)
         for i in range(config.vcpus):
             self.vcpus.append(Vcpu(i, self.memory, self.bus, hooks))
@@ -121,21 +130,48 @@ class MicroVM:
             values = spec.resolve_params(cfg.params)
             named = dict(zip((p.name for p in spec.params), values))
             entry = load_image(self.memory, spec.binary(), limit=fdt_addr, name=f"guest {cfg.guest}")
+            linux, initrd = False, None
         elif cfg.image is not None:
-            try:
-                data = Path(cfg.image).read_bytes()
-            except OSError as e:
-                raise ImageError(f"cannot read image {cfg.image}: {e.strerror or e}") from None
-            entry = load_image(self.memory, data, limit=fdt_addr, name=cfg.image)
+            loaded = load_kernel(self.memory, _read_input(cfg.image, "image"), limit=fdt_addr, name=cfg.image)
+            entry, linux = loaded.entry, loaded.linux
+            initrd = self._load_initrd(loaded.end, fdt_addr)
             values = [cfg.params[k] for k in sorted(cfg.params)]
             named = dict(sorted(cfg.params.items()))
         else:
             raise ConfigError("nothing to boot: give a built-in guest or an image")
-        dtb = build_dtb(vcpus=cfg.vcpus, mem_size=cfg.mem_size, params=named, with_gic=True, with_mmds=True)
+        dtb = build_dtb(
+            vcpus=cfg.vcpus,
+            mem_size=cfg.mem_size,
+            params=named,
+            bootargs=cfg.cmdline,
+            initrd=initrd,
+            rng_seed=hashlib.blake2b(cfg.seed.to_bytes(8, "little"), person=b"microvm-rng", digest_size=64).digest()
+            if linux
+            else b"",
+        )
         self.memory.write(fdt_addr, dtb)
+        if linux:  # booting.rst: x0 = DTB, x1..x3 = 0 (reserved for future use)
+            self.vcpus[0].reset(entry, x0=fdt_addr)
+            return
         block = [guests.PARAMS_MAGIC, cfg.vcpus, layout.RAM_BASE, cfg.mem_size, len(values), *values]
         self.memory.write(params_addr, b"".join(v.to_bytes(8, "little") for v in block))
         self.vcpus[0].reset(entry, x0=fdt_addr, x1=params_addr)
+
+    def _load_initrd(self, image_end: int, fdt_addr: int) -> tuple[int, int] | None:
+        """Copy the initrd just below the DTB window, page aligned and clear of the image's
+        claimed memory (`image_end`); its (start, end) for /chosen, or None without one."""
+        path = self.config.initrd
+        if path is None:
+            return None
+        room = fdt_addr - image_end
+        data = _read_input(path, "initrd", limit=max(room, 0))
+        start = (fdt_addr - len(data)) & ~(layout.PAGE_SIZE - 1)
+        if not data or start < image_end:
+            what = "empty" if not data else f"{len(data)} bytes; {max(room, 0)} fit between the image and the device tree"
+            raise ImageError(f"initrd {path} is {what}")
+        self.memory.write(start, data)
+        self.initrd_digest = xxhash.xxh3_128_hexdigest(data)
+        return start, start + len(data)
 
     # --- running ----------------------------------------------------------------------------------
     def run(self, max_instructions: int | None = None) -> RunResult:
@@ -145,6 +181,22 @@ class MicroVM:
         end (see vmm.scheduler).
         """
         return self.scheduler.run(max_instructions)
+
+    def run_until_output(self, pattern: bytes, max_instructions: int | None = None) -> RunResult:
+        """Run until the console output written from now on contains `pattern`: stops at the
+        end of the round in which it appeared (StopReason.OUTPUT; a pause point like any
+        other), or as `run` does (power-off, fault, budget...)."""
+        if not pattern:
+            raise ValueError("pattern must not be empty")
+        start = len(self._console)
+        pos = [start]
+
+        def seen() -> bool:
+            found = self._console.find(pattern, pos[0]) >= 0
+            pos[0] = max(start, len(self._console) - len(pattern) + 1)
+            return found
+
+        return self.scheduler.run(max_instructions, until=seen)
 
     @property
     def clock(self) -> int:
@@ -254,6 +306,7 @@ class MicroVM:
         config, state = persist.clone_of(opened.config, opened.state, mmds=mmds, reseed=reseed, track_dirty_pages=track_dirty_pages)
         vm = cls(config, on_console=on_console, ram=opened.ram, boot=False)
         persist.restore_devices(vm, state)
+        vm.initrd_digest = state.vm.config.initrd_digest
         vm.lineage = opened.lineage
         return vm
 
@@ -281,6 +334,18 @@ class MicroVM:
         self._console += b
         if self._on_console is not None:
             self._on_console(b)
+
+    def _on_tlbi(self, vcpu: Vcpu) -> None:
+        """Any TLBI is treated as broadcast: the other vCPUs flush before their next slice."""
+        for v in self.vcpus:
+            if v is not vcpu:
+                v.tlb_stale = True
+
+    def _on_translation_write(self, vcpu: Vcpu) -> None:
+        """SCTLR_EL1, TCR_EL1 or a TTBR is about to be written: drop the cached registers and
+        the TLB (entries carry no ASID, so a TTBR switch must not keep the old ones)."""
+        self.tlb.invalidate(vcpu)
+        vcpu.flush_tlb()
 
     def _on_fault(self, vcpu: Vcpu, info: FaultInfo) -> FaultReport:
         return build_report(vcpu, info)
@@ -318,6 +383,21 @@ class _HostCodeWrites:
         first, last = offset // CODE_PAGE_SIZE, (offset + length - 1) // CODE_PAGE_SIZE
         for vcpu in self._vcpus:
             vcpu.note_host_write(first, last)
+
+
+def _read_input(path: str, what: str, limit: int | None = None) -> bytes:
+    """The bytes of a regular file given as boot input; ImageError naming it otherwise. With
+    `limit`, a larger file is refused before it is read."""
+    try:
+        st = os.stat(path)  # before opening: opening a FIFO would block
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"{what} {path} is not a regular file")
+        if limit is not None and st.st_size > limit:
+            raise ImageError(f"{what} {path} is {st.st_size} bytes; at most {limit} fit")
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise ImageError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def _tracking_config(config: VmConfig) -> TrackingConfig:

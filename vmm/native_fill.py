@@ -2,9 +2,10 @@
 
 Every TLB miss of a vCPU calls a fill hook (vmm.tlb). From Python that costs about 2.5 us a
 fill, and a memory-heavy guest takes one fill every ~16 instructions (Unicorn's TLB is 256
-entries of 1 KiB). So each vCPU gets a C hook first: it serves read and write fills of guest
-RAM while the MMU is off, dirty-tracking bookkeeping included, and declines everything else
-(fetches, the MMU on, MMIO, holes), which Unicorn then hands to the Python fill. Both paths
+entries of 1 KiB). So each vCPU gets a C hook first: it serves read, write and fetch fills of
+guest RAM, with the MMU off or through the stage-1 walk (MMU on: a Linux boot makes millions
+of these), dirty-tracking bookkeeping included, and declines everything else
+(faults, MMIO, holes), which Unicorn then hands to the Python fill. Both paths
 work on the same arrays and compute the same result (tests/test_native_fill.py).
 
 The C module is built at install time if a C compiler is present (setup.py, optional). Without
@@ -61,6 +62,18 @@ class FillState(ctypes.Structure):
         ("tracker", ctypes.POINTER(Tracker)),
         ("fills", ctypes.c_uint64),
         ("write_fills", ctypes.c_uint64),
+        ("walk", ctypes.c_uint32),
+        ("reg_pstate", ctypes.c_uint32),
+        ("sctlr", ctypes.c_uint64),
+        ("tcr", ctypes.c_uint64),
+        ("ttbr0", ctypes.c_uint64),
+        ("ttbr1", ctypes.c_uint64),
+        ("ram", ctypes.c_void_p),
+        ("reg_read", ctypes.c_void_p),
+        ("unpriv_page", ctypes.c_uint64),
+        ("stub_base", ctypes.c_uint64),
+        ("walk_fills", ctypes.c_uint64),
+        ("fetch_fills", ctypes.c_uint64),
     ]
 
 
@@ -127,8 +140,20 @@ class NativeFill:
     """One vCPU's native fill: its `FillState` and the hook registered on its Unicorn engine."""
 
     def __init__(
-        self, ram_base: int, ram_size: int, code_pages: bytearray, code_page_size: int, tracker: Tracker | None
+        self,
+        ram_base: int,
+        ram_size: int,
+        code_pages: bytearray,
+        code_page_size: int,
+        tracker: Tracker | None,
+        ram_address: int = 0,
+        stub_base: int = 0,
     ) -> None:
+        """`ram_address`: host address of guest RAM (for the walk's descriptor reads; 0: the
+        walk is never used); `stub_base`: the VMM stub page's VA, left to the Python fill."""
+        from unicorn.arm64_const import UC_ARM64_REG_PSTATE
+        from unicorn.unicorn_py3.unicorn import uclib
+
         self._pins: list[object] = [tracker]
         self.state = FillState(
             ram_base=ram_base,
@@ -137,6 +162,10 @@ class NativeFill:
             code_shift=code_page_size.bit_length() - 1,
             identity=0,
             tracker=ctypes.pointer(tracker) if tracker is not None else None,
+            reg_pstate=UC_ARM64_REG_PSTATE,
+            ram=ram_address,
+            reg_read=ctypes.cast(uclib.uc_reg_read, ctypes.c_void_p).value,
+            stub_base=stub_base,
         )
 
     def register(self, uc: Uc) -> None:
@@ -163,6 +192,27 @@ class NativeFill:
         """Serve fills (the MMU is off: VA == PA), or decline them all (the MMU is on, or its
         state is not known yet)."""
         self.state.identity = int(identity)
+        self.state.walk = 0
+
+    def set_walk(self, sctlr: int, tcr: int, ttbr0: int, ttbr1: int) -> None:
+        """The MMU is on with these registers: serve data fills the stage-1 walk resolves to
+        RAM without a fault (faults and everything else go to the Python fill)."""
+        s = self.state
+        s.identity = 0
+        s.sctlr, s.tcr, s.ttbr0, s.ttbr1 = sctlr, tcr, ttbr0, ttbr1
+        s.walk = int(bool(s.ram))
+
+    def set_unprivileged_page(self, va_page: int | None) -> None:
+        """Leave the fills of this 4 KiB VA page to the Python fill (LDTR/STTR: vmm.tlb)."""
+        self.state.unpriv_page = 0 if va_page is None else va_page | 1
+
+    @property
+    def fetch_fills(self) -> int:
+        return self.state.fetch_fills
+
+    @property
+    def walk_fills(self) -> int:
+        return self.state.walk_fills
 
     def start_slice(self, start_ns: int) -> None:
         """The slice about to run starts at virtual time `start_ns` (the fault-window clock)."""

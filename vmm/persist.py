@@ -129,7 +129,7 @@ def capture(vm: MicroVM, memory: MemFileInfo, parent: ParentLink | None = None) 
             ram_size=vm.memory.size,
             page_size=DIRTY_PAGE_SIZE,
             vcpu_count=len(vm.vcpus),
-            config=SavedConfig(**cfg.to_plain()),  # type: ignore[arg-type]
+            config=SavedConfig(**cfg.to_plain(), initrd_digest=vm.initrd_digest),  # type: ignore[arg-type]
         ),
         vcpus=[v.save_state() for v in vm.vcpus],
         interrupts=vm.interrupts.save_state(),
@@ -252,7 +252,9 @@ def decode_state(data: dict[str, Any]) -> MicrovmState:
 
 
 def config_of(state: MicrovmState) -> VmConfig:
-    return VmConfig(**asdict(state.vm.config))
+    saved = asdict(state.vm.config)
+    saved.pop("initrd_digest")  # a fact about the boot, not an input (MicroVM.initrd_digest)
+    return VmConfig(**saved)
 
 
 class MachineStateSchema:

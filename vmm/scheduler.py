@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated, Protocol, Sequence
+from typing import TYPE_CHECKING, Annotated, Callable, Protocol, Sequence
 
 from snapshot.plain import Range
 from vmm.config import MAX_QUANTUM
@@ -57,6 +57,7 @@ class StopReason(str, enum.Enum):
     FAULT = "fault"  # a guest fault the guest could not handle
     ALL_OFF = "all_vcpus_off"  # every vCPU powered off with CPU_OFF
     DEADLOCK = "deadlock"  # every vCPU waits and no event is pending
+    OUTPUT = "output"  # the console showed what `MicroVM.run_until_output` waited for
 
     @property
     def final(self) -> bool:
@@ -78,7 +79,7 @@ class RunResult:
 
     @property
     def ok(self) -> bool:
-        return self.reason in (StopReason.POWER_OFF, StopReason.BUDGET)
+        return self.reason in (StopReason.POWER_OFF, StopReason.BUDGET, StopReason.OUTPUT)
 
 
 class InterruptSource(Protocol):
@@ -202,14 +203,15 @@ class Scheduler:
             summary = getattr(ex.fault, "summary", None)
             self._stop(StopReason.FAULT, summary() if callable(summary) else ex.detail)
 
-    def run(self, max_instructions: int | None = None) -> RunResult:
-        """Run rounds until the VM stops or `max_instructions` of virtual time have passed."""
+    def run(self, max_instructions: int | None = None, until: Callable[[], bool] | None = None) -> RunResult:
+        """Run rounds until the VM stops or `max_instructions` of virtual time have passed,
+        or, with `until`, the first round end at which `until()` is true (StopReason.OUTPUT)."""
         retired = self.retired
-        result = self._run(max_instructions)
+        result = self._run(max_instructions, until)
         result.retired = self.retired - retired
         return result
 
-    def _run(self, max_instructions: int | None) -> RunResult:
+    def _run(self, max_instructions: int | None, until: Callable[[], bool] | None) -> RunResult:
         if max_instructions is not None and max_instructions < 0:
             raise ValueError("max_instructions must be >= 0")
         start = self.clock
@@ -245,6 +247,8 @@ class Scheduler:
             self.clock = end
             if self.stopped is not None:
                 return RunResult(self.stopped, self.clock - start, self.stop_detail, self.fault)
+            if until is not None and until():
+                return RunResult(StopReason.OUTPUT, self.clock - start)
 
     def save_state(self) -> SchedulerState:
         return SchedulerState(

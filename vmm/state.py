@@ -39,6 +39,10 @@ class SavedConfig:
     dirty_granule: Annotated[str, MaxLen(16)]
     seed: U64
     mmds_version: int
+    # Added in a minor version (defaults: older files read as before).
+    initrd: Optional[Annotated[str, MaxLen(4096)]] = None
+    cmdline: Annotated[str, MaxLen(2047)] = ""  # vmm.config.MAX_CMDLINE
+    initrd_digest: Annotated[str, MaxLen(64)] = ""  # xxh3-128 hex of the initrd booted, "" without one
 
 
 @dataclass

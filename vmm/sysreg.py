@@ -56,6 +56,16 @@ ICC_BPR1_EL1: SysReg = (3, 0, 12, 12, 3)  # S3_0_C12_C12_3 binary point, group 1
 ICC_CTLR_EL1: SysReg = (3, 0, 12, 12, 4)  # S3_0_C12_C12_4 control
 ICC_SRE_EL1: SysReg = (3, 0, 12, 12, 5)  # S3_0_C12_C12_5 system register enable
 ICC_IGRPEN1_EL1: SysReg = (3, 0, 12, 12, 7)  # S3_0_C12_C12_7 group 1 enable
+# Group 0 and alias registers: there are no group-0 interrupts here (no EL3), so they read as
+# zero (IAR0/HPPIR0: spurious) and ignore writes; AP0R0 exists as PRIbits = 4 implies.
+ICC_IAR0_EL1: SysReg = (3, 0, 12, 8, 0)  # S3_0_C12_C8_0 acknowledge, group 0
+ICC_EOIR0_EL1: SysReg = (3, 0, 12, 8, 1)  # S3_0_C12_C8_1 end of interrupt, group 0
+ICC_HPPIR0_EL1: SysReg = (3, 0, 12, 8, 2)  # S3_0_C12_C8_2 highest priority pending, group 0
+ICC_BPR0_EL1: SysReg = (3, 0, 12, 8, 3)  # S3_0_C12_C8_3 binary point, group 0
+ICC_AP0R0_EL1: SysReg = (3, 0, 12, 8, 4)  # S3_0_C12_C8_4 group 0 active priorities 0
+ICC_ASGI1R_EL1: SysReg = (3, 0, 12, 11, 6)  # S3_0_C12_C11_6 generate group 1 SGI, other security state
+ICC_SGI0R_EL1: SysReg = (3, 0, 12, 11, 7)  # S3_0_C12_C11_7 generate group 0 SGI
+ICC_IGRPEN0_EL1: SysReg = (3, 0, 12, 12, 6)  # S3_0_C12_C12_6 group 0 enable
 
 # --- Generic timer (DDI 0487 D12.8 / D24.9 "Generic Timer registers") ----------------------------
 CNTKCTL_EL1: SysReg = (3, 0, 14, 1, 0)  # S3_0_C14_C1_0 EL0 access control

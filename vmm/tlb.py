@@ -95,6 +95,7 @@ class TlbFiller:
         self.native = native_fill.available() if native is None else native
         self._tracker = native_fill.tracker_for(dirty) if self.native and dirty is not None else None
         self._native: dict[int, NativeFill] = {}
+        self._unprivileged: dict[int, int] = {}  # vCPU -> 4 KiB VA page: its next data fill is EL0's
         self._ram_base = memory.base
         self._ram_size = memory.size
         self._words = memory.view().view("<u8")  # RAM as little-endian u64, for descriptor reads
@@ -109,7 +110,15 @@ class TlbFiller:
         declines every fill until this class has seen the vCPU's MMU off."""
         if not self.native:
             return None
-        stage = NativeFill(self._ram_base, self._ram_size, vcpu.code_pages, vcpu.code_page_size, self._tracker)
+        stage = NativeFill(
+            self._ram_base,
+            self._ram_size,
+            vcpu.code_pages,
+            vcpu.code_page_size,
+            self._tracker,
+            ram_address=self.memory.host_address,
+            stub_base=VMM_STUB_BASE,
+        )
         self._native[vcpu.index] = stage
         return stage
 
@@ -126,9 +135,11 @@ class TlbFiller:
         """Forget `vcpu`'s cached translation registers (the native fill declines until the
         next fill here has read them again)."""
         self._regs[vcpu.index] = None
+        self._unprivileged.pop(vcpu.index, None)
         stage = self._native.get(vcpu.index)
         if stage is not None:
             stage.set_identity(False)
+            stage.set_unprivileged_page(None)
 
     def _translation_regs(self, vcpu: Vcpu) -> TranslationRegs:
         regs = TranslationRegs(
@@ -140,32 +151,23 @@ class TlbFiller:
         self._regs[vcpu.index] = regs
         stage = self._native.get(vcpu.index)
         if stage is not None:
-            stage.set_identity(not regs.sctlr & SCTLR_M)
+            if regs.sctlr & SCTLR_M:
+                stage.set_walk(regs.sctlr, regs.tcr, regs.ttbr0, regs.ttbr1)
+            else:
+                stage.set_identity(True)
         return regs
 
-    def _watch_wfis(self, vcpu: Vcpu, vaddr: int, pa: int) -> None:
-        """Hook every WFI, and every instruction after an IRQ-unmasking MSR DAIFClr, in the
-        page about to be executed (Unicorn runs WFI as a NOP and does not report DAIFClr)."""
-        pa_page = pa & ~(UC_PAGE_SIZE - 1)
-        if not self.memory.contains(pa_page, UC_PAGE_SIZE):
-            return
-        words = self.memory.view(pa_page, UC_PAGE_SIZE).view(np.uint32)
-        va_page = vaddr & ~(UC_PAGE_SIZE - 1)
-        for i in np.flatnonzero(words == arch.INSN_WFI):
-            vcpu.watch_wfi(va_page + 4 * int(i))
-        for i in np.flatnonzero(arch.unmasks_irq(words)):
-            vcpu.watch_irq_unmask(va_page + 4 * int(i) + 4)
-
-    def fetch_word(self, vcpu: Vcpu, vaddr: int) -> int | None:
-        """The instruction word a fetch from `vaddr` would read now (4-byte aligned), or None if
-        it would fault or reach no RAM. No side effects: for hooks that must check that the
-        instruction they were placed on is still there (`Vcpu.watch_wfi`)."""
+    def fetch_word(self, vcpu: Vcpu, vaddr: int, el: int | None = None) -> int | None:
+        """The instruction word a fetch from `vaddr` at EL `el` (default: the vCPU's current
+        EL) would read now (4-byte aligned), or None if it would fault or reach no RAM. No side
+        effects: for exception entry (is the vector there?), syndromes (the trapped
+        instruction) and fault reports."""
         regs = self._regs.get(vcpu.index)
         if regs is None:
             regs = self._translation_regs(vcpu)
         pa = vaddr
         if regs.sctlr & SCTLR_M:
-            result = self._walk(vcpu, regs, vaddr, AccessKind.FETCH)
+            result = self._walk(vcpu, regs, vaddr, AccessKind.FETCH, el)
             if not isinstance(result, Translation):
                 return None
             pa = result.pa
@@ -181,10 +183,28 @@ class TlbFiller:
             return int(self._words[off >> 3])
         return None
 
-    def _walk(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, kind: AccessKind) -> Translation | TranslationFault:
-        """The stage-1 walk for an access of `kind` at the vCPU's current EL and PSTATE.PAN."""
+    def _walk(
+        self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, kind: AccessKind, el: int | None = None
+    ) -> Translation | TranslationFault:
+        """The stage-1 walk for an access of `kind` at EL `el` (default: the vCPU's current EL)
+        and PSTATE.PAN."""
         pstate = vcpu.pstate
-        return translate(regs, vaddr, kind, arch.pstate_el(pstate), self._read_u64, pan=bool(pstate & PSTATE_PAN))
+        el = arch.pstate_el(pstate) if el is None else el
+        return translate(regs, vaddr, kind, el, self._read_u64, pan=bool(pstate & PSTATE_PAN))
+
+    def unprivileged_retry(self, vcpu: Vcpu, va: int, access: AccessKind) -> bool:
+        """An LDTR/STTR at EL1 faulted at `va` (the fill checked EL1's permissions and PAN).
+        If EL0 may make this access, the next data fill of its 4 KiB page uses EL0's
+        permissions without PAN (once), and True is returned."""
+        regs = self._regs.get(vcpu.index) or self._translation_regs(vcpu)
+        if not isinstance(translate(regs, va, access, 0, self._read_u64), Translation):
+            return False
+        page = va & ~(DIRTY_PAGE_SIZE - 1)
+        self._unprivileged[vcpu.index] = page
+        stage = self._native.get(vcpu.index)
+        if stage is not None:
+            stage.set_unprivileged_page(page)
+        return True
 
     def _translate(self, vcpu: Vcpu, regs: TranslationRegs, vaddr: int, access: int) -> tuple[int, int] | None:
         """Stage-1 walk: (pa, perms), or None after recording the fault on the vCPU."""
@@ -192,7 +212,16 @@ class TlbFiller:
             # The VMM's CLREX stub runs between slices whatever the guest's tables say: its VA
             # page is reserved in every address space (docs/machine.md), and maps to itself.
             return vaddr, UC_PROT_ALL
-        result = self._walk(vcpu, regs, vaddr, _ACCESS.get(access, AccessKind.READ))
+        kind = _ACCESS.get(access, AccessKind.READ)
+        unpriv = self._unprivileged.get(vcpu.index)
+        if unpriv is not None and kind is not AccessKind.FETCH and vaddr & ~(DIRTY_PAGE_SIZE - 1) == unpriv:
+            del self._unprivileged[vcpu.index]  # the retried LDTR/STTR (unprivileged_retry)
+            stage = self._native.get(vcpu.index)
+            if stage is not None:
+                stage.set_unprivileged_page(None)
+            result = translate(regs, vaddr, kind, 0, self._read_u64)
+        else:
+            result = self._walk(vcpu, regs, vaddr, kind)
         if not isinstance(result, Translation):
             vcpu.pending_abort = result
             if access == UC_MEM_FETCH:
@@ -221,8 +250,6 @@ class TlbFiller:
             pa, perms = vaddr, UC_PROT_ALL
         offset = pa - self._ram_base
         if 0 <= offset < self._ram_size:
-            if access == UC_MEM_FETCH:
-                self._watch_wfis(vcpu, vaddr, pa)
             dirty = self.dirty
             if dirty is not None:
                 page = offset // DIRTY_PAGE_SIZE

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Annotated, Callable, Literal
 import numpy as np
 from unicorn import (
     UC_ARCH_ARM64,
-    UC_HOOK_CODE,
+    UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
     UC_HOOK_MEM_PROT,
@@ -58,7 +58,9 @@ from unicorn import arm64_const as a64
 from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
+from vmm import native_sysreg
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
+from vmm.native_sysreg import NativeSysreg
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
@@ -75,6 +77,8 @@ UC_PAGE_SIZE = 1024
 # Granule of the record of RAM pages this vCPU may hold translated code of: the 4 KiB
 # translation granule, the page of the dirty bitmap (vmm.tlb.DIRTY_PAGE_SIZE).
 CODE_PAGE_SIZE = 4096
+
+UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
 
 # Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
 EXCP_UDEF = 1
@@ -140,6 +144,12 @@ SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
     SavedSysreg("TPIDR_EL0", (3, 3, 13, 0, 2)),
     SavedSysreg("TPIDRRO_EL0", (3, 3, 13, 0, 3)),
     SavedSysreg("MDSCR_EL1", (2, 0, 0, 2, 2)),
+    # Written by Linux at boot (measured: every MSR of a boot to the busybox prompt).
+    SavedSysreg("PMUSERENR_EL0", (3, 3, 9, 14, 0)),
+    *(SavedSysreg(f"DBGBVR{n}_EL1", (2, 0, 0, n, 4)) for n in range(6)),  # DDI 0487 D19.3: 6 breakpoints
+    *(SavedSysreg(f"DBGBCR{n}_EL1", (2, 0, 0, n, 5)) for n in range(6)),
+    *(SavedSysreg(f"DBGWVR{n}_EL1", (2, 0, 0, n, 6)) for n in range(4)),  # 4 watchpoints
+    *(SavedSysreg(f"DBGWCR{n}_EL1", (2, 0, 0, n, 7)) for n in range(4)),
 )
 _SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
 
@@ -266,15 +276,23 @@ class VcpuHooks:
     # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
     # The instruction word a fetch from a VA would read now (None: it would fault); no side
     # effects. Watch hooks check with it that their instruction is still there.
-    fetch_word: Callable[["Vcpu", int], int | None] | None = None
+    fetch_word: Callable[..., int | None] | None = None  # (vcpu, vaddr, el=None)
     tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
     # MMIO dispatch errors and other faults end up here for a report.
     on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
+    # The generic timer's CNTVOFF for this vCPU (the native counter reads need it).
+    cntvoff: Callable[["Vcpu"], int] | None = None
+    # Called after a TLBI on this vCPU (its own TLB is flushed already): the others' next.
+    on_tlbi: Callable[["Vcpu"], None] | None = None
     # Called after restore_state() (cached per-vCPU facts must be dropped).
     on_restore: Callable[["Vcpu"], None] | None = None
-    # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI and after
-    # an instruction that unmasks IRQs.
+    # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI.
     irq_pending: Callable[["Vcpu"], bool] | None = None
+    # An LDTR/STTR at EL1 faulted on the data access at this VA: may EL0 make it? If so, the
+    # next fill of its page uses EL0's permissions, and the vCPU runs the instruction again.
+    unprivileged_retry: Callable[["Vcpu", int, object], bool] | None = None
+    # Does the GIC signal an IRQ to this vCPU (taken as soon as PSTATE.I is clear)?
+    irq_signalled: Callable[["Vcpu"], bool] | None = None
 
 
 class Vcpu:
@@ -294,8 +312,7 @@ class Vcpu:
         self._unmapped: tuple[int, int] | None = None  # (access, address) of the last unmapped access
         self._refused: tuple[int, bool] | None = None  # (1 KiB page, is a fetch): see refuse_access
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
-        self._wfi_watched: set[int] = set()
-        self._unmask_watched: set[int] = set()
+        self._irq_signalled = False
         self._hook_error: BaseException | None = None
         self._code_pages = bytearray(memory.size // CODE_PAGE_SIZE)  # 1 = may hold translations
         self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
@@ -322,15 +339,30 @@ class Vcpu:
         uc.hook_add(UC_HOOK_INTR, self._on_interrupt)
         uc.hook_add(UC_HOOK_MEM_UNMAPPED, self._on_unmapped)
         uc.hook_add(UC_HOOK_MEM_PROT, self._on_unmapped)
-        uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-        uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+        self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
         self._mrs_steps = mrs_steps_past_skip(hooks.sysreg_read)  # see _on_mrs
+        self.native_sysreg: NativeSysreg | None = None
+        if native_sysreg.available():  # untrapped system registers never reach Python
+            self.native_sysreg = NativeSysreg(
+                reads=hooks.sysreg_read,
+                writes=set(hooks.sysreg_write) | set(hooks.sysreg_observe),
+                steps=self._mrs_steps,
+                emu_counter=self._icount.address,
+                on_mrs=self._on_mrs,
+                on_msr=self._on_msr,
+                uc=uc,
+            )
+            self.native_sysreg.register(uc)
+        else:  # the reference: every access through Python
+            uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+            uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+            uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
-        self._stopped_before = False  # a hook stopped the slice in front of an instruction
         self._reset_state = self.save_state()
 
     # --- registers ------------------------------------------------------------------------------
@@ -405,38 +437,73 @@ class Vcpu:
         self.slice_start, self.slice_end = start, start + count
         if self.native_fill is not None:
             self.native_fill.start_slice(start)
+        if self.native_sysreg is not None:
+            cntvoff = self.hooks.cntvoff(self) if self.hooks.cntvoff is not None else 0
+            self.native_sysreg.start_slice(start, cntvoff)
         self.executed = count
-        self._stopped_before = False
+        if self.tlb_stale:
+            self.tlb_stale = False
+            self.flush_tlb()
         self._exit = None
         self._unmapped = None
         self._refused = None
         self._hook_error = None
         self.pending_abort = None
+        self._irq_signalled = False  # no unmask stop in the CLREX stub
+        if self.native_sysreg is not None:
+            self.native_sysreg.set_irq_signalled(False)
         # CLREX: clear the exclusive monitor. `count=1` and the same `until` as the slice keep
         # Unicorn's instruction-count hook configured alike in both calls; switching it off
         # and on between calls costs a retranslation (measured 10-20% of execution speed).
         uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
+        self._refresh_irq()
         try:
             uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
         except UcError as e:
             self.pc = uc.reg_read(_PC)
+            self._native_tlbis()
             if self._hook_error is not None:
                 return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
             if self.pending_abort is not None:
-                return self._translation_abort(self.pending_abort)
+                ex = self._translation_abort(self.pending_abort)
+                if ex is not None and ex.kind is ExitKind.REPLAN:  # retried: it did not run
+                    self.executed = self._icount.counted() - 1
+                return ex
             return self._memory_fault(e)
         self.pc = uc.reg_read(_PC)
+        self._native_tlbis()
         if self._hook_error is not None:
             return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
         if self.pc == VMM_STUB_BASE + 8 and self._exit is None:
             return self._fault("guest jumped into the VMM stub page")
         counted = self._icount.counted()
-        if self._exit is None:
-            if counted != count + 1:  # vmm.icount: the stop happens at the hook of count + 1
+        if self.native_sysreg is not None and self.native_sysreg.take_stopped() and self._exit is None:
+            self._exit = SliceExit(ExitKind.REPLAN, UNMASK_STOP)
+        if self._exit is None and counted != count + 1:  # vmm.icount: the stop happens at the hook of count + 1
+            if not (counted <= count and self.insn_at(self.pc - 4) == arch.INSN_WFI):
                 raise InstructionCounterError(f"a slice of {count} instructions counted {counted - 1}")
-        else:
-            self.executed = counted - self._stopped_before
+            self._wfi()
+        if self._exit is not None:
+            # A block hook stops before the block's first instruction is counted; every other
+            # stop comes after the instruction that made it.
+            self.executed = counted
         return self._exit
+
+    def _wfi(self) -> None:
+        """Unicorn ended the slice right after a WFI (it halts emu_start there). The vCPU waits
+        for an interrupt and resumes after the WFI (DDI 0487 D1.6.2); with one pending, masked
+        or not, WFI completes at once and the turn goes on."""
+        pending = self.hooks.irq_pending
+        if pending is not None and pending(self):
+            self._exit = SliceExit(ExitKind.REPLAN, "WFI with an interrupt pending")
+        else:
+            self.waiting = True
+            self._exit = SliceExit(ExitKind.WAIT, "WFI")
+
+    def _native_tlbis(self) -> None:
+        """Tell the machine about TLBIs the native SYS hook saw in the slice (see _on_sys)."""
+        if self.native_sysreg is not None and self.native_sysreg.take_tlbis() and self.hooks.on_tlbi is not None:
+            self.hooks.on_tlbi(self)
 
     def now(self) -> int:
         """Virtual time (ns) of the instruction being executed: for hooks inside `run_slice`.
@@ -495,6 +562,15 @@ class Vcpu:
 
         far = fault_address(fault, self.pc, self._unmapped[1] if self._unmapped is not None else None)
         self.flush_tlb()  # drop the entry the fill made for the faulting access (vmm.tlb.FAULT_PAGE)
+        retry = self.hooks.unprivileged_retry
+        if not fault.is_instruction_abort and not el0 and retry is not None:
+            insn = self.insn_at(self.pc)
+            if insn is not None and arch.is_unprivileged_ldst(insn) and retry(self, fault.va, fault.access):
+                # LDTR/STTR at EL1 check EL0's permissions and ignore PSTATE.PAN (DDI 0487
+                # D5.4.2); the fill cannot tell them from ordinary accesses, so it faulted. The
+                # instruction runs again with EL0's permissions for its page.
+                self._exit = SliceExit(ExitKind.REPLAN, "LDTR/STTR checked with EL0 permissions")
+                return self._exit
         if self.deliver_sync(ec, iss, far=far, preferred_return=self.pc):
             return None
         reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {far:#x}"
@@ -505,11 +581,12 @@ class Vcpu:
         return self.uc.reg_read(_CP_REG, _cp(VBAR_EL1))
 
     def can_take_exception(self, pc: int) -> bool:
-        """A guest can handle an exception if it has a vector table and is not already in it."""
+        """A guest can handle an exception if it has a vector table, readable at EL1 through
+        its current translation, and is not already in it."""
         vbar = self._vbar()
-        if vbar == 0 or not self.memory.contains(vbar, arch.VECTOR_TABLE_SIZE):
+        if vbar == 0 or vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE:
             return False
-        return not (vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE)
+        return self.insn_at(vbar, el=1) is not None
 
     def enter_exception(self, vector_kind: int, preferred_return: int) -> None:
         """Architectural exception entry to EL1 (DDI 0487 D1.10): SPSR, ELR, PSTATE, SP, PC.
@@ -589,57 +666,20 @@ class Vcpu:
         entry.paddr, entry.perms = paddr, perms  # type: ignore[attr-defined]
         return True
 
-    def watch_wfi(self, vaddr: int) -> None:
-        """Stop at the WFI at virtual address `vaddr` (Unicorn treats WFI as a NOP).
+    def _refresh_irq(self) -> None:
+        """Re-read whether the GIC signals an IRQ to this vCPU (at slice start, and after every
+        VMM handler that may have changed it: MMIO, trapped system registers)."""
+        signalled = self.hooks.irq_signalled
+        self._irq_signalled = bool(signalled is not None and signalled(self))
+        if self.native_sysreg is not None:
+            self.native_sysreg.set_irq_signalled(self._irq_signalled)
 
-        The TLB-fill policy calls this for every WFI it finds in a page about to be executed;
-        the hook is added before that page's code is translated. The hook stays when the code
-        changes (a reset, a guest rewriting code, another mapping at that VA), so it acts only
-        if the instruction there is still a WFI.
-        """
-        if vaddr not in self._wfi_watched:
-            self._wfi_watched.add(vaddr)
-            self.uc.hook_add(UC_HOOK_CODE, self._on_wfi, None, vaddr, vaddr)
-
-    def _still_there(self, vaddr: int, predicate: Callable[[int], object]) -> bool:
-        """Does the instruction word at `vaddr` (still) satisfy `predicate`?"""
-        fetch_word = self.hooks.fetch_word
-        if fetch_word is None:
-            return True  # no way to tell: trust the scan that placed the hook
-        word = self._guard(lambda: fetch_word(self, vaddr))
-        return word is not None and bool(predicate(word))  # type: ignore[arg-type]
-
-    def _on_wfi(self, uc: Uc, address: int, size: int, _ud: object) -> None:
-        if self._exit is not None or not self._still_there(address, lambda w: w == arch.INSN_WFI):
-            return
-        pending = self.hooks.irq_pending
-        if pending is not None and self._guard(lambda: pending(self)):
-            return  # WFI completes at once when an interrupt is pending, masked or not
-        # The vCPU waits for an interrupt and resumes after the WFI (DDI 0487 D1.6.2).
-        self.waiting = True
-        uc.reg_write(_PC, address + 4)
-        self.request_exit(ExitKind.WAIT, "WFI")
-
-    def watch_irq_unmask(self, vaddr: int) -> None:
-        """Check for a pending IRQ at `vaddr`, the instruction after an `MSR DAIFClr` that
-        unmasks IRQs (Unicorn's MSR hook does not see the immediate form). Without this an
-        idle loop that unmasks and re-masks within one slice would never take its IRQ. Like
-        the WFI hook it acts only while that MSR is still in front of `vaddr`."""
-        if vaddr not in self._unmask_watched:
-            self._unmask_watched.add(vaddr)
-            self.uc.hook_add(UC_HOOK_CODE, self._on_unmask, None, vaddr, vaddr)
-
-    def _on_unmask(self, uc: Uc, address: int, size: int, _ud: object) -> None:
-        pending = self.hooks.irq_pending
-        if self._exit is not None or pending is None or uc.reg_read(_PSTATE) & arch.PSTATE_I:
-            return
-        if not self._still_there(address - 4, arch.unmasks_irq):
-            return
-        if self._guard(lambda: pending(self)):
-            # Stop in front of this instruction; the scheduler takes the IRQ there, as at any
-            # slice boundary (an exception entered here would cost the counted instruction).
-            self._stopped_before = True
-            self.request_exit(ExitKind.REPLAN, "IRQ unmasked with an interrupt pending")
+    def _on_block(self, uc: Uc, address: int, size: int, _ud: object) -> None:
+        """The reference for vmm/_sysreg.c microvm_block: stop in front of the first block
+        that starts with an IRQ signalled and PSTATE.I clear. Every instruction that can clear
+        PSTATE.I (MSR DAIFClr/DAIF, ERET) ends its translation block, so this is exact."""
+        if self._irq_signalled and self._exit is None and not uc.reg_read(_PSTATE) & arch.PSTATE_I:
+            self.request_exit(ExitKind.REPLAN, UNMASK_STOP)
 
     def refuse_access(self, page: int, fetch: bool) -> None:
         """Called by the TLB-fill policy for an access the guest's physical map does not allow
@@ -667,10 +707,10 @@ class Vcpu:
                 self.set_reg(0, 0xFFFF_FFFF_FFFF_FFFF)  # NOT_SUPPORTED
             return
         if intno == EXCP_SWI:
-            insn = self._insn_at(pc - 4)
+            insn = self.insn_at(pc - 4) or 0
             ec, iss, ret = arch.EC_SVC64, arch.imm16(insn), pc
         elif intno == EXCP_BKPT:
-            insn = self._insn_at(pc)
+            insn = self.insn_at(pc) or 0
             ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
         elif intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
             # The guest ran into the stub page (not in its map): an instruction fetch from a hole.
@@ -701,7 +741,7 @@ class Vcpu:
         """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
         fault, FAR = the base register Xn (these instructions take no offset), WnR as QEMU
         reports it (0 for a load-exclusive, 1 for stores and read-modify-writes)."""
-        insn = self._insn_at(pc)
+        insn = self.insn_at(pc) or 0
         rn = (insn >> 5) & 31
         far = self.uc.reg_read(_SP) if rn == 31 else self.reg(rn)
         exclusive = insn & 0x3F00_0000 == 0x0800_0000  # load/store exclusive class (and CAS)
@@ -715,10 +755,13 @@ class Vcpu:
             self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
             self.uc.emu_stop()
 
-    def _insn_at(self, pc: int) -> int:
-        if self.memory.contains(pc, 4):
-            return self.memory.read_u32(pc)
-        return 0
+    def insn_at(self, vaddr: int, el: int | None = None) -> int | None:
+        """The instruction word at virtual address `vaddr` as a fetch at EL `el` (default: the
+        current EL) would read it through the current translation; None if it would fault."""
+        fetch_word = self.hooks.fetch_word
+        if fetch_word is None:
+            return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
+        return fetch_word(self, vaddr, el)
 
     def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
@@ -726,6 +769,7 @@ class Vcpu:
         if handler is None:
             return 0
         value = self._guard(lambda: handler(self))
+        self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
         uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
         # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
         # implements; writing the PC there would make it count the next instruction twice.
@@ -744,15 +788,30 @@ class Vcpu:
             return 0
         value = cp.val  # type: ignore[attr-defined]
         self._guard(lambda: handler(self, value))
+        self._refresh_irq()
         # A skipped MSR ends its translation block, so this PC write counts nothing twice.
         uc.reg_write(_PC, uc.reg_read(_PC) + 4)
         return 1
 
+    def _on_sys(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
+        """SYS instructions: TLB maintenance (op0 = 1, CRn = 8, DDI 0487 C5.5) drops every TLB
+        entry of this vCPU, and of the others before their next slice. Unicorn's own TLBI by
+        VA drops only the one 1 KiB entry at the address, not the rest of the 4 KiB page, and
+        the fill does not tag entries with ASIDs, so "all" is the one safe granule here."""
+        if cp.op0 == 1 and cp.crn == 8:  # type: ignore[attr-defined]
+            self.flush_tlb()
+            if self.hooks.on_tlbi is not None:
+                self._guard(lambda: self.hooks.on_tlbi(self))  # type: ignore[misc]
+        return 0  # Unicorn performs the instruction (its own flush is then a no-op)
+
     def _mmio_read(self, uc: Uc, offset: int, size: int, dev: object) -> int:
-        return int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
+        value = int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
+        self._refresh_irq()
+        return value
 
     def _mmio_write(self, uc: Uc, offset: int, size: int, value: int, dev: object) -> None:
         self._guard(lambda: dev.mmio_write(offset, size, value, self.index))  # type: ignore[attr-defined]
+        self._refresh_irq()
 
     # --- state ----------------------------------------------------------------------------------
     def save_state(self) -> VcpuState:

@@ -178,6 +178,19 @@ _ICC_REGS = frozenset(
         sysreg.ICC_SGI1R_EL1,
     }
 )
+# Group 0 (and the other-security-state SGI alias): RAZ/WI, IAR0/HPPIR0 read spurious.
+_ICC_GROUP0_REGS = frozenset(
+    {
+        sysreg.ICC_IAR0_EL1,
+        sysreg.ICC_EOIR0_EL1,
+        sysreg.ICC_HPPIR0_EL1,
+        sysreg.ICC_BPR0_EL1,
+        sysreg.ICC_AP0R0_EL1,
+        sysreg.ICC_ASGI1R_EL1,
+        sysreg.ICC_SGI0R_EL1,
+        sysreg.ICC_IGRPEN0_EL1,
+    }
+)
 
 
 # --- State ------------------------------------------------------------------------------------
@@ -710,7 +723,7 @@ class Gicv3:
 
     def handles(self, reg: SysReg) -> bool:
         """True if `reg` is one of the CPU interface registers this model implements."""
-        return reg in _ICC_REGS
+        return reg in _ICC_REGS or reg in _ICC_GROUP0_REGS
 
     def _check_vcpu(self, vcpu: int) -> None:
         if not 0 <= vcpu < self.num_vcpus:
@@ -743,8 +756,10 @@ class Gicv3:
             return eoimode | ((PRIORITY_BITS - 1) << ICC_CTLR_PRIBITS_SHIFT) | ICC_CTLR_RSS
         if reg == sysreg.ICC_SRE_EL1:
             return ICC_SRE_VALUE
-        if reg in _ICC_REGS:
-            return 0  # write-only
+        if reg in (sysreg.ICC_IAR0_EL1, sysreg.ICC_HPPIR0_EL1):
+            return INTID_SPURIOUS
+        if reg in _ICC_REGS or reg in _ICC_GROUP0_REGS:
+            return 0  # write-only, or group 0
         raise ValueError(f"{sysreg.sysreg_name(reg)} is not a GIC CPU interface register")
 
     def sysreg_write(self, vcpu: int, reg: SysReg, value: int) -> None:
@@ -767,7 +782,7 @@ class Gicv3:
             ci.ap1r0 = value & MASK32
         elif reg == sysreg.ICC_CTLR_EL1:
             ci.eoimode = bool(value & ICC_CTLR_EOIMODE)
-        elif reg not in _ICC_REGS:
+        elif reg not in _ICC_REGS and reg not in _ICC_GROUP0_REGS:
             raise ValueError(f"{sysreg.sysreg_name(reg)} is not a GIC CPU interface register")
 
     # --- MMIO: distributor ------------------------------------------------------------------------

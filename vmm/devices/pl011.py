@@ -114,6 +114,12 @@ class Pl011:
         self._refill()
 
     @property
+    def rx_interrupts_enabled(self) -> bool:
+        """Has the guest unmasked a receive interrupt (IMSC.RXIM or RTIM)? A driver that does
+        is ready for input; Linux's drains the FIFO before (pl011 startup)."""
+        return bool(self._s.imsc & (INT_RX | INT_RT))
+
+    @property
     def tx_count(self) -> int:
         return self._s.tx_count
 

@@ -1,0 +1,50 @@
+"""The CPU model a guest discovers (vmm/cpu_model.py) and the GICv3 group-0 registers, through
+both the native system-register filter and the Python reference hooks."""
+from __future__ import annotations
+
+import pytest
+
+from asm import POWER_OFF, RESULTS_PTR, boot, result
+from vmm import StopReason
+from vmm.native_fill import ENV_SWITCH
+
+SOURCE = "\n".join(
+    [
+        RESULTS_PTR,
+        "mrs x0, ID_AA64PFR0_EL1",
+        "str x0, [x28, #0]",
+        "mrs x0, S3_0_C0_C6_1",  # ID_AA64ISAR1_EL1
+        "str x0, [x28, #8]",
+        "mov x0, #0xff",
+        "msr S3_0_C12_C8_4, x0",  # ICC_AP0R0_EL1: RAZ/WI
+        "mrs x0, S3_0_C12_C8_4",
+        "str x0, [x28, #16]",
+        "mrs x0, S3_0_C12_C8_0",  # ICC_IAR0_EL1: no group-0 interrupt
+        "str x0, [x28, #24]",
+        "msr S3_0_C12_C12_6, x0",  # ICC_IGRPEN0_EL1: WI
+        POWER_OFF,
+    ]
+)
+
+
+def field(value: int, shift: int) -> int:
+    return (value >> shift) & 0xF
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_features_needing_firmware_are_hidden_and_group0_exists(tmp_path, monkeypatch, native: str) -> None:
+    monkeypatch.setenv(ENV_SWITCH, native)
+    vm = boot(tmp_path, SOURCE)
+    if native == "0":
+        assert vm.vcpus[0].native_sysreg is None  # the Python reference hooks
+    r = vm.run(100_000)
+    assert r.reason is StopReason.POWER_OFF, r
+    pfr0, isar1 = result(vm, 0), result(vm, 1)
+    assert field(pfr0, 32) == 0  # SVE
+    assert field(pfr0, 24) == 1  # GIC system registers
+    assert field(pfr0, 56) == 1 and field(pfr0, 60) == 1  # CSV2, CSV3
+    assert field(pfr0, 16) != 0xF and field(pfr0, 0) == 2  # FP present, EL0 AArch64 (from Unicorn)
+    assert [field(isar1, s) for s in (4, 8, 24, 28)] == [0, 0, 0, 0]  # APA, API, GPA, GPI
+    assert field(isar1, 20) != 0  # LRCPC: other features stay as Unicorn's `max` has them
+    assert result(vm, 2) == 0
+    assert result(vm, 3) == 1023

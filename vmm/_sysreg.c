@@ -1,0 +1,92 @@
+/*
+ * The system-register filter's native fast path: Unicorn UC_HOOK_INSN callbacks for MRS, MSR
+ * and SYS in C (vmm/native_sysreg.py registers them; vmm.vcpu keeps the Python hooks as the
+ * reference and the only path when this is not built).
+ *
+ * Unicorn calls an MRS/MSR hook for every system-register access. Most (SP_EL0, TPIDR_EL1,
+ * DAIF, ...) are not trapped by the VMM: Unicorn performs them itself once the hook returns 0.
+ * From Python a call costs ~9 us and Linux makes tens of millions, so this filter decides in C:
+ *   - a table of 2**16 flag bytes, indexed by (op0, op1, CRn, CRm, op2), says which accesses
+ *     the VMM handles in Python (trapped reads and writes, observed writes); only those call
+ *     the Python handler, through a function pointer (a ctypes callback);
+ *   - the counters are served here: CNTPCT_EL0/CNTPCTSS_EL0/PMCCNTR_EL0 read the exact virtual
+ *     time of the reading instruction, slice_start + emu_counter - 1 (vmm.icount), and
+ *     CNTVCT_EL0/CNTVCTSS_EL0 that minus CNTVOFF, exactly what the Python timer model returns;
+ *   - SYS: a TLBI (op0 = 1, CRn = 8) flushes this vCPU's TLB with uc_ctl and is counted (the
+ *     VMM then flushes the other vCPUs before their next slice); other SYS run natively.
+ * A block hook stops the slice in front of the first block that starts with an IRQ signalled
+ * and PSTATE.I clear (the VMM then takes the IRQ there), so an unmask is precise without a
+ * per-address code hook (those make Unicorn walk its hook list on every instruction).
+ * Unicorn entry points (uc_reg_read/write, uc_ctl) come as function pointers from the binding's
+ * own library, so this object links against nothing.
+ */
+#include <stddef.h>
+#include <stdint.h>
+
+#include "_sysreg.h"
+
+static inline uint32_t sysreg_index(const uc_arm64_cp_reg *cp)
+{
+    return (cp->op0 & 3) << 14 | (cp->op1 & 7) << 11 | (cp->crn & 15) << 7 | (cp->crm & 15) << 3 | (cp->op2 & 7);
+}
+
+uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    uint8_t flags = s->table[sysreg_index(cp)];
+    if (flags & (SR_PHYS_COUNT | SR_VIRT_COUNT)) {
+        uint64_t now = (uint64_t)s->slice_start + *s->emu_counter - 1;
+        if (flags & SR_VIRT_COUNT) {
+            now -= s->cntvoff;
+        }
+        s->reg_write(uc, reg, &now);
+        if (!(flags & SR_STEPS)) { /* Unicorn leaves the PC on a skipped MRS it does not implement */
+            uint64_t pc;
+            s->reg_read(uc, s->reg_pc, &pc);
+            pc += 4;
+            s->reg_write(uc, s->reg_pc, &pc);
+        }
+        s->native_reads += 1;
+        return 1;
+    }
+    if (flags & SR_READ_PY) {
+        s->python_calls += 1;
+        return s->py_mrs(uc, reg, cp, NULL);
+    }
+    return 0;
+}
+
+uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    if (s->table[sysreg_index(cp)] & SR_WRITE_PY) {
+        s->python_calls += 1;
+        return s->py_msr(uc, reg, cp, NULL);
+    }
+    return 0;
+}
+
+uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    (void)reg;
+    if (cp->op0 == 1 && cp->crn == 8) { /* TLBI: DDI 0487 C5.5 */
+        s->ctl(uc, s->tlb_flush_ctl);
+        s->tlbis += 1;
+    }
+    return 0;
+}
+
+#define PSTATE_I (1u << 7)
+
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+{
+    (void)address;
+    (void)size;
+    if (!s->irq_signalled || s->stopped) {
+        return;
+    }
+    uint64_t pstate = 0;
+    s->reg_read(uc, (int)s->reg_pstate, &pstate);
+    if (!(pstate & PSTATE_I)) {
+        s->stopped = 1;
+        s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    }
+}

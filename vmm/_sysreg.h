@@ -1,0 +1,55 @@
+/* Shared between vmm/_sysreg.c and vmm/_fill.c (the module's layout table). */
+#ifndef MICROVM_SYSREG_H
+#define MICROVM_SYSREG_H
+#include <stdint.h>
+
+/* unicorn/arm64.h: uc_arm64_cp_reg, what the MRS/MSR/SYS hooks receive. */
+typedef struct {
+    uint32_t crn, crm, op0, op1, op2;
+    uint64_t val;
+} uc_arm64_cp_reg;
+
+typedef uint32_t (*microvm_sys_cb)(void *uc, int reg, const uc_arm64_cp_reg *cp, void *user_data);
+typedef int (*microvm_reg_fn)(void *uc, int regid, void *value);
+typedef int (*microvm_ctl_fn)(void *uc, uint32_t control, ...);
+typedef int (*microvm_stop_fn)(void *uc);
+
+/* Flag bits of microvm_sysreg_state.table entries. */
+enum {
+    SR_READ_PY = 1,     /* MRS handled by the Python handler */
+    SR_WRITE_PY = 2,    /* MSR handled (or observed) by the Python handler */
+    SR_PHYS_COUNT = 4,  /* MRS reads the physical count (virtual time) */
+    SR_VIRT_COUNT = 8,  /* MRS reads the virtual count (virtual time - CNTVOFF) */
+    SR_STEPS = 16,      /* Unicorn steps past this MRS itself when the hook skips it */
+};
+
+typedef struct {
+    uint8_t *table;              /* 65536 flag bytes */
+    uint64_t *emu_counter;       /* Unicorn's instruction count of the running emu_start */
+    int64_t slice_start;         /* virtual time of the slice's first instruction */
+    uint64_t cntvoff;            /* the generic timer's virtual offset */
+    microvm_sys_cb py_mrs;
+    microvm_sys_cb py_msr;
+    microvm_reg_fn reg_read;     /* uc_reg_read */
+    microvm_reg_fn reg_write;    /* uc_reg_write */
+    microvm_ctl_fn ctl;          /* uc_ctl */
+    int32_t reg_pc;              /* UC_ARM64_REG_PC */
+    uint32_t tlb_flush_ctl;      /* uc_ctl code: UC_CTL_TLB_FLUSH, write */
+    uint64_t python_calls;       /* accesses handed to Python */
+    uint64_t native_reads;       /* counter reads served here */
+    uint64_t tlbis;              /* TLBIs seen */
+    /* The unmask stop (block hook): an IRQ the GIC signals to this vCPU is taken at the first
+     * translation block that starts with PSTATE.I clear (every instruction that can clear I
+     * ends its block in QEMU: MSR DAIFClr/DAIF, ERET), before the block runs. */
+    microvm_stop_fn emu_stop;    /* uc_emu_stop */
+    uint32_t reg_pstate;         /* UC_ARM64_REG_PSTATE */
+    uint32_t irq_signalled;      /* set by the VMM whenever it may have changed */
+    uint32_t stopped;            /* 1: the block hook stopped the slice */
+    uint32_t reserved;
+} microvm_sysreg_state;
+
+uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
+uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
+uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
+#endif

@@ -1,0 +1,197 @@
+"""`NativeSysreg`: the system-register filter's fast path in C (vmm/_sysreg.c).
+
+Unicorn calls the MRS/MSR hook for every system-register access, and the VMM traps only a few
+registers (timer, GIC CPU interface, identity, ID overrides). This installs C hooks that let
+the untrapped accesses run natively without entering Python, stop a slice where an IRQ
+becomes deliverable (a block hook: the first block with PSTATE.I clear while one is signalled), serve the counters (CNTPCT,
+CNTVCT, their self-synchronised views and PMCCNTR) at the exact virtual time of the reading
+instruction, flush the TLB on a TLBI, and call the vCPU's Python handlers (`Vcpu._on_mrs`,
+`_on_msr`) only for trapped registers. Without the C module, or with MICROVM_NATIVE_FILL=0,
+the vCPU registers its Python hooks for every access instead: slower, never different
+(tests/test_native_sysreg.py compares the two).
+"""
+from __future__ import annotations
+
+import ctypes
+from typing import Callable, Iterable
+
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_INSN, Uc, UcError
+from unicorn import arm64_const as a64
+from unicorn.arm64_const import UC_ARM64_REG_PC
+
+from vmm import native_fill, sysreg
+
+SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
+
+SR_READ_PY, SR_WRITE_PY, SR_PHYS_COUNT, SR_VIRT_COUNT, SR_STEPS = 1, 2, 4, 8, 16
+PMCCNTR_EL0: SysReg = (3, 3, 9, 13, 0)  # the cycle counter: virtual cycles = instructions
+PHYS_COUNTERS = (sysreg.CNTPCT_EL0, sysreg.CNTPCTSS_EL0, PMCCNTR_EL0)
+VIRT_COUNTERS = (sysreg.CNTVCT_EL0, sysreg.CNTVCTSS_EL0)
+TABLE_SIZE = 1 << 16
+
+
+class CpReg(ctypes.Structure):
+    """`uc_arm64_cp_reg` (unicorn/arm64.h)."""
+
+    _fields_ = [(n, ctypes.c_uint32) for n in ("crn", "crm", "op0", "op1", "op2")] + [("val", ctypes.c_uint64)]
+
+
+SysCallback = ctypes.CFUNCTYPE(ctypes.c_uint32, ctypes.c_void_p, ctypes.c_int, ctypes.POINTER(CpReg), ctypes.c_void_p)
+
+
+class SysregState(ctypes.Structure):
+    """`microvm_sysreg_state` in vmm/_sysreg.h."""
+
+    _fields_ = [
+        ("table", ctypes.c_void_p),
+        ("emu_counter", ctypes.c_void_p),
+        ("slice_start", ctypes.c_int64),
+        ("cntvoff", ctypes.c_uint64),
+        ("py_mrs", ctypes.c_void_p),
+        ("py_msr", ctypes.c_void_p),
+        ("reg_read", ctypes.c_void_p),
+        ("reg_write", ctypes.c_void_p),
+        ("ctl", ctypes.c_void_p),
+        ("reg_pc", ctypes.c_int32),
+        ("tlb_flush_ctl", ctypes.c_uint32),
+        ("python_calls", ctypes.c_uint64),
+        ("native_reads", ctypes.c_uint64),
+        ("tlbis", ctypes.c_uint64),
+        ("emu_stop", ctypes.c_void_p),
+        ("reg_pstate", ctypes.c_uint32),
+        ("irq_signalled", ctypes.c_uint32),
+        ("stopped", ctypes.c_uint32),
+        ("reserved", ctypes.c_uint32),
+    ]
+
+
+def _index(enc: SysReg) -> int:
+    op0, op1, crn, crm, op2 = enc
+    return (op0 & 3) << 14 | (op1 & 7) << 11 | (crn & 15) << 7 | (crm & 15) << 3 | (op2 & 7)
+
+
+def layout_matches() -> bool:
+    fill = native_fill._fill
+    if fill is None or not hasattr(fill, "sysreg_layout"):
+        return False
+    size, fields = fill.sysreg_layout()
+    ours = [(name, getattr(SysregState, name).offset) for name, *_ in SysregState._fields_]
+    return size == ctypes.sizeof(SysregState) and fields == ours
+
+
+def available() -> bool:
+    """Built, laid out as expected, and not switched off (MICROVM_NATIVE_FILL=0)?"""
+    return native_fill.available() and _LAYOUT_OK
+
+
+_LAYOUT_OK = layout_matches()
+
+
+def _cp_tuple(cp: CpReg) -> object:
+    from unicorn.unicorn_py3.arch.arm64 import CpReg as UcCpReg
+
+    return UcCpReg(cp.crn, cp.crm, cp.op0, cp.op1, cp.op2, cp.val)
+
+
+class NativeSysreg:
+    """One vCPU's native MRS/MSR/SYS hooks and their state."""
+
+    def __init__(
+        self,
+        *,
+        reads: Iterable[SysReg],
+        writes: Iterable[SysReg],
+        steps: frozenset[SysReg],
+        emu_counter: int,
+        on_mrs: Callable[[Uc, int, object, object], int],
+        on_msr: Callable[[Uc, int, object, object], int],
+        uc: Uc,
+    ) -> None:
+        from unicorn.unicorn_py3.unicorn import uclib
+
+        table = bytearray(TABLE_SIZE)
+        for enc in reads:
+            table[_index(enc)] |= SR_READ_PY
+        for enc in writes:
+            table[_index(enc)] |= SR_WRITE_PY
+        for enc in PHYS_COUNTERS + VIRT_COUNTERS:
+            kind = SR_PHYS_COUNT if enc in PHYS_COUNTERS else SR_VIRT_COUNT
+            table[_index(enc)] = (table[_index(enc)] & ~SR_READ_PY) | kind | (SR_STEPS if enc in steps else 0)
+        self._table = (ctypes.c_uint8 * TABLE_SIZE).from_buffer(table)
+        self._keep = [table]
+        # The Python handlers get the same (uc, reg, CpReg, user_data) as from the binding.
+        self._mrs_cb = SysCallback(lambda _uc, reg, cp, _ud: on_mrs(uc, reg, _cp_tuple(cp.contents), None))
+        self._msr_cb = SysCallback(lambda _uc, reg, cp, _ud: on_msr(uc, reg, _cp_tuple(cp.contents), None))
+        fn = lambda f: ctypes.cast(f, ctypes.c_void_p).value  # noqa: E731
+        self.state = SysregState(
+            table=ctypes.addressof(self._table),
+            emu_counter=emu_counter,
+            py_mrs=fn(self._mrs_cb),
+            py_msr=fn(self._msr_cb),
+            reg_read=fn(uclib.uc_reg_read),
+            reg_write=fn(uclib.uc_reg_write),
+            ctl=fn(uclib.uc_ctl),
+            reg_pc=UC_ARM64_REG_PC,
+            tlb_flush_ctl=(UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH,
+            emu_stop=fn(uclib.uc_emu_stop),
+            reg_pstate=a64.UC_ARM64_REG_PSTATE,
+        )
+        self._tlbis_seen = 0
+
+    def register(self, uc: Uc) -> None:
+        """Add the MRS, MSR, SYS and block hooks to `uc` (instead of the vCPU's Python ones)."""
+        from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+        addresses = native_fill._fill.sysreg_addresses()  # type: ignore[union-attr]
+        for name, insn in (("mrs", a64.UC_ARM64_INS_MRS), ("msr", a64.UC_ARM64_INS_MSR), ("sys", a64.UC_ARM64_INS_SYS)):
+            handle = uc_hook_h()
+            status = uclib.uc_hook_add(
+                uc._uch,
+                ctypes.byref(handle),
+                UC_HOOK_INSN,
+                ctypes.c_void_p(addresses[name]),
+                ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p),
+                ctypes.c_uint64(1),
+                ctypes.c_uint64(0),
+                ctypes.c_int(insn),
+            )
+            if status != 0:
+                raise UcError(status)
+        handle = uc_hook_h()
+        status = uclib.uc_hook_add(
+            uc._uch,
+            ctypes.byref(handle),
+            UC_HOOK_BLOCK,
+            ctypes.c_void_p(addresses["block"]),
+            ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p),
+            ctypes.c_uint64(1),
+            ctypes.c_uint64(0),
+        )
+        if status != 0:
+            raise UcError(status)
+
+    def set_irq_signalled(self, signalled: bool) -> None:
+        self.state.irq_signalled = int(signalled)
+
+    def take_stopped(self) -> bool:
+        """Did the block hook stop the slice (an IRQ to take)? Clears the mark."""
+        if not self.state.stopped:
+            return False
+        self.state.stopped = 0
+        return True
+
+    def start_slice(self, start_ns: int, cntvoff: int) -> None:
+        self.state.slice_start = start_ns
+        self.state.cntvoff = cntvoff
+
+    def take_tlbis(self) -> bool:
+        """Did the guest issue a TLBI since the last call?"""
+        seen = self.state.tlbis
+        if seen == self._tlbis_seen:
+            return False
+        self._tlbis_seen = seen
+        return True
+
+    @property
+    def python_calls(self) -> int:
+        return self.state.python_calls
