@@ -40,7 +40,6 @@ from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import CODE_PAGE_SIZE, FaultInfo, PowerState, Vcpu, VcpuHooks
 
 if TYPE_CHECKING:
-    import os
     from typing import Literal
 
     from snapshot.progress import ProgressBars
