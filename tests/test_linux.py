@@ -174,3 +174,15 @@ def test_poweroff_from_the_shell(prompt_1: AtPrompt) -> None:
     result = vm.run(COMMAND_BUDGET)
     assert result.reason is StopReason.POWER_OFF
     assert b"reboot: Power down" in vm.console_output
+
+
+@pytest.mark.slow
+def test_four_vcpus_boot_answer_and_power_off() -> None:
+    """SMP at 4 vCPUs: every secondary comes up through PSCI CPU_ON, the shell answers, and
+    `poweroff -f` powers the machine off."""
+    vm = boot_to_prompt(4)
+    assert vm.vcpus_on == 4
+    assert type_command(vm, b"echo $((6*7))", ANSWER).endswith(ANSWER + PROMPT) or ANSWER in vm.console_output
+    vm.uart.queue_input(b"poweroff -f\n")
+    assert vm.run(COMMAND_BUDGET).reason is StopReason.POWER_OFF
+    assert b"reboot: Power down" in vm.console_output
