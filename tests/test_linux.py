@@ -182,7 +182,7 @@ def test_four_vcpus_boot_answer_and_power_off() -> None:
     `poweroff -f` powers the machine off."""
     vm = boot_to_prompt(4)
     assert vm.vcpus_on == 4
-    assert type_command(vm, b"echo $((6*7))", ANSWER).endswith(ANSWER + PROMPT) or ANSWER in vm.console_output
+    assert ANSWER in type_command(vm, b"echo $((6*7))", ANSWER)
     vm.uart.queue_input(b"poweroff -f\n")
     assert vm.run(COMMAND_BUDGET).reason is StopReason.POWER_OFF
     assert b"reboot: Power down" in vm.console_output
