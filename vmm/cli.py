@@ -22,6 +22,7 @@ from vmm.errors import VmmError
 from vmm.layout import MIB
 from vmm.machine import MicroVM
 from vmm.scheduler import RunResult, StopReason
+from vmm.signals import raise_terminated
 
 # snapshot imports vmm; import it lazily in the commands that need it.
 
@@ -686,14 +687,18 @@ def _dispatch(argv: Sequence[str] | None) -> int:
     if func is None:
         parser.print_help()
         return EXIT_USAGE
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
     try:
         return func(args)
     except (VmmError, UsageError, SnapshotError) as e:
         print(f"microvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print("microvm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        signum = getattr(e, "signum", signal.SIGINT)
+        print(f"microvm: interrupted by {signal.Signals(signum).name}", file=sys.stderr)
+        return 128 + signum
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

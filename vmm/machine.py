@@ -31,6 +31,7 @@ from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
 from vmm.psci import Psci
 from vmm.scheduler import RunResult, Scheduler, StopReason
+from vmm.signals import DeferredSignals
 from vmm.sysreg_traps import base_sysreg_traps
 from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
@@ -136,8 +137,16 @@ class MicroVM:
 
         The budget is virtual time in instructions per vCPU, rounded up to the next round
         end (see vmm.scheduler).
+
+        SIGINT and SIGTERM (when their handlers are Python callables, as SIGINT's default is)
+        are deferred while the guest runs (vmm.signals): the VM pauses at the end of the
+        round in progress, then the signal's handler runs here, so Ctrl-C raises
+        KeyboardInterrupt from `run()` with the VM paused at a round end. It can run on, be
+        snapshotted, and continues exactly as a VM that was never interrupted would. A handler
+        that returns instead makes `run()` return StopReason.INTERRUPTED.
         """
-        return self.scheduler.run(max_instructions)
+        with DeferredSignals() as signals:
+            return self.scheduler.run(max_instructions, interrupted=lambda: signals.pending)
 
     @property
     def clock(self) -> int:

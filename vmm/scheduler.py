@@ -28,8 +28,8 @@ quantum from boot. When every vCPU waits, virtual time jumps to the next timer d
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Protocol, Sequence
 
 from vmm.psci import complete_pending_power_on
 from vmm.vcpu import ExitKind, PowerState, SliceExit
@@ -48,6 +48,7 @@ class StopReason(str, enum.Enum):
     FAULT = "fault"  # a guest fault the guest could not handle
     ALL_OFF = "all_vcpus_off"  # every vCPU powered off with CPU_OFF
     DEADLOCK = "deadlock"  # every vCPU waits and no event is pending
+    INTERRUPTED = "interrupted"  # a deferred SIGINT/SIGTERM paused the VM at a round end (it can run on)
 
     @property
     def final(self) -> bool:
@@ -57,12 +58,15 @@ class StopReason(str, enum.Enum):
 
 @dataclass
 class RunResult:
-    """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU)."""
+    """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU);
+    `retired[i]` is the instructions vCPU i actually executed in this call (less than
+    `instructions` while it waited or was off; a slice that faulted counts whole)."""
 
     reason: StopReason
     instructions: int
     detail: str = ""
     fault: FaultReport | None = None
+    retired: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -159,6 +163,7 @@ class Scheduler:
             stop = end if deadline is None else min(deadline, end)
             ex = v.run_slice(stop - now, now)
             now += v.executed
+            v.retired += v.executed
             if ex is not None and ex.kind is not ExitKind.REPLAN:
                 if ex.kind is not ExitKind.WAIT or irq is None:
                     return ex  # stopped, or asleep with no timer of its own to wake it
@@ -188,17 +193,27 @@ class Scheduler:
             summary = getattr(ex.fault, "summary", None)
             self._stop(StopReason.FAULT, summary() if callable(summary) else ex.detail)
 
-    def run(self, max_instructions: int | None = None) -> RunResult:
-        """Run rounds until the VM stops or `max_instructions` of virtual time have passed."""
+    def run(self, max_instructions: int | None = None, interrupted: Callable[[], bool] | None = None) -> RunResult:
+        """Run rounds until the VM stops or `max_instructions` of virtual time have passed.
+
+        `interrupted` is polled at every round end: once it returns True the run stops there
+        (StopReason.INTERRUPTED), a pause point like a budget's end."""
         if max_instructions is not None and max_instructions < 0:
             raise ValueError("max_instructions must be >= 0")
         start = self.clock
+        retired0 = [v.retired for v in self.vcpus]
         if self.stopped is not None:
-            return RunResult(self.stopped, 0, self.stop_detail, self.fault)
-        target = None if max_instructions is None else start + max_instructions
+            return RunResult(self.stopped, 0, self.stop_detail, self.fault, [0] * len(self.vcpus))
+        result = self._run(start, None if max_instructions is None else start + max_instructions, interrupted)
+        result.retired = [v.retired - before for v, before in zip(self.vcpus, retired0)]
+        return result
+
+    def _run(self, start: int, target: int | None, interrupted: Callable[[], bool] | None) -> RunResult:
         while True:
             if target is not None and self.clock >= target:
                 return RunResult(StopReason.BUDGET, self.clock - start)
+            if interrupted is not None and interrupted():
+                return RunResult(StopReason.INTERRUPTED, self.clock - start, "stopped by a signal at a round end")
             self._between_rounds()
             on = [v for v in self.vcpus if v.power is PowerState.ON]
             runnable = [v for v in on if not v.waiting]

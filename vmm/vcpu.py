@@ -314,6 +314,9 @@ class Vcpu:
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
+        # Instructions executed since this object was made, summed by the scheduler: a host-side
+        # statistic (MIPS), not guest state, so not in VcpuState (a restored vCPU counts from 0).
+        self.retired = 0
         self._stopped_before = False  # a hook stopped the slice in front of an instruction
         self._reset_state = self.save_state()
 
