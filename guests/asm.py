@@ -6,8 +6,7 @@ project's `dev` extra); the snippet builders return assembly text and need nothi
 """
 from __future__ import annotations
 
-from vmm import psci
-from vmm.layout import RAM_BASE
+from vmm.layout import RAM_BASE, SYSTEM_OFF
 
 U64_MAX = (1 << 64) - 1  # all ones: values are masked to this before loading
 
@@ -87,4 +86,4 @@ def vector_table(**entries: str) -> str:
 # RESULTS, where they store what they saw as u64 slots, and they end with POWER_OFF.
 RESULTS = RAM_BASE + 0x10_0000  # 1 MiB into RAM
 RESULTS_PTR = load_constant("x28", RESULTS)
-POWER_OFF = psci_call(psci.SYSTEM_OFF)
+POWER_OFF = psci_call(SYSTEM_OFF)

@@ -23,13 +23,13 @@ import errno
 import os
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
 
-from snapshot.commit import OpenedPair, commit_pair, open_pair
+from snapshot.commit import MEMORY_FIELD, OpenedPair, commit_pair, open_pair
 from snapshot.errors import (
     BrokenLinkError,
     IncompatibleError,
@@ -53,20 +53,19 @@ from snapshot.memfile import (
     io_chunks,
     pread_exact,
 )
-from snapshot.persist import (
+from snapshot.links import (
     MAX_CHAIN,
-    check_compression,
+    PARENT_FIELD,
+    MachineSchema,
+    StateCore,
     check_parent_link,
-    decode,
-    memory_digest,
+    decode_core,
     parent_state_path,
-    read_memory,
     snapshot_paths,
-    write_memory,
 )
+from snapshot.memory import check_compression, memory_digest, read_memory, write_memory
 from snapshot.plain import to_plain
 from snapshot.progress import Progress, ProgressBars, progress_bars
-from snapshot.state import MicrovmState
 
 _NO_BARS = progress_bars(enabled=False)
 
@@ -155,13 +154,13 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
 
-def _open_inputs(stack: ExitStack, paths: Sequence[Path]) -> list[tuple[OpenedPair, MicrovmState]]:
+def _open_inputs(stack: ExitStack, paths: Sequence[Path]) -> list[tuple[OpenedPair, StateCore]]:
     """Each snapshot opened and decoded (held open by `stack`), every link checked first."""
-    links: list[tuple[OpenedPair, MicrovmState]] = []
+    links: list[tuple[OpenedPair, StateCore]] = []
     for path in paths:
         try:
             pair = stack.enter_context(open_pair(path))
-            links.append((pair, decode(pair)))
+            links.append((pair, decode_core(pair)))
         except InvalidPathError:
             raise  # names the path already
         except SnapshotError as exc:
@@ -196,7 +195,6 @@ def rebase(
     (MemoryFileMismatchError / CorruptMemoryFileError). `out` must not be one of the inputs
     (InvalidPathError). The commit is crash-safe: a failure leaves any previous `out` intact.
     `progress_bars` shows the bytes read and written."""
-    check_compression(compress, frame_size)
     inputs = [snapshot_paths(p)[0] for p in (base, *diffs)]
     out_snap, out_mem = snapshot_paths(out)
     if any(resolve_path(out_snap) == resolve_path(p) for p in inputs):
@@ -207,7 +205,8 @@ def rebase(
     with ExitStack() as stack:
         links = _open_inputs(stack, inputs)
         top = links[-1][1]
-        length = top.vm.ram_size
+        check_compression(compress, top.ram.page_size, frame_size)
+        length = top.ram.ram_size
         work = sum(extent_bytes(state.memory) for _, state in links) + length
         with (progress_bars or _NO_BARS)(work, f"rebasing into {out_snap.name}") as advance:
             ram = np.zeros(length, np.uint8)  # pages never written stay unallocated
@@ -221,20 +220,23 @@ def rebase(
                 parent = info
 
             def write_mem(fd: int) -> MemFileInfo:
-                return write_memory(fd, ram, FULL, compress=compress, frame_size=frame_size, threads=threads, progress=advance)
+                return write_memory(fd, ram, FULL, top.ram.page_size, compress=compress, frame_size=frame_size, threads=threads, progress=advance)
 
-            memory = commit_pair(out_snap, out_mem, write_mem, lambda info: to_plain(replace(top, memory=info, parent=None)))
+            memory = commit_pair(out_snap, out_mem, write_mem, lambda info: {**top.data, MEMORY_FIELD: to_plain(info), PARENT_FIELD: None})
     return RebaseReport(out_snap, out_mem, len(links), memory, time.perf_counter() - t0)
 
 
 # --- verify -----------------------------------------------------------------------------------
 def _check_link(
-    path: Path, child: tuple[Path, MicrovmState] | None, bars: ProgressBars
-) -> MicrovmState:
-    """Check the snapshot at `path` (state file, pair digest) and, if `child` is given, that
-    `child` is a diff over it. Raises the SnapshotError found."""
+    path: Path, child: tuple[Path, StateCore] | None, schema: MachineSchema | None, bars: ProgressBars
+) -> StateCore:
+    """Check the snapshot at `path` (state file, its machine state if `schema` is given, pair
+    digest) and, if `child` is given, that `child` is a diff over it. Raises the SnapshotError
+    found."""
     with open_pair(path) as pair:
-        state = decode(pair)
+        state = decode_core(pair)
+        if schema is not None:
+            schema.check(pair.data)
         if child is not None:
             child_path, child_state = child
             assert child_state.parent is not None
@@ -249,8 +251,11 @@ def _check_link(
     return state
 
 
-def verify(path: str | os.PathLike[str], *, progress_bars: ProgressBars | None = None) -> VerifyReport:
-    """Check the snapshot at `path` and its chain back to the full base (module docstring).
+def verify(
+    path: str | os.PathLike[str], *, schema: MachineSchema | None = None, progress_bars: ProgressBars | None = None
+) -> VerifyReport:
+    """Check the snapshot at `path` and its chain back to the full base (module docstring);
+    with a `schema`, also that each state is one that machine can restore.
     InvalidPathError if `path` itself does not exist; every other problem is reported as the
     report's `broken` link (the first one found, walking from `path` towards the base)."""
     current = snapshot_paths(path)[0]
@@ -258,13 +263,13 @@ def verify(path: str | os.PathLike[str], *, progress_bars: ProgressBars | None =
         raise InvalidPathError(current, "no such snapshot")
     bars = progress_bars or _NO_BARS
     checked: list[CheckedLink] = []
-    child: tuple[Path, MicrovmState] | None = None
+    child: tuple[Path, StateCore] | None = None
     while True:
         if len(checked) >= MAX_CHAIN:
             broken = BrokenLinkError(current, f"diff chain longer than {MAX_CHAIN} snapshots")
             return VerifyReport(Path(path), checked, broken)
         try:
-            state = _check_link(current, child, bars)
+            state = _check_link(current, child, schema, bars)
         except SnapshotError as exc:
             reason = str(exc) if child is None else f"as the parent of {child[0].name}: {exc}"
             return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))

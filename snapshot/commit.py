@@ -1,6 +1,6 @@
 """Crash-safe commit of a snapshot pair `<name>.snap` + `<name>.mem` as one unit.
 
-squib renames the two files one after the other and never checks that they belong together,
+squib (the Firecracker-style monitor whose format we follow; docs/snapshot-format.md) renames the two files one after the other and never checks that they belong together,
 so a crash between the renames leaves a mismatched pair that loads. Here the state file is the
 single commit point, and it records its memory file's identity (`MemFileInfo`, under the
 plain-data key MEMORY_FIELD), digest included.

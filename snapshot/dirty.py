@@ -17,7 +17,7 @@ that a write fault dirties and unlocks is the *granule*:
 
 Tracking starts coarse. A block that takes more than `threshold` write faults within
 `window_ns` nanoseconds of *virtual* time (a tumbling window opened by its first write fault)
-steps down to fine. squib steps every block down at once (`StepDownMode.GLOBAL`); this
+steps down to fine. squib (the Firecracker-style monitor whose snapshot design we follow) steps every block down at once (`StepDownMode.GLOBAL`); this
 controller can also step down only the hot block (`StepDownMode.PER_BLOCK`). The step-down
 is one-way until `new_epoch()` (the next clean checkpoint) puts every block back to coarse.
 

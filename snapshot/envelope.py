@@ -1,6 +1,6 @@
 """The state file `<name>.snap`: a msgpack envelope followed by a CRC-64 trailer.
 
-Layout (squib's, with msgpack for bitcode):
+Layout (that of squib (a Firecracker-style microVM monitor for Apple Silicon, whose snapshot format this project follows: docs/snapshot-format.md), with msgpack for its bitcode):
 
     payload = msgpack({"header": {"magic": u64, "version": [major, minor, patch]},
                        "data": <plain dict, see snapshot.plain>})

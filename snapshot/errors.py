@@ -1,7 +1,7 @@
 """Snapshot errors, and the translation of OS failures at the snapshot file boundary.
 
 Every error is a `SnapshotError` whose `str()` is one stable line a CLI can print as is. The
-variants follow squib's set (QuiesceTimeout, MagicMismatch, VersionMismatch, CrcMismatch,
+variants follow the error set of squib (a Firecracker-style microVM monitor for Apple Silicon, whose snapshot format this project follows: docs/snapshot-format.md): (QuiesceTimeout, MagicMismatch, VersionMismatch, CrcMismatch,
 TooShort, Incompatible, AtomicCommitFailed, AtomicCommitCrossFs, InvalidPath, Encoding,
 SizeLimitExceeded, MemoryIo, Io) plus the pair/diff checks this project adds
 (MemoryFileMismatch, ParentMismatch, MissingParent, CorruptMemoryFile, BrokenLink). Errors

@@ -1,4 +1,4 @@
-"""The memory file `<name>.mem`: a raw image of guest RAM, no header (Firecracker/squib layout).
+"""The memory file `<name>.mem`: a raw image of guest RAM, no header (Firecracker's layout).
 
 Byte offset in the file = guest physical address - RAM base; the file is exactly as long as
 RAM. A *full* file holds every page (all-zero pages may be filesystem holes, which read as

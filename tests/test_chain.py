@@ -15,7 +15,8 @@ from snapshot import frames
 from snapshot.commit import open_pair
 from snapshot.chain import rebase, verify
 from snapshot.errors import BrokenLinkError, InvalidPathError, MemoryFileMismatchError
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB, RAM_BASE
 
@@ -30,7 +31,7 @@ def make_chain(directory: Path, compress: str | None = None) -> MicroVM:
     vm = MicroVM(CONFIG)
     for i, n in enumerate(STEPS):
         vm.run(n * Q)
-        save_snapshot(vm, directory / f"s{i}", "full" if i == 0 else "diff", compress=compress)
+        vm.save_snapshot(directory / f"s{i}", "full" if i == 0 else "diff", compress=compress)
     return vm
 
 
@@ -49,23 +50,23 @@ def test_rebase_restores_to_the_same_state_as_the_chain(tmp_path: Path, inputs: 
     base, *diffs = names(tmp_path, "s0", "s1", "s2", "s3")
     report = rebase(base, diffs, tmp_path / "merged", compress=output, frame_size=512 * 1024)
     assert report.merged == 4 and report.memory.kind == "full" and report.memory.format == (output or "raw")
-    merged = describe(tmp_path / "merged", verify=True)
+    merged = describe(tmp_path / "merged", verify=True, schema=MACHINE)
     assert merged["kind"] == "full" and merged["parent"] is None and merged["pair_ok"] is True
     assert merged["virtual_time_ns"] == vm.clock
-    from_chain = load_snapshot(tmp_path / "s3")
+    from_chain = MicroVM.load_snapshot(tmp_path / "s3")
     for backend in ("copy", "mmap"):
-        restored = load_snapshot(tmp_path / "merged", backend)
+        restored = MicroVM.load_snapshot(tmp_path / "merged", backend)
         assert restored.state_digest() == from_chain.state_digest() == vm.state_digest()
         assert np.array_equal(restored.memory.view(), vm.memory.view())
-    assert continuation(load_snapshot(tmp_path / "merged")) == continuation(from_chain)
+    assert continuation(MicroVM.load_snapshot(tmp_path / "merged")) == continuation(from_chain)
     # The merged file is a full memory file like a save's: its zero gaps stay holes.
     if output is None:
         assert os.stat(tmp_path / "merged.mem").st_blocks * 512 < CONFIG.mem_size // 2
     # A diff taken after a load of the merged snapshot chains onto it.
-    resumed = load_snapshot(tmp_path / "merged")
+    resumed = MicroVM.load_snapshot(tmp_path / "merged")
     resumed.run(10 * Q)
-    save_snapshot(resumed, tmp_path / "after", "diff")
-    assert load_snapshot(tmp_path / "after").state_digest() == resumed.state_digest()
+    resumed.save_snapshot(tmp_path / "after", "diff")
+    assert MicroVM.load_snapshot(tmp_path / "after").state_digest() == resumed.state_digest()
 
 
 def test_rebase_of_part_of_a_chain(tmp_path: Path) -> None:
@@ -76,14 +77,14 @@ def test_rebase_of_part_of_a_chain(tmp_path: Path) -> None:
     with pytest.raises(BrokenLinkError, match=r"s2\.snap'.*not a diff of m1\.snap"):
         rebase(tmp_path / "m1", [tmp_path / "s2"], tmp_path / "m2")
     rebase(tmp_path / "s0", [tmp_path / "s1", tmp_path / "s2"], tmp_path / "m2")
-    assert load_snapshot(tmp_path / "m2").state_digest() == load_snapshot(tmp_path / "s2").state_digest()
+    assert MicroVM.load_snapshot(tmp_path / "m2").state_digest() == MicroVM.load_snapshot(tmp_path / "s2").state_digest()
 
 
 def test_every_link_is_checked_before_anything_is_read_or_written(tmp_path: Path) -> None:
     make_chain(tmp_path)
     other = MicroVM(CONFIG)
     other.run(10 * Q)
-    save_snapshot(other, tmp_path / "other")
+    other.save_snapshot(tmp_path / "other")
     cases = [
         (["s0", "s2"], r"broken chain link '.*s2\.snap': not a diff of s0\.snap"),  # s1 left out
         (["s0", "s2", "s1"], r"'.*s2\.snap': not a diff of s0\.snap"),
@@ -106,7 +107,7 @@ def test_a_damaged_memory_file_fails_the_rebase_and_keeps_the_previous_output(tm
     make_chain(tmp_path)
     rebase(tmp_path / "s0", [tmp_path / "s1"], tmp_path / "out")
     before = (tmp_path / "out.snap").read_bytes(), (tmp_path / "out.mem").read_bytes()
-    s2 = describe(tmp_path / "s2")
+    s2 = describe(tmp_path / "s2", schema=MACHINE)
     assert s2["pages_written"] > 0
     with open(tmp_path / "s2.mem", "r+b") as f:  # corrupt a dirty page of the diff
         first_page = load_runs(tmp_path / "s2.snap")[0][0]
@@ -140,10 +141,10 @@ def test_holes_inside_recorded_pages_and_filesystems_without_seek_data(tmp_path:
     vm.run(20 * Q)
     page = RAM_BASE + 20 * MIB
     vm.memory.write(page, b"\xab" * 4096)
-    save_snapshot(vm, tmp_path / "base")
+    vm.save_snapshot(tmp_path / "base")
     vm.memory.write(page, bytes(4096))  # dirty, now zero
     vm.memory.write(page + 8192, b"\xcd" * 4096)
-    save_snapshot(vm, tmp_path / "diff", "diff")
+    vm.save_snapshot(tmp_path / "diff", "diff")
     # Re-create diff.mem with the zero page as a hole: same contents, same digest.
     data = (tmp_path / "diff.mem").read_bytes()
     os.unlink(tmp_path / "diff.mem")
@@ -162,7 +163,7 @@ def test_holes_inside_recorded_pages_and_filesystems_without_seek_data(tmp_path:
     finally:
         os.close(fd)
     rebase(tmp_path / "base", [tmp_path / "diff"], tmp_path / "m1")
-    merged = load_snapshot(tmp_path / "m1")
+    merged = MicroVM.load_snapshot(tmp_path / "m1")
     assert np.array_equal(merged.memory.view(), vm.memory.view())
 
     real_lseek = os.lseek
@@ -252,10 +253,10 @@ def test_a_moved_chain_still_loads_verifies_and_rebases(tmp_path: Path) -> None:
     moved = tmp_path / "elsewhere" / "deeper"
     moved.parent.mkdir()
     os.rename(tmp_path / "a", moved)
-    assert load_snapshot(moved / "s3").state_digest() == vm.state_digest()
+    assert MicroVM.load_snapshot(moved / "s3").state_digest() == vm.state_digest()
     assert verify(moved / "s3").ok
     rebase(moved / "s0", [moved / f"s{i}" for i in (1, 2, 3)], tmp_path / "merged")
-    assert load_snapshot(tmp_path / "merged").state_digest() == vm.state_digest()
+    assert MicroVM.load_snapshot(tmp_path / "merged").state_digest() == vm.state_digest()
 
 
 def test_rebase_output_that_is_a_symlink_loop_is_an_invalid_path(tmp_path: Path) -> None:

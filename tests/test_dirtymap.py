@@ -1,4 +1,4 @@
-"""Dirty pages per epoch and their heatmap (tools/dirtymap.py, `microvm dirty-map`)."""
+"""Dirty pages per epoch and their heatmap (vmm/plots.py, `microvm dirty-map`)."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from tools.dirtymap import (
+from vmm.plots import (
     FIG_HEIGHT_PX,
     FIG_WIDTH_PX,
     DirtyEpoch,

@@ -22,7 +22,8 @@ from snapshot.errors import (
 )
 from snapshot.frames import ENTRY_SIZE, FOOTER_SIZE, STYLE_LZ4, STYLE_RAW, STYLE_ZERO
 from snapshot.memfile import MemFileInfo
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from snapshot.plain import from_plain, to_plain
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB
@@ -349,36 +350,36 @@ def test_compressed_snapshots_restore_bit_for_bit_with_both_backends(tmp_path: P
     reference.run(500_000)
     vm = MicroVM(CONFIG)
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "s0", compress="lz4", frame_size=256 * 1024)
+    vm.save_snapshot(tmp_path / "s0", compress="lz4", frame_size=256 * 1024)
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "s1", "diff")  # raw diff over an lz4 base: formats mix
+    vm.save_snapshot(tmp_path / "s1", "diff")  # raw diff over an lz4 base: formats mix
     vm.run(100_000)
-    report = save_snapshot(vm, tmp_path / "s2", "diff", compress="lz4", threads=2)
+    report = vm.save_snapshot(tmp_path / "s2", "diff", compress="lz4", threads=2)
     assert report.memory_bytes_written == (tmp_path / "s2.mem").stat().st_size
     for backend in ("copy", "mmap"):
-        restored = load_snapshot(tmp_path / "s2", backend)
+        restored = MicroVM.load_snapshot(tmp_path / "s2", backend)
         assert restored.state_digest() == vm.state_digest()
         restored.run(200_000)
         assert restored.state_digest() == reference.state_digest()
-    info = describe(tmp_path / "s0", verify=True)
+    info = describe(tmp_path / "s0", verify=True, schema=MACHINE)
     assert info["memory_format"] == "lz4" and info["frame_size"] == 256 * 1024 and info["pair_ok"] is True
     assert info["compression_ratio"] == round(32 * MIB / (tmp_path / "s0.mem").stat().st_size, 3) > 10
-    assert describe(tmp_path / "s1")["compression_ratio"] is None
+    assert describe(tmp_path / "s1", schema=MACHINE)["compression_ratio"] is None
 
 
 def test_a_corrupt_frame_fails_the_load_and_nothing_is_returned(tmp_path: Path) -> None:
     vm = MicroVM(CONFIG)
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "s", compress="lz4")
+    vm.save_snapshot(tmp_path / "s", compress="lz4")
     path = tmp_path / "s.mem"
-    info = describe(tmp_path / "s")
+    info = describe(tmp_path / "s", schema=MACHINE)
     entries, _ = read_index(path)
     victim = next(e for e in entries if e[4] != STYLE_ZERO)
     flip(path, victim[1] + victim[2] - 1)
     for backend in ("copy", "mmap"):
         with pytest.raises(CorruptMemoryFileError, match=rf"s\.mem' is corrupt: frame {victim[0]}:"):
-            load_snapshot(tmp_path / "s", backend)
-    assert describe(tmp_path / "s", verify=True)["pair_ok"] is False
+            MicroVM.load_snapshot(tmp_path / "s", backend)
+    assert describe(tmp_path / "s", verify=True, schema=MACHINE)["pair_ok"] is False
     assert info["pair_ok"] is None
 
 
@@ -386,7 +387,7 @@ def test_bad_compression_options_write_nothing(tmp_path: Path) -> None:
     vm = MicroVM(CONFIG)
     vm.run(10_000)
     with pytest.raises(ValueError, match="compress"):
-        save_snapshot(vm, tmp_path / "s", compress="zstd")
+        vm.save_snapshot(tmp_path / "s", compress="zstd")
     with pytest.raises(ValueError, match="frame size"):
-        save_snapshot(vm, tmp_path / "s", compress="lz4", frame_size=1000)
+        vm.save_snapshot(tmp_path / "s", compress="lz4", frame_size=1000)
     assert not os.listdir(tmp_path)

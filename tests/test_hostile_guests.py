@@ -75,12 +75,14 @@ def test_the_checks_can_fail(work: Path) -> None:
 
 
 def test_a_faulted_vm_is_described_for_post_mortem(work: Path) -> None:
-    from snapshot.persist import describe, load_snapshot
+    from snapshot.describe import describe
+    from vmm.persist import MACHINE
+    from vmm.machine import MicroVM
 
     guest = CATALOG["jump to a hole (no vector table)"]
     assert hostile.run_guest(guest, work).ok  # includes the save/describe/load round trip
-    info = describe(work / "post-mortem", verify=True)
+    info = describe(work / "post-mortem", verify=True, schema=MACHINE)
     assert info["pair_ok"] is True and info["kind"] == "full"
-    restored = load_snapshot(work / "post-mortem")
+    restored = MicroVM.load_snapshot(work / "post-mortem")
     assert restored.stopped is StopReason.FAULT
     assert "instruction fetch from unmapped guest physical address 0x70000000" in restored.scheduler.stop_detail

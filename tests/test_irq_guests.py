@@ -142,7 +142,7 @@ def test_ticker_output_does_not_depend_on_the_quantum(period: int, ticks: int) -
 
 
 def test_ticker_with_deadlines_inside_rounds_continues_identically_after_a_snapshot(tmp_path) -> None:
-    from snapshot.persist import load_snapshot, save_snapshot
+    from vmm.machine import MicroVM
 
     quantum, params = 100_000, {"period_ns": 30_000, "ticks": 9}
     reference, result = run_guest("ticker", quantum=quantum, **params)
@@ -150,8 +150,8 @@ def test_ticker_with_deadlines_inside_rounds_continues_identically_after_a_snaps
     for pause in (1, 2):  # rounds [0, 100k) and [100k, 200k) each hold several deadlines
         vm = make_vm("ticker", quantum=quantum, **params)
         assert vm.run(pause * quantum).reason is StopReason.BUDGET
-        save_snapshot(vm, tmp_path / f"s{pause}", "full")
-        restored = load_snapshot(tmp_path / f"s{pause}", "copy")
+        vm.save_snapshot(tmp_path / f"s{pause}", "full")
+        restored = MicroVM.load_snapshot(tmp_path / f"s{pause}", "copy")
         assert_powered_off(restored, restored.run(LIMIT))
         assert vm.console_output + restored.console_output == reference.console_output
         assert restored.state_digest() == reference.state_digest()

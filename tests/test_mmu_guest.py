@@ -14,7 +14,6 @@ import pytest
 from unicorn import UC_MEM_FETCH, UC_MEM_READ, UC_MEM_WRITE, UC_PROT_EXEC, UC_PROT_READ, UC_PROT_WRITE
 from unicorn.arm64_const import UC_ARM64_REG_PSTATE
 
-from snapshot.persist import load_snapshot, save_snapshot
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB, RAM_BASE, VMM_STUB_BASE
 from vmm.mmu import FaultKind, TranslationFault
@@ -193,16 +192,16 @@ def test_snapshot_equivalence_around_mmu_enable(tmp_path: Path, reference, where
     vm = mmu_vm(**SNAP_PARAMS)
     if kind == "diff":
         vm.run(pause - Q)
-        save_snapshot(vm, tmp_path / "base")  # full; the diff below holds the last quantum's pages
+        vm.save_snapshot(tmp_path / "base")  # full; the diff below holds the last quantum's pages
         vm.run(Q)
-        save_snapshot(vm, tmp_path / "snap", "diff")
+        vm.save_snapshot(tmp_path / "snap", "diff")
     else:
         vm.run(pause)
-        save_snapshot(vm, tmp_path / "snap")
+        vm.save_snapshot(tmp_path / "snap")
     assert vm.clock == pause
     mmu_on = bool(vm.vcpus[0].sysreg("SCTLR_EL1") & 1)
     assert mmu_on == (pause >= on)
-    restored = load_snapshot(tmp_path / "snap")
+    restored = MicroVM.load_snapshot(tmp_path / "snap")
     assert restored.state_digest() == vm.state_digest()
     assert restored.run(50_000_000).reason is StopReason.POWER_OFF
     assert restored.clock == total

@@ -17,7 +17,6 @@ from hypothesis import strategies as st
 from unicorn import UC_MEM_FETCH, UC_MEM_READ, UC_MEM_WRITE, UC_PROT_ALL, UC_PROT_EXEC
 
 from snapshot.dirty import AdaptiveController, StepDownMode, TrackingConfig
-from snapshot.persist import load_snapshot, save_snapshot
 from vmm import MicroVM, VmConfig, native_fill
 from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
@@ -228,9 +227,9 @@ def test_diff_snapshot_round_trip_both_ways(native: bool, tmp_path: Path, monkey
     reference.run(90_000)
     vm = MicroVM(config)
     vm.run(30_000)
-    save_snapshot(vm, tmp_path / "base")
+    vm.save_snapshot(tmp_path / "base")
     vm.run(30_000)
-    save_snapshot(vm, tmp_path / "diff", "diff")
-    restored = load_snapshot(tmp_path / "diff")
+    vm.save_snapshot(tmp_path / "diff", "diff")
+    restored = MicroVM.load_snapshot(tmp_path / "diff")
     restored.run(30_000)
     assert_vms_equal(restored, reference)

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 import vmm.testing
-from snapshot.persist import save_snapshot
-from vmm import ConfigError, MicroVM, StopReason, VmConfig
+from vmm import ConfigError, StopReason, VmConfig
 from vmm.layout import RAM_BASE
 from vmm.testing import MicrovmFactory, assert_vms_equal, diff_vms
 
@@ -74,9 +73,9 @@ def test_snapshot_dir_is_an_empty_directory(snapshot_dir, tmp_path) -> None:
 def test_restore_through_the_factory_is_equivalent(microvm, snapshot_dir) -> None:
     vm = microvm("smp", vcpus=3, quantum=2_000, track_dirty_pages=True, params={"iterations": 2_000})
     vm.run(20_000)
-    save_snapshot(vm, snapshot_dir / "a")
+    vm.save_snapshot(snapshot_dir / "a")
     vm.run(6_000)
-    save_snapshot(vm, snapshot_dir / "b", "diff")
+    vm.save_snapshot(snapshot_dir / "b", "diff")
     restored = microvm.restore(snapshot_dir / "b", "mmap")
     assert not diff_vms(vm, restored, console=False)
     assert_vms_equal(vm, restored, console=False)

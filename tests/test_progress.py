@@ -8,7 +8,8 @@ from typing import Iterator
 import pytest
 
 from snapshot import progress as progress_mod
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from snapshot.progress import Progress, no_progress, progress_bar, wants_bar
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB
@@ -92,12 +93,12 @@ def test_save_load_and_verify_advance_exactly_their_totals(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="memwalk", mem_size=32 * MIB, track_dirty_pages=True, params={"rounds": 0, "writes": 50, "region_mib": 4}))
     bars = RecordingBars()
     vm.run(50_000)
-    save_snapshot(vm, tmp_path / "a", "full", progress_bars=bars)
+    vm.save_snapshot(tmp_path / "a", "full", progress_bars=bars)
     vm.run(50_000)
-    diff = save_snapshot(vm, tmp_path / "b", "diff", progress_bars=bars)
-    load_snapshot(tmp_path / "b", "copy", progress_bars=bars)
-    load_snapshot(tmp_path / "b", "mmap", progress_bars=bars)
-    describe(tmp_path / "b", verify=True, progress_bars=bars)
+    diff = vm.save_snapshot(tmp_path / "b", "diff", progress_bars=bars)
+    MicroVM.load_snapshot(tmp_path / "b", "copy", progress_bars=bars)
+    MicroVM.load_snapshot(tmp_path / "b", "mmap", progress_bars=bars)
+    describe(tmp_path / "b", verify=True, progress_bars=bars, schema=MACHINE)
     diff_bytes = diff.pages_written * 4096
     assert diff_bytes > 0
     assert bars.bars == [

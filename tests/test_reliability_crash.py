@@ -14,7 +14,8 @@ import pytest
 
 from snapshot.envelope import encode_state
 from snapshot.memfile import write_full
-from snapshot.persist import capture, snapshot_paths
+from vmm.persist import capture
+from snapshot.links import snapshot_paths
 from snapshot.plain import to_plain
 from tools.faults import crash, scenarios
 from tools.faults.corpus import Corpus, build_corpus, sample_vm, scratch_directory

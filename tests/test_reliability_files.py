@@ -19,7 +19,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from snapshot.errors import EncodingError, InvalidPathError, SnapshotError
-from snapshot.persist import describe, load_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
+from vmm.machine import MicroVM
 from tools.faults import mutate
 from tools.faults.child import call_in_child
 from tools.faults.corpus import build_corpus, link_files, scratch_directory
@@ -106,14 +108,14 @@ def test_decode_memory_is_measured_and_bounded(info: mutate.CorpusInfo, work: Pa
 def test_the_campaign_catches_silent_corruption(info: mutate.CorpusInfo, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The checks can fail: with memory digests not verified, a flipped bit in a memory file
     loads as a different state, which is reported as lost data."""
-    import snapshot.persist
+    import vmm.persist
 
-    real = snapshot.persist.read_into
+    real = vmm.persist.read_into
 
     def unverified(src, ram, info, verify_digest=True, **kwargs):  # type: ignore[no-untyped-def]
         return real(src, ram, info, False, **kwargs)
 
-    monkeypatch.setattr(snapshot.persist, "read_into", unverified)
+    monkeypatch.setattr(vmm.persist, "read_into", unverified)
     flip = mutate.Mutation("bitflip", "base", "mem", "a bit in the image", lambda d: mutate._patch(d / "base.mem", [(4096, b"\x01")]))
     trial = mutate.run_case(info, flip, work / "case")
     assert trial.verdict is Verdict.LOST_DATA, str(trial)
@@ -146,9 +148,9 @@ def test_a_forged_device_or_scheduler_state_is_an_encoding_error(info: mutate.Co
     link_files(info.corpus.directory, work)
     _forge(work, "base", edit)
     with pytest.raises(EncodingError, match=message):
-        load_snapshot(work / "base")
+        MicroVM.load_snapshot(work / "base")
     with contextlib.suppress(EncodingError):  # describe checks the structure, not device state
-        describe(work / "base")
+        describe(work / "base", schema=MACHINE)
 
 
 def test_a_parent_name_in_a_symlink_loop_is_an_invalid_path(info: mutate.CorpusInfo, work: Path) -> None:
@@ -157,6 +159,6 @@ def test_a_parent_name_in_a_symlink_loop_is_an_invalid_path(info: mutate.CorpusI
     os.unlink(work / "base.snap")
     (work / "base.snap").symlink_to("base.snap")
     with pytest.raises(InvalidPathError, match="cannot resolve the parent's name"):
-        load_snapshot(work / "top")
+        MicroVM.load_snapshot(work / "top")
     with pytest.raises(SnapshotError):
-        describe(work / "base")
+        describe(work / "base", schema=MACHINE)

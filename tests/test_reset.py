@@ -12,8 +12,7 @@ from hypothesis import strategies as st
 from asm import RESULTS, RESULTS_PTR, assemble, boot, result
 from snapshot.dirty import DirtyBitmap
 from snapshot.errors import IncompatibleError
-from snapshot.persist import load_snapshot, save_snapshot
-from snapshot.reset import ResetPoint
+from vmm.reset import ResetPoint
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB, RAM_BASE
 from vmm.vcpu import Vcpu
@@ -50,7 +49,7 @@ class _Reference:
 
     def after(self, instructions: int) -> tuple[str, bytes, StopReason]:
         if instructions not in self._cache:
-            vm = load_snapshot(self.path)
+            vm = MicroVM.load_snapshot(self.path)
             r = vm.run(instructions)
             self._cache[instructions] = (vm.state_digest(), vm.console_output, r.reason)
         return self._cache[instructions]
@@ -88,7 +87,7 @@ def test_reset_continues_like_a_fresh_restore(tmp_path, name: str, before: int, 
     directory.mkdir()
     vm = _fresh(name)
     vm.run(before * Q)
-    save_snapshot(vm, directory / "p")
+    vm.save_snapshot(directory / "p")
     point = vm.snapshot_point()
     at_point = vm.state_digest()
     reference = _Reference(directory / "p")
@@ -236,7 +235,7 @@ def test_other_epochs_and_other_points_are_accounted_for(tmp_path) -> None:
     first = vm.snapshot_point()
     d1 = vm.state_digest()
     vm.run(3 * Q)
-    save_snapshot(vm, tmp_path / "mid")  # an epoch a point did not start
+    vm.save_snapshot(tmp_path / "mid")  # an epoch a point did not start
     vm.run(2 * Q)
     second = vm.snapshot_point()
     d2 = vm.state_digest()
@@ -255,21 +254,21 @@ def test_other_epochs_and_other_points_are_accounted_for(tmp_path) -> None:
 def test_a_diff_saved_after_a_reset_restores_the_point(tmp_path) -> None:
     vm = _fresh("memwalk")
     vm.run(2 * Q)
-    save_snapshot(vm, tmp_path / "base")
+    vm.save_snapshot(tmp_path / "base")
     vm.run(2 * Q)  # pages dirty since the base when the point is taken
     point = vm.snapshot_point()
     at_point = vm.state_digest()
-    save_snapshot(vm, tmp_path / "other")  # moves the lineage on
+    vm.save_snapshot(tmp_path / "other")  # moves the lineage on
     vm.run(3 * Q)
     vm.reset_to(point)
-    save_snapshot(vm, tmp_path / "diff", "diff")  # over "base", the point's lineage
-    assert load_snapshot(tmp_path / "diff").state_digest() == at_point
+    vm.save_snapshot(tmp_path / "diff", "diff")  # over "base", the point's lineage
+    assert MicroVM.load_snapshot(tmp_path / "diff").state_digest() == at_point
 
 
 def test_a_point_loaded_from_disk(tmp_path) -> None:
     vm = _fresh("smp")
     vm.run(4 * Q)
-    save_snapshot(vm, tmp_path / "p")
+    vm.save_snapshot(tmp_path / "p")
     reference = _Reference(tmp_path / "p")
     loaded, point = ResetPoint.load(tmp_path / "p")
     assert point.clock == 4 * Q

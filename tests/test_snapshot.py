@@ -16,7 +16,8 @@ from snapshot.errors import (
     ParentMismatchError,
     SnapshotError,
 )
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.testing import assert_vms_equal
 
@@ -72,9 +73,9 @@ def test_restored_vm_continues_bit_for_bit(tmp_path, name: str, steps: list[int]
     for i, n in enumerate(steps):
         vm.run(n * Q)
         kind = "diff" if diffs and i > 0 else "full"
-        save_snapshot(vm, directory / f"s{i}", kind)
+        vm.save_snapshot(directory / f"s{i}", kind)
     printed = vm.console_output
-    restored = load_snapshot(directory / f"s{len(steps) - 1}", backend)
+    restored = MicroVM.load_snapshot(directory / f"s{len(steps) - 1}", backend)
     assert restored.state_digest() == vm.state_digest()
     r = restored.run(tail * Q)
     assert restored.state_digest() == digest
@@ -86,7 +87,7 @@ def test_restored_vm_continues_bit_for_bit(tmp_path, name: str, steps: list[int]
 def test_a_snapshot_of_a_stopped_vm_stays_stopped(microvm, snapshot_dir) -> None:
     vm = microvm("hello")
     vm.run()
-    save_snapshot(vm, snapshot_dir / "off")
+    vm.save_snapshot(snapshot_dir / "off")
     restored = microvm.restore(snapshot_dir / "off")
     assert_vms_equal(vm, restored, console=False)
     assert restored.stopped is StopReason.POWER_OFF
@@ -97,21 +98,21 @@ def test_diff_needs_tracking_and_a_base(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}))
     vm.run(10_000)
     with pytest.raises(IncompatibleError, match="dirty-page tracking"):
-        save_snapshot(vm, tmp_path / "d", "diff")
+        vm.save_snapshot(tmp_path / "d", "diff")
     vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
     with pytest.raises(IncompatibleError, match="earlier snapshot"):
-        save_snapshot(vm, tmp_path / "d", "diff")
+        vm.save_snapshot(tmp_path / "d", "diff")
     assert not list(tmp_path.iterdir())  # nothing written
 
 
 def test_diff_files_hold_only_dirty_pages_and_clear_the_bitmap_after_commit(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0, "writes": 16, "pattern": 3, "hot_pages": 4}))
     vm.run(200_000)
-    full = save_snapshot(vm, tmp_path / "base")
+    full = vm.save_snapshot(tmp_path / "base")
     assert vm.dirty.count() == 0
     vm.run(200_000)
     dirty = vm.dirty.count()
-    diff = save_snapshot(vm, tmp_path / "next", "diff")
+    diff = vm.save_snapshot(tmp_path / "next", "diff")
     assert 0 < diff.pages_written == dirty < full.pages_written
     assert os.stat(tmp_path / "next.mem").st_blocks * 512 < 64 * 4096  # holes, not data
     assert vm.dirty.count() == 0
@@ -120,54 +121,54 @@ def test_diff_files_hold_only_dirty_pages_and_clear_the_bitmap_after_commit(tmp_
 def test_chain_links_are_checked(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "a")
+    vm.save_snapshot(tmp_path / "a")
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "b", "diff")
+    vm.save_snapshot(tmp_path / "b", "diff")
     other = MicroVM(VmConfig(guest="memwalk", track_dirty_pages=True, params={"rounds": 0}))
     other.run(300_000)
-    save_snapshot(other, tmp_path / "z")
+    other.save_snapshot(tmp_path / "z")
     with pytest.raises(ParentMismatchError):
-        load_snapshot(tmp_path / "b", base=tmp_path / "z")
+        MicroVM.load_snapshot(tmp_path / "b", base=tmp_path / "z")
     os.rename(tmp_path / "a.snap", tmp_path / "gone.snap")
     with pytest.raises(MissingParentError):
-        load_snapshot(tmp_path / "b")
+        MicroVM.load_snapshot(tmp_path / "b")
     # The chain survives a move of both files to another directory.
     os.rename(tmp_path / "gone.snap", tmp_path / "a.snap")
     moved = tmp_path / "moved"
     moved.mkdir()
     for name in ("a.snap", "a.mem", "b.snap", "b.mem"):
         os.rename(tmp_path / name, moved / name)
-    assert_vms_equal(load_snapshot(moved / "b"), vm, console=False)
+    assert_vms_equal(MicroVM.load_snapshot(moved / "b"), vm, console=False)
 
 
 def test_corrupt_or_mismatched_files_are_refused_and_the_snapshot_survives(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}))
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "good")
+    vm.save_snapshot(tmp_path / "good")
     blob = (tmp_path / "good.snap").read_bytes()
     (tmp_path / "bad.snap").write_bytes(blob[:100] + bytes([blob[100] ^ 1]) + blob[101:])
     os.link(tmp_path / "good.mem", tmp_path / "bad.mem")
     with pytest.raises(CrcMismatchError):
-        load_snapshot(tmp_path / "bad")
+        MicroVM.load_snapshot(tmp_path / "bad")
     with pytest.raises(SnapshotError):
-        describe(tmp_path / "bad")
+        describe(tmp_path / "bad", schema=MACHINE)
     # A memory file from another snapshot: caught by the pair digest.
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "later")
+    vm.save_snapshot(tmp_path / "later")
     (tmp_path / "mixed.snap").write_bytes(blob)
     os.link(tmp_path / "later.mem", tmp_path / "mixed.mem")
     with pytest.raises(MemoryFileMismatchError):
-        load_snapshot(tmp_path / "mixed")
-    assert describe(tmp_path / "mixed", verify=True)["pair_ok"] is False
-    assert describe(tmp_path / "good", verify=True)["pair_ok"] is True
-    assert load_snapshot(tmp_path / "good").clock == 100_000
+        MicroVM.load_snapshot(tmp_path / "mixed")
+    assert describe(tmp_path / "mixed", verify=True, schema=MACHINE)["pair_ok"] is False
+    assert describe(tmp_path / "good", verify=True, schema=MACHINE)["pair_ok"] is True
+    assert MicroVM.load_snapshot(tmp_path / "good").clock == 100_000
 
 
-def test_describe_reports_squibs_fields(tmp_path) -> None:
+def test_describe_reports_the_format_fields(tmp_path) -> None:
     vm = MicroVM(VmConfig(guest="smp", vcpus=2))
     vm.run(100_000)
-    save_snapshot(vm, tmp_path / "s")
-    info = describe(tmp_path / "s.snap")
+    vm.save_snapshot(tmp_path / "s")
+    info = describe(tmp_path / "s.snap", schema=MACHINE)
     assert info["magic"] == "0x07101984aaaa0000"
     assert info["vcpus"] == 2 and info["kind"] == "full" and info["mmds_present"] is True
     assert info["memory_size"] == 128 * 1024 * 1024 and info["crc_ok"] is True
@@ -183,7 +184,7 @@ def test_every_guest_continues_identically_after_a_diff_chain(microvm, snapshot_
     vm = microvm(GUESTS[name], mmds=_mmds_data(name))
     for i, n in enumerate(steps):
         vm.run(n * Q)
-        save_snapshot(vm, snapshot_dir / f"s{i}", "full" if i == 0 else "diff")
+        vm.save_snapshot(snapshot_dir / f"s{i}", "full" if i == 0 else "diff")
     restored = microvm.restore(snapshot_dir / f"s{len(steps) - 1}", backend)
     restored.run(tail * Q)
     assert_vms_equal(reference, restored, console=False)  # a readable diff if not

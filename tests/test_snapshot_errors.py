@@ -16,7 +16,8 @@ import pytest
 
 from snapshot import errors
 from snapshot.envelope import MAGIC_AARCH64, SNAPSHOT_VERSION, encode_state, read_state_file
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from vmm import MicroVM, VmConfig
 from vmm.cli import main
 from vmm.layout import MIB
@@ -31,13 +32,13 @@ def chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
     d = tmp_path_factory.mktemp("chain")
     vm = MicroVM(CONFIG)
     vm.run(200_000)
-    save_snapshot(vm, d / "base")
+    vm.save_snapshot(d / "base")
     vm.run(200_000)
     assert vm.dirty.count() > 0
-    save_snapshot(vm, d / "top", "diff")
+    vm.save_snapshot(d / "top", "diff")
     other = MicroVM(VmConfig(**{**CONFIG.__dict__, "params": {"rounds": 0, "region_mib": 4, "pattern": 1}}))
     other.run(300_000)
-    save_snapshot(other, d / "other")
+    other.save_snapshot(d / "other")
     return d
 
 
@@ -213,15 +214,15 @@ def test_load_refuses_with_the_typed_error(snaps: Path, damage, expected, words,
     for backend in ("copy", "mmap"):
         if damage is _memory_changed and backend == "mmap":
             continue  # mmap does not read the file, so it cannot see a changed byte (documented)
-        err = _error_of(lambda: load_snapshot(snaps / "top", backend, verify_memory=True))
+        err = _error_of(lambda: MicroVM.load_snapshot(snaps / "top", backend, verify_memory=True))
         assert type(err) is expected, (backend, err)
         assert words in str(err) and "\n" not in str(err)
 
 
 def test_a_changed_memory_byte_is_caught_by_mmap_only_with_verify(snaps: Path) -> None:
     _memory_changed(snaps)
-    load_snapshot(snaps / "top", "mmap").scheduler  # documented opt-out: not read, not checked
-    err = _error_of(lambda: load_snapshot(snaps / "top", "mmap", verify_memory=True))
+    MicroVM.load_snapshot(snaps / "top", "mmap").scheduler  # documented opt-out: not read, not checked
+    err = _error_of(lambda: MicroVM.load_snapshot(snaps / "top", "mmap", verify_memory=True))
     assert type(err) is errors.MemoryFileMismatchError
 
 
@@ -231,14 +232,14 @@ def test_describe_reports_bad_files(snaps: Path, damage, expected, words, withou
     pair_ok False with --verify (and may succeed without it: it reads no memory)."""
     damage(snaps)
     if without_verify:
-        err = _error_of(lambda: describe(snaps / "top"))
+        err = _error_of(lambda: describe(snaps / "top", schema=MACHINE))
         assert type(err) is expected
         return
     if damage in (_parent_missing, _parent_replaced, _memory_swapped):
-        assert describe(snaps / "top", verify=True)["pair_ok"] is True  # describe checks one pair
+        assert describe(snaps / "top", verify=True, schema=MACHINE)["pair_ok"] is True  # describe checks one pair
         return
     try:
-        info = describe(snaps / "top", verify=True)
+        info = describe(snaps / "top", verify=True, schema=MACHINE)
     except errors.SnapshotError as err:
         assert type(err) is expected
     else:
@@ -247,9 +248,9 @@ def test_describe_reports_bad_files(snaps: Path, damage, expected, words, withou
 
 def test_a_base_memory_file_from_another_snapshot_is_refused(snaps: Path) -> None:
     _memory_swapped(snaps)
-    err = _error_of(lambda: load_snapshot(snaps / "top", "copy"))
+    err = _error_of(lambda: MicroVM.load_snapshot(snaps / "top", "copy"))
     assert type(err) is errors.MemoryFileMismatchError
-    err = _error_of(lambda: load_snapshot(snaps / "top", "mmap", verify_memory=True))
+    err = _error_of(lambda: MicroVM.load_snapshot(snaps / "top", "mmap", verify_memory=True))
     assert type(err) is errors.MemoryFileMismatchError
 
 
@@ -266,8 +267,8 @@ def test_damage_never_touches_the_other_snapshots(snaps: Path) -> None:
     """Loading a damaged diff does not alter its base (refusal is read-only)."""
     before = {p.name: p.read_bytes() for p in snaps.iterdir()}
     _flip_state(snaps)
-    _error_of(lambda: load_snapshot(snaps / "top", "copy"))
+    _error_of(lambda: MicroVM.load_snapshot(snaps / "top", "copy"))
     after = {p.name: p.read_bytes() for p in snaps.iterdir()}
     assert {k: v for k, v in after.items() if k != "top.snap"} == {k: v for k, v in before.items() if k != "top.snap"}
-    assert load_snapshot(snaps / "base", "copy").clock > 0
+    assert MicroVM.load_snapshot(snaps / "base", "copy").clock > 0
     assert os.path.exists(snaps / "other.snap")

@@ -12,7 +12,7 @@ import msgpack
 import pytest
 
 from format_reader import FormatError, crc64_jones, lz4_block_decompress, read_snapshot, read_state
-from snapshot.persist import load_snapshot, save_snapshot
+from vmm.machine import MicroVM
 from vmm.testing import assert_vms_equal
 
 MIB = 1 << 20
@@ -57,7 +57,7 @@ def test_lz4_block_decoder_reads_what_lz4_writes() -> None:
 def test_full_snapshot_reads_back_as_the_saved_vm(microvm, snapshot_dir, compress) -> None:
     vm = microvm("smp", vcpus=2, mem_size=32 * MIB, quantum=1_000, params={"iterations": 5_000}, mmds={"k": "v"})
     vm.run(7_000)
-    save_snapshot(vm, snapshot_dir / "full", compress=compress)
+    vm.save_snapshot(snapshot_dir / "full", compress=compress)
     snap = read_snapshot(snapshot_dir / "full.snap")
     assert snap.header == {"magic": 0x0710_1984_AAAA_0000, "version": [1, 0, 0]}
     assert snap.memory.kind == "full" and snap.memory.format == (compress or "raw")
@@ -70,7 +70,7 @@ def test_diff_chain_reads_back_as_the_saved_vm(microvm, snapshot_dir, formats) -
     vm = microvm("memwalk", mem_size=32 * MIB, quantum=1_000, track_dirty_pages=True, params=MEMWALK)
     for i, compress in enumerate(formats):
         vm.run(20_000)
-        save_snapshot(vm, snapshot_dir / f"s{i}", "full" if i == 0 else "diff", compress=compress)
+        vm.save_snapshot(snapshot_dir / f"s{i}", "full" if i == 0 else "diff", compress=compress)
     snap = read_snapshot(snapshot_dir / "s3.snap")
     assert [p.name for p in snap.chain] == ["s0.snap", "s1.snap", "s2.snap", "s3.snap"]
     assert snap.memory.kind == "diff" and 0 < snap.memory.pages_written < 1024  # of 8192
@@ -84,11 +84,11 @@ def test_diff_chain_reads_back_as_the_saved_vm(microvm, snapshot_dir, formats) -
 def test_the_staged_memory_file_rule(microvm, snapshot_dir) -> None:
     vm = microvm("hello", mem_size=16 * MIB)
     vm.run()
-    save_snapshot(vm, snapshot_dir / "a")
+    vm.save_snapshot(snapshot_dir / "a")
     digest = read_state(snapshot_dir / "a.snap")[1]["memory"]["digest"]
     os.rename(snapshot_dir / "a.mem", snapshot_dir / f".a.mem.staged-{digest}")
     _check_against(read_snapshot(snapshot_dir / "a.snap"), vm)
-    assert_vms_equal(load_snapshot(snapshot_dir / "a"), vm, console=False)  # the project agrees
+    assert_vms_equal(MicroVM.load_snapshot(snapshot_dir / "a"), vm, console=False)  # the project agrees
 
 
 def _rewrite_state(path, edit) -> None:
@@ -104,9 +104,9 @@ def _rewrite_state(path, edit) -> None:
 def test_a_state_file_written_from_the_document_loads_in_the_project(microvm, snapshot_dir) -> None:
     vm = microvm("hello", mem_size=16 * MIB)
     vm.run(1_000)
-    save_snapshot(vm, snapshot_dir / "a")
+    vm.save_snapshot(snapshot_dir / "a")
     _rewrite_state(snapshot_dir / "a.snap", lambda top: top["data"]["vcpus"][0]["x"].__setitem__(5, 0x1234))
-    restored = load_snapshot(snapshot_dir / "a")
+    restored = MicroVM.load_snapshot(snapshot_dir / "a")
     assert restored.vcpus[0].save_state().x[5] == 0x1234
     assert read_snapshot(snapshot_dir / "a.snap").data["vcpus"][0]["x"][5] == 0x1234
 
@@ -124,7 +124,7 @@ def test_a_state_file_written_from_the_document_loads_in_the_project(microvm, sn
 def test_the_reader_refuses_what_the_document_forbids(microvm, snapshot_dir, damage, message) -> None:
     vm = microvm("hello", mem_size=16 * MIB)
     vm.run()
-    save_snapshot(vm, snapshot_dir / "a")
+    vm.save_snapshot(snapshot_dir / "a")
     damage(snapshot_dir / "a.snap")
     with pytest.raises(FormatError, match=message):
         read_snapshot(snapshot_dir / "a.snap")
@@ -133,7 +133,7 @@ def test_the_reader_refuses_what_the_document_forbids(microvm, snapshot_dir, dam
 def test_a_corrupt_lz4_frame_is_refused(microvm, snapshot_dir) -> None:
     vm = microvm("hello", mem_size=16 * MIB)
     vm.run()
-    save_snapshot(vm, snapshot_dir / "a", compress="lz4")
+    vm.save_snapshot(snapshot_dir / "a", compress="lz4")
     mem = snapshot_dir / "a.mem"
     blob = bytearray(mem.read_bytes())
     blob[10] ^= 0xFF  # inside the first frame's stored bytes

@@ -249,8 +249,6 @@ def _snapshot_points(text: str | None) -> list[int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from snapshot.persist import save_snapshot
-
     points = _snapshot_points(args.snapshot_at)
     if points and not args.snapshot_dir:
         raise UsageError("--snapshot-at needs --snapshot-dir")
@@ -275,8 +273,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         _check_console(console)
         kind = "full" if i == 0 or args.kind == "full" else "diff"
         os.makedirs(args.snapshot_dir, exist_ok=True)
-        report = save_snapshot(
-            vm, os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, compress=compress, frame_size=frame_size, progress_bars=_bars(args)
+        report = vm.save_snapshot(
+            os.path.join(args.snapshot_dir, f"snap-{vm.clock}"), kind, compress=compress, frame_size=frame_size, progress_bars=_bars(args)
         )
         snapshots.append(
             {"path": str(report.state_path), "kind": kind, "virtual_time_ns": vm.clock, "pages_written": report.pages_written, "seconds": round(report.seconds, 6)}
@@ -300,7 +298,7 @@ def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
     """Run in epochs of args.dirty_report instructions, printing the dirty pages of each."""
     if args.dirty_report == 0:
         raise UsageError("--dirty-report epoch must be at least 1 instruction")
-    from tools.dirtymap import dirty_epochs
+    from vmm.plots import dirty_epochs
 
     console = _console_sink(args)
     vm = MicroVM(config, on_console=console)
@@ -321,7 +319,7 @@ def _run_dirty_report(config: VmConfig, args: argparse.Namespace) -> int:
 
 def cmd_dirty_map(args: argparse.Namespace) -> int:
     """Run GUEST for --epochs epochs of --epoch instructions and plot the pages each wrote."""
-    from tools.dirtymap import PlotUnavailableError, build_map, dirty_epochs, plot_dirty_map, require_matplotlib
+    from vmm.plots import PlotUnavailableError, build_map, dirty_epochs, plot_dirty_map, require_matplotlib
 
     try:
         require_matplotlib()  # before spending time running the guest
@@ -360,11 +358,9 @@ def cmd_dirty_map(args: argparse.Namespace) -> int:
 
 
 def cmd_restore(args: argparse.Namespace) -> int:
-    from snapshot.persist import load_snapshot
-
     t0 = time.perf_counter()
     console = _console_sink(args)
-    vm = load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
+    vm = MicroVM.load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=_bars(args))
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     if not args.quiet:
@@ -378,9 +374,10 @@ def cmd_restore(args: argparse.Namespace) -> int:
 
 
 def cmd_describe(args: argparse.Namespace) -> int:
-    from snapshot.persist import describe
+    from snapshot.describe import describe
+    from vmm.persist import MACHINE
 
-    info = describe(args.path, verify=args.verify, progress_bars=_bars(args))
+    info = describe(args.path, verify=args.verify, progress_bars=_bars(args), schema=MACHINE)
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -440,14 +437,15 @@ def _add_compress_args(p: argparse.ArgumentParser) -> None:
 def _compression(args: argparse.Namespace) -> tuple[str | None, int]:
     """(compress, frame_size) for save_snapshot/rebase from --compress/--frame-size."""
     from snapshot.frames import DEFAULT_FRAME_SIZE
-    from snapshot.persist import check_compression
+    from snapshot.memory import check_compression
+    from vmm.tlb import DIRTY_PAGE_SIZE
 
     compress = None if args.compress == "none" else args.compress
     if compress is None and args.frame_size is not None:
         raise UsageError("--frame-size needs --compress lz4")
     frame_size = DEFAULT_FRAME_SIZE if args.frame_size is None else args.frame_size
     try:
-        check_compression(compress, frame_size)
+        check_compression(compress, DIRTY_PAGE_SIZE, frame_size)
     except ValueError as e:
         raise UsageError(f"--frame-size: {e}") from None
     return compress, frame_size
@@ -470,8 +468,9 @@ def cmd_rebase(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from snapshot.chain import verify
+    from vmm.persist import MACHINE
 
-    report = verify(args.path, progress_bars=_bars(args))
+    report = verify(args.path, schema=MACHINE, progress_bars=_bars(args))
     if not args.quiet:
         for link in report.checked:
             print(f"ok  {link.state_path}  {link.kind} {link.memory_format}  {link.memory_digest}")
@@ -500,8 +499,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     VM; continue both and compare."""
     import tempfile
 
-    from snapshot.persist import load_snapshot, save_snapshot
-
     config = VmConfig(guest="smp", vcpus=4, quantum=10_000, track_dirty_pages=True, params={"iterations": 200_000})
     step = 400_000
     print(f"microvm demo: guest smp on 4 vCPUs; snapshots every {step:,} instructions of virtual time\n")
@@ -510,11 +507,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         rows = []
         for i, kind in enumerate(("full", "diff", "diff")):
             original.run(step)
-            report = save_snapshot(original, os.path.join(tmp, f"s{i}"), kind)
+            report = original.save_snapshot(os.path.join(tmp, f"s{i}"), kind)
             rows.append((report.state_path.name, kind, f"{original.clock:,}", f"{report.pages_written:,}", f"{report.memory_bytes_written / 1024:,.0f}", f"{report.seconds * 1000:.1f}"))
         print_table(rows, ("snapshot", "kind", "at instr", "pages", "KiB written", "save ms"))
         t0 = time.perf_counter()
-        restored = load_snapshot(os.path.join(tmp, "s2"), "mmap")
+        restored = MicroVM.load_snapshot(os.path.join(tmp, "s2"), "mmap")
         restore_ms = (time.perf_counter() - t0) * 1000
         printed = original.console_output
         r1 = original.run(args.max_instructions)

@@ -23,7 +23,7 @@ class VmConfig:
     - `params`: guest parameters by name (built-in guests declare theirs).
     - `track_dirty_pages`: keep a dirty-page bitmap (needed for diff snapshots).
     - `dirty_granule`: "page" (exact 4 KiB pages, the default), "per-block" (start with 2 MiB
-      blocks, step hot blocks down to pages) or "global" (squib: all blocks step down at once).
+      blocks, step hot blocks down to pages) or "global" (all blocks step down at once).
       Here a TLB fill happens per page whatever the granule, so coarse blocks save no faults
       and only enlarge diffs; see snapshot/dirty.py and the `dirty` benchmark.
     - `seed`: seeds every guest-visible pseudo-random value (e.g. MMDS tokens).

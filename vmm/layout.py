@@ -1,4 +1,8 @@
-"""The guest physical address map and interrupt map of the microVM.
+"""The guest-facing constants of the microVM: physical address map, interrupt map and PSCI
+function IDs, everything a guest program is built against.
+
+A leaf module: it imports nothing from the project, so guests/ (and anything else) can use it
+without pulling in the machine.
 
 Addresses follow QEMU's `virt` board for devices and Firecracker's aarch64 layout for RAM
 (RAM at 2 GiB). All values are guest physical addresses in bytes. docs/machine.md is the
@@ -47,6 +51,20 @@ PPI_PHYS_TIMER_NS = 30  # Arm BSA: EL1 non-secure physical timer.
 SPI_BASE = 32
 SPI_UART0 = 33  # SPI 1
 SPI_MMDS = 34  # SPI 2
+
+# --- Firmware: PSCI function IDs (DEN0022 5.1, table 5), called with HVC; vmm/psci.py serves them.
+PSCI_VERSION = 0x8400_0000
+CPU_SUSPEND_32 = 0x8400_0001
+CPU_SUSPEND_64 = 0xC400_0001
+CPU_OFF = 0x8400_0002
+CPU_ON_32 = 0x8400_0003
+CPU_ON_64 = 0xC400_0003
+AFFINITY_INFO_32 = 0x8400_0004
+AFFINITY_INFO_64 = 0xC400_0004
+MIGRATE_INFO_TYPE = 0x8400_0006
+SYSTEM_OFF = 0x8400_0008
+SYSTEM_RESET = 0x8400_0009
+PSCI_FEATURES = 0x8400_000A
 
 
 def gicr_region_size(vcpus: int) -> int:

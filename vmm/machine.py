@@ -18,6 +18,7 @@ import xxhash
 
 import guests
 from snapshot.dirty import AdaptiveController, DirtyBitmap, TrackingConfig, TrackingStats
+from snapshot.frames import DEFAULT_FRAME_SIZE
 from vmm import layout
 from vmm.config import VmConfig
 from vmm.devicetree import build_dtb
@@ -37,7 +38,12 @@ from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import FaultInfo, PowerState, Vcpu, VcpuHooks
 
 if TYPE_CHECKING:
-    from snapshot.reset import ResetPoint
+    import os
+    from typing import Literal
+
+    from snapshot.progress import ProgressBars
+    from vmm.persist import SaveReport
+    from vmm.reset import ResetPoint
 
 
 class MicroVM:
@@ -55,10 +61,10 @@ class MicroVM:
         boot: bool = True,
     ) -> None:
         """`ram` (a writable uint8 array of mem_size bytes) and `boot=False` are for restoring
-        snapshots (`snapshot.load_snapshot`): the machine is built but no image is loaded."""
+        snapshots (`MicroVM.load_snapshot`): the machine is built but no image is loaded."""
         self.config = config
         self.memory = GuestMemory(layout.RAM_BASE, config.mem_size, ram)
-        self.lineage: object | None = None  # snapshot.persist.Lineage of the last save/load
+        self.lineage: object | None = None  # vmm.persist.Lineage of the last save/load
         self._console = bytearray()
         self._on_console = on_console
         self.vcpus: list[Vcpu] = []
@@ -81,7 +87,7 @@ class MicroVM:
         self.psci = Psci(self.vcpus, self.memory)
         self.dirty_tracker: AdaptiveController | None = None
         # Called with the dirty bitmap just before start_dirty_epoch() clears it (reset points
-        # keep what may differ from them this way: snapshot.reset).
+        # keep what may differ from them this way: vmm.reset).
         self.epoch_listeners: list[Callable[[DirtyBitmap], None]] = []
         if config.track_dirty_pages:
             self.dirty_tracker = AdaptiveController(config.mem_size, DIRTY_PAGE_SIZE, _tracking_config(config))
@@ -191,17 +197,67 @@ class MicroVM:
             raise ConfigError("dirty-page tracking is off; create the VM with track_dirty_pages=True")
         return self.dirty_tracker
 
-    # --- in-process reset -----------------------------------------------------------------------
+    # --- snapshots and reset (vmm.persist, vmm.reset: they import this module, not the reverse) --
+    def save_snapshot(
+        self,
+        path: str | os.PathLike[str],
+        kind: Literal["full", "diff"] = "full",
+        *,
+        compress: str | None = None,
+        frame_size: int = DEFAULT_FRAME_SIZE,
+        threads: int | None = None,
+        progress_bars: ProgressBars | None = None,
+    ) -> SaveReport:
+        """Save this VM (at a pause point) to `<path>.snap` + `<path>.mem`, crash-safely: the
+        previous snapshot at that name survives any failure. `kind="diff"` writes only the
+        pages dirtied since this VM's last save or load (needs track_dirty_pages=True).
+        `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM
+        (2 MiB by default), compressed on `threads` workers. `progress_bars` (snapshot.progress)
+        shows the write. Raises SnapshotError (snapshot.errors) if the save fails."""
+        from vmm import persist
+
+        return persist.save_snapshot(
+            self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars
+        )
+
+    @classmethod
+    def load_snapshot(
+        cls,
+        path: str | os.PathLike[str],
+        mem_backend: Literal["copy", "mmap"] = "copy",
+        base: str | os.PathLike[str] | None = None,
+        *,
+        verify_memory: bool | None = None,
+        on_console: Callable[[bytes], None] | None = None,
+        progress_bars: ProgressBars | None = None,
+    ) -> MicroVM:
+        """A new VM restored from the snapshot at `path`, paused, ready to `run()`.
+
+        `mem_backend`: "copy" reads the memory files into anonymous RAM; "mmap" maps the full
+        base MAP_PRIVATE (lazy, copy-on-write) and lays diffs over it (an lz4 base still
+        becomes anonymous RAM). `base`: the diff's base snapshot, instead of the recorded
+        parent. `verify_memory`: check memory-file digests (default: yes for copy, where it
+        costs one pass that is done anyway; no for mmap, whose point is not to read the file;
+        lengths and chain digests are always checked). Raises SnapshotError for a bad or
+        mismatched file."""
+        from vmm import persist
+
+        opened = persist.open_snapshot(path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars)
+        vm = cls(opened.config, on_console=on_console, ram=opened.ram, boot=False)
+        persist.restore_devices(vm, opened.state)
+        vm.lineage = opened.lineage
+        return vm
+
     def snapshot_point(self) -> ResetPoint:
-        """A reset point here (at a pause point): see `snapshot.reset.ResetPoint.capture`."""
-        from snapshot.reset import ResetPoint  # snapshot imports vmm, not the other way round
+        """A reset point here (at a pause point): see `vmm.reset.ResetPoint.capture`."""
+        from vmm.reset import ResetPoint
 
         return ResetPoint.capture(self)
 
     def reset_to(self, point: ResetPoint) -> None:
         """Return to `point`, taken earlier from this VM, restoring only what changed since
-        (`snapshot.reset.reset_to`). The console output starts empty, as after a restore."""
-        from snapshot.reset import reset_to
+        (`vmm.reset.reset_to`). The console output starts empty, as after a restore."""
+        from vmm.reset import reset_to
 
         reset_to(self, point)
         self._console.clear()

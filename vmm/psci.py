@@ -12,25 +12,25 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from vmm.layout import (  # function IDs (DEN0022 5.1, table 5) live with the guest-facing constants
+    AFFINITY_INFO_32,
+    AFFINITY_INFO_64,
+    CPU_OFF,
+    CPU_ON_32,
+    CPU_ON_64,
+    CPU_SUSPEND_32,
+    CPU_SUSPEND_64,
+    MIGRATE_INFO_TYPE,
+    PSCI_FEATURES,
+    PSCI_VERSION,
+    SYSTEM_OFF,
+    SYSTEM_RESET,
+)
 from vmm.vcpu import ExitKind, PowerState
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
     from vmm.vcpu import Vcpu
-
-# Function IDs (DEN0022 5.1, table 5).
-PSCI_VERSION = 0x8400_0000
-CPU_SUSPEND_32 = 0x8400_0001
-CPU_SUSPEND_64 = 0xC400_0001
-CPU_OFF = 0x8400_0002
-CPU_ON_32 = 0x8400_0003
-CPU_ON_64 = 0xC400_0003
-AFFINITY_INFO_32 = 0x8400_0004
-AFFINITY_INFO_64 = 0xC400_0004
-MIGRATE_INFO_TYPE = 0x8400_0006
-SYSTEM_OFF = 0x8400_0008
-SYSTEM_RESET = 0x8400_0009
-PSCI_FEATURES = 0x8400_000A
 
 # Return codes (DEN0022 5.2.2).
 SUCCESS = 0

@@ -71,10 +71,10 @@ class MicrovmFactory:
         mem_backend: Literal["copy", "mmap"] = "copy",
         **options: Any,
     ) -> MicroVM:
-        """`snapshot.persist.load_snapshot(path, mem_backend, **options)`, released with the rest."""
-        from snapshot.persist import load_snapshot
+        """`MicroVM.load_snapshot(path, mem_backend, **options)`, released with the rest."""
+        from vmm.machine import MicroVM
 
-        vm = load_snapshot(path, mem_backend, **options)
+        vm = MicroVM.load_snapshot(path, mem_backend, **options)
         self.vms.append(vm)
         return vm
 

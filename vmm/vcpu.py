@@ -15,7 +15,7 @@ Contracts:
   slice boundary is a clean architectural point: a snapshot taken there and restored into a
   fresh Unicorn instance continues exactly as the original would.
 - `save_state()` returns a plain `VcpuState`; `restore_state()` takes it back. No Unicorn
-  context blob is used in snapshots. In-process reset (snapshot.reset) uses `checkpoint()` /
+  context blob is used in snapshots. In-process reset (vmm.reset) uses `checkpoint()` /
   `rollback()` instead: the Unicorn CPU context of this very instance, restored with one copy.
 - Translated code: Unicorn does not see RAM written behind its back, so the vCPU keeps a record
   of the RAM pages it may hold translations of (every page a fetch fill reached; other fills

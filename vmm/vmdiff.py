@@ -142,7 +142,7 @@ def assert_vms_equal(a: MicroVM, b: MicroVM, *, console: bool = True) -> None:
 
 def state_tree(vm: MicroVM) -> dict[str, Any]:
     """The VM's guest-visible state except RAM and console, as plain dataclasses by section
-    (the state-file layout of snapshot.state, plus the config)."""
+    (the state-file layout of vmm.state, plus the config)."""
     return {
         "config": vm.config,
         "vcpus": [v.save_state() for v in vm.vcpus],

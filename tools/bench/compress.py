@@ -28,7 +28,6 @@ import numpy as np
 import xxhash
 
 from snapshot import frames
-from snapshot.persist import load_snapshot, save_snapshot
 from vmm import MicroVM, VmConfig
 from vmm.layout import GIB, MIB, RAM_BASE
 
@@ -102,14 +101,14 @@ def run(quick: bool = False) -> dict[str, float]:
         threads = frames.default_threads()
         save_raw, save_lz4, restore_raw, restore_lz4 = [], [], [], []
         for _ in range(REPEATS):
-            save_raw.append(_best(lambda: save_snapshot(vm, d / "raw")))
-            save_lz4.append(_best(lambda: save_snapshot(vm, d / "lz4", compress="lz4")))
+            save_raw.append(_best(lambda: vm.save_snapshot(d / "raw")))
+            save_lz4.append(_best(lambda: vm.save_snapshot(d / "lz4", compress="lz4")))
         for _ in range(REPEATS):
-            restore_raw.append(_best(lambda: load_snapshot(d / "raw", "copy")))
-            restore_lz4.append(_best(lambda: load_snapshot(d / "lz4", "copy")))
+            restore_raw.append(_best(lambda: MicroVM.load_snapshot(d / "raw", "copy")))
+            restore_lz4.append(_best(lambda: MicroVM.load_snapshot(d / "lz4", "copy")))
         raw_disk = os.stat(d / "raw.mem").st_blocks * 512
         lz4_bytes = os.stat(d / "lz4.mem").st_size
-        info = load_snapshot(d / "lz4").lineage.memory  # type: ignore[attr-defined]
+        info = MicroVM.load_snapshot(d / "lz4").lineage.memory  # type: ignore[attr-defined]
         styles = frames.frame_styles(d / "lz4.mem", info)
 
         # The codec alone, 1 vs 2 threads, interleaved.

@@ -22,8 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from snapshot.persist import load_snapshot, save_snapshot
-from snapshot.reset import ResetPoint
+from vmm.reset import ResetPoint
 from vmm import MicroVM, VmConfig
 from vmm.layout import GIB, MIB, RAM_BASE
 from vmm.tlb import DIRTY_PAGE_SIZE
@@ -82,7 +81,7 @@ def run(quick: bool = False) -> dict[str, float]:
     rng = np.random.default_rng(3)
     with tempfile.TemporaryDirectory(prefix="microvm-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         vm = _vm(size)
-        save_snapshot(vm, Path(tmp) / "point")
+        vm.save_snapshot(Path(tmp) / "point")
         epoch_s = _best(lambda: [vm.start_dirty_epoch() for _ in range(1000)]) / 1000
         t0 = time.perf_counter()
         point = vm.snapshot_point()
@@ -94,8 +93,8 @@ def run(quick: bool = False) -> dict[str, float]:
         vm.reset_to(point)
         if vm.state_digest() != want:
             raise RuntimeError("the VM does not equal the point after the timed resets")
-        copy_s = _best(lambda: load_snapshot(Path(tmp) / "point", "copy"))
-        mmap_s = _best(lambda: load_snapshot(Path(tmp) / "point", "mmap"))
+        copy_s = _best(lambda: MicroVM.load_snapshot(Path(tmp) / "point", "copy"))
+        mmap_s = _best(lambda: MicroVM.load_snapshot(Path(tmp) / "point", "mmap"))
     figures = {
         "ram_bytes": size,
         "resets_per_s_16": round(per_s_16),

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from snapshot.persist import load_snapshot, save_snapshot
 from vmm import MicroVM, VmConfig
 from vmm.layout import GIB, MIB, RAM_BASE
 
@@ -84,7 +83,7 @@ def run(quick: bool = False) -> dict[str, float]:
         vm = _vm(size)
         ram = vm.memory.view()
         write_s = _timed(lambda: _plain_write(d / "plain.bin", ram))
-        full_s = _timed(lambda: save_snapshot(vm, d / "full"))
+        full_s = _timed(lambda: vm.save_snapshot(d / "full"))
         # Dirty exactly 1% of the pages: the guest's own stores, then host writes (tracked
         # like guest stores) to random clean pages; then a diff.
         vm.run(100_000)
@@ -95,13 +94,13 @@ def run(quick: bool = False) -> dict[str, float]:
             vm.memory.write(RAM_BASE + int(p) * PAGE, b"\x01")
         dirty = vm.dirty.count()
         floor_s = _timed(lambda: _scattered_write(d / "floor.bin", ram, vm.dirty.pages()))
-        diff_s = _timed(lambda: save_snapshot(vm, d / "diff", "diff"))
+        diff_s = _timed(lambda: vm.save_snapshot(d / "diff", "diff"))
         read_s = _timed(lambda: _plain_read(d / "full.mem", size))
-        copy_s = _timed(lambda: load_snapshot(d / "full", "copy"))
-        mmap_big_s = min(_timed(lambda: load_snapshot(d / "full", "mmap")) for _ in range(3))
+        copy_s = _timed(lambda: MicroVM.load_snapshot(d / "full", "copy"))
+        mmap_big_s = min(_timed(lambda: MicroVM.load_snapshot(d / "full", "mmap")) for _ in range(3))
         small = _vm(64 * MIB)
-        save_snapshot(small, d / "small")
-        mmap_small_s = min(_timed(lambda: load_snapshot(d / "small", "mmap")) for _ in range(3))
+        small.save_snapshot(d / "small")
+        mmap_small_s = min(_timed(lambda: MicroVM.load_snapshot(d / "small", "mmap")) for _ in range(3))
     figures = {
         "ram_bytes": size,
         "full_save_ms": round(full_s * 1000, 1),

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Iterator
 
 from snapshot.errors import InvalidPathError
-from snapshot.persist import load_snapshot, save_snapshot
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB
 
@@ -74,14 +73,14 @@ def build_corpus(directory: Path) -> Corpus:
     directory.mkdir(parents=True, exist_ok=True)
     corpus = Corpus(directory)
     vm = sample_vm(BASE_STEPS)
-    save_snapshot(vm, directory / "base", "full")
+    vm.save_snapshot(directory / "base", "full")
     corpus.digests["base"] = vm.state_digest()
     vm.run(TOP_STEPS * QUANTUM)
-    save_snapshot(vm, directory / "top", "diff")
+    vm.save_snapshot(directory / "top", "diff")
     corpus.digests["top"] = vm.state_digest()
     other = MicroVM(OTHER_CONFIG)
     other.run(3 * QUANTUM)
-    save_snapshot(other, directory / "other", "full")
+    other.save_snapshot(directory / "other", "full")
     corpus.digests["other"] = other.state_digest()
     return corpus
 
@@ -90,7 +89,7 @@ def loads_as(path: Path) -> str | None:
     """The state digest the snapshot at `path` restores to (copy backend: every memory file
     digest verified), or None if there is no snapshot at `path`. SnapshotErrors pass."""
     try:
-        vm = load_snapshot(path, "copy")
+        vm = MicroVM.load_snapshot(path, "copy")
     except InvalidPathError as exc:
         if exc.errno == 2 and not os.path.lexists(f"{path}.snap"):  # ENOENT: no snapshot there
             return None

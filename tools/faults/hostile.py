@@ -23,7 +23,8 @@ from typing import Callable, Iterator
 
 from guests.asm import POWER_OFF, RESULTS, RESULTS_PTR, U64_MAX, VECTOR_GROUPS, assemble, load_constant, psci_call, vector_table
 from snapshot.errors import SnapshotError
-from snapshot.persist import describe, load_snapshot, save_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
 from tools.faults.outcome import Hang, Stopwatch, Trial, Verdict, describe_exception, watchdog
 from vmm import MicroVM, StopReason, VmConfig, arch, psci
 from vmm.layout import MIB, MMDS_BASE, RAM_BASE, UART0_BASE, VMM_STUB_BASE
@@ -495,9 +496,9 @@ def _run_checked(guest: HostileGuest, directory: Path) -> tuple[Verdict, str, st
 def post_mortem(vm: MicroVM, path: Path) -> tuple[Verdict, str]:
     """Save the stopped `vm`, describe the snapshot, load it back: same state, same stop."""
     try:
-        save_snapshot(vm, path, "full")
-        info = describe(path, verify=True)
-        restored = load_snapshot(path, "copy")
+        vm.save_snapshot(path, "full")
+        info = describe(path, verify=True, schema=MACHINE)
+        restored = MicroVM.load_snapshot(path, "copy")
     except SnapshotError as exc:
         return Verdict.LOST_DATA, f"post-mortem snapshot failed: {exc}"
     except Exception as exc:

@@ -24,6 +24,7 @@ memory file must fail describe --verify and chain verify as it fails the load.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 import random
@@ -39,7 +40,9 @@ from snapshot.commit import recorded_memory
 from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, MAX_DECODED_CONTAINERS, MAX_STATE_FILE_SIZE, crc64, read_state_file
 from snapshot.errors import MemoryFileMismatchError, SnapshotError
 from snapshot.memfile import MemFileInfo
-from snapshot.persist import describe, load_snapshot
+from snapshot.describe import describe
+from vmm.persist import MACHINE
+from vmm.machine import MicroVM
 from tools.faults.corpus import QUANTUM, Corpus, link_files
 from tools.faults.outcome import Hang, Stopwatch, Trial, Verdict, describe_exception, failed, watchdog
 
@@ -476,12 +479,13 @@ def draw(rng: random.Random, info: CorpusInfo, family: str | None = None) -> Mut
 
 # --- running a case ---------------------------------------------------------------------------
 def _chain_verify() -> Callable[[Path], Any] | None:
-    """snapshot.chain.verify (returns a report with `.ok`), if that module exists."""
+    """snapshot.chain.verify with this machine's schema (returns a report with `.ok`), if that
+    module exists."""
     try:
         from snapshot.chain import verify
     except ImportError:
         return None
-    return verify
+    return functools.partial(verify, schema=MACHINE)
 
 
 def decode_peak(path: Path) -> int:
@@ -553,7 +557,7 @@ def _check(info: CorpusInfo, mutation: Mutation, d: Path) -> tuple[Verdict, str,
         expected = info.corpus.digests[name]
         load_error: SnapshotError | None = None
         try:
-            vm = load_snapshot(path, "copy")
+            vm = MicroVM.load_snapshot(path, "copy")
         except SnapshotError as exc:
             load_error = exc
         except Exception as exc:
@@ -572,7 +576,7 @@ def _check(info: CorpusInfo, mutation: Mutation, d: Path) -> tuple[Verdict, str,
         # describe --verify reads the memory file: only worth it when that file was changed.
         own_memory = mutation.which == "mem" and name == mutation.snapshot
         try:
-            described = describe(path, verify=own_memory)
+            described = describe(path, verify=own_memory, schema=MACHINE)
         except SnapshotError:
             described = None
         except Exception as exc:

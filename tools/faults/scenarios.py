@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from snapshot.errors import SnapshotError
-from snapshot.persist import load_snapshot, save_snapshot
+from vmm.machine import MicroVM
 from tools.faults.corpus import BASE_STEPS, QUANTUM, TOP_STEPS, Corpus, listing, loads_as, sample_vm
 from tools.faults.outcome import Verdict, describe_exception
 
@@ -139,7 +139,7 @@ def save_scenarios(corpus: Corpus, workdir: Path) -> list[Scenario]:
 
     d = workdir / "full-over-full"
     scenarios.append(
-        Scenario("full over full", d, {"base": "vm"}, corpus, lambda d=d: save_snapshot(newer, d / "vm", "full"),
+        Scenario("full over full", d, {"base": "vm"}, corpus, lambda d=d: newer.save_snapshot(d / "vm", "full"),
                  "vm", digests["base"], newer_digest, final_names=frozenset(_pair("vm")))
     )
     # A diff over base from a VM restored from this directory's base (so the diff's parent
@@ -148,20 +148,20 @@ def save_scenarios(corpus: Corpus, workdir: Path) -> list[Scenario]:
     diff = Scenario("diff over diff", d, chain_files, corpus, lambda: None, "top", digests["top"], "",
                     others={"base": digests["base"]}, final_names=chain_names)
     diff.prepare()
-    restored = load_snapshot(d / "base", "copy")
+    restored = MicroVM.load_snapshot(d / "base", "copy")
     restored.run((TOP_STEPS + 2) * QUANTUM)
     diff.after = restored.state_digest()
-    diff.action = lambda d=d: save_snapshot(restored, d / "top", "diff")
+    diff.action = lambda d=d: restored.save_snapshot(d / "top", "diff")
     scenarios.append(diff)
 
     d = workdir / "full-over-diff"
     scenarios.append(
-        Scenario("full over diff", d, chain_files, corpus, lambda d=d: save_snapshot(newer, d / "top", "full"),
+        Scenario("full over diff", d, chain_files, corpus, lambda d=d: newer.save_snapshot(d / "top", "full"),
                  "top", digests["top"], newer_digest, others={"base": digests["base"]}, final_names=chain_names)
     )
     d = workdir / "first-save"
     scenarios.append(
-        Scenario("first save", d, {}, corpus, lambda d=d: save_snapshot(newer, d / "vm", "full"),
+        Scenario("first save", d, {}, corpus, lambda d=d: newer.save_snapshot(d / "vm", "full"),
                  "vm", None, newer_digest, final_names=frozenset(_pair("vm")))
     )
     return scenarios

@@ -3,7 +3,8 @@
 Each device owns its state type (vmm/devices/*, vmm/vcpu.py, vmm/interrupts.py); this module
 only composes them. In the state file the tree is namespaced by nesting: `vcpus[i]`,
 `interrupts.gic`, `interrupts.timers[i]`, `devices.uart0`, `devices.mmds`, `scheduler`,
-`memory` (the pair identity) and `parent` (the chain link of a diff).
+`memory` (the pair identity) and `parent` (the chain link of a diff); those two and the RAM
+facts in `vm` are the part snapshot/ reads itself (snapshot.links.StateCore).
 
 Fields are only ever added across minor versions, with defaults, so an older file still
 decodes (snapshot.plain fills missing fields that have defaults).
@@ -13,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Optional
 
+from snapshot.links import ParentLink
 from snapshot.memfile import MemFileInfo
 from snapshot.plain import U32, U64, MaxLen
 from vmm.devices.mmds import MmdsState
@@ -56,16 +58,6 @@ class Devices:
 
     uart0: Pl011State
     mmds: MmdsState
-
-
-@dataclass
-class ParentLink:
-    """Where a diff's base snapshot is: its state file's name (relative to this file's
-    directory) and the digests that identify it."""
-
-    state_name: Annotated[str, MaxLen(255)]
-    state_crc: U64  # CRC-64 trailer of the parent's state file
-    memory_digest: Annotated[str, MaxLen(32)]
 
 
 @dataclass

@@ -34,11 +34,11 @@ import numpy as np
 
 from snapshot.dirty import DirtyBitmap, runs_of_pages
 from snapshot.errors import IncompatibleError
-from snapshot.persist import load_snapshot
 from vmm.devices.mmds.device import MmdsCheckpoint
 from vmm.devices.pl011 import Pl011State
 from vmm.interrupts import InterruptsState
 from vmm.machine import MicroVM
+from vmm.persist import open_snapshot
 from vmm.scheduler import SchedulerState
 from vmm.tlb import DIRTY_PAGE_SIZE
 from vmm.vcpu import CODE_PAGE_SIZE, VcpuCheckpoint
@@ -143,11 +143,11 @@ class ResetPoint:
         """A VM restored from the snapshot at `path` (`load_snapshot`, same arguments) and a
         point at that snapshot, whose reference image maps the memory file lazily. The
         snapshot must have been saved with dirty tracking on."""
-        vm = load_snapshot(path, mem_backend, base, on_console=on_console)
+        vm = MicroVM.load_snapshot(path, mem_backend, base, on_console=on_console)
         _require_tracking(vm)
-        # A second restore, never run: its RAM, mapped copy-on-write, is the reference image.
-        image = load_snapshot(path, "mmap", base, verify_memory=False)
-        return vm, cls(vm, image.memory.view())
+        # The snapshot's RAM read a second time, mapped copy-on-write: the reference image.
+        image = open_snapshot(path, "mmap", base, verify_memory=False).ram
+        return vm, cls(vm, image)
 
     @property
     def clock(self) -> int:
@@ -194,7 +194,7 @@ def reset_to(vm: MicroVM, point: ResetPoint) -> None:
     point._mark_seed(tracker.bitmap)
     for vcpu, cp in zip(vm.vcpus, point._vcpus):
         vcpu.rollback(cp)
-    # Devices, in the order of snapshot.persist.restore_devices.
+    # Devices, in the order of vmm.persist.restore_devices.
     vm.interrupts.rollback(point.interrupts)
     vm.uart.restore_state(point.uart)
     vm.mmds_device.rollback(point._mmds)

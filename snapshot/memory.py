@@ -1,0 +1,80 @@
+"""Memory files in either format: the one place that picks raw (snapshot.memfile) or LZ4
+frames (snapshot.frames). A chain may mix formats: both record the same content digest."""
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from snapshot import frames
+from snapshot.commit import OpenedPair
+from snapshot.memfile import FULL, LZ4, MemFileInfo, Run, compute_digest, read_into, write_diff, write_full
+from snapshot.progress import Progress
+
+
+def check_compression(compress: str | None, page_size: int, frame_size: int = frames.DEFAULT_FRAME_SIZE) -> None:
+    """ValueError unless `compress` is None (raw) or "lz4" with a `frame_size` (bytes) of
+    whole `page_size` pages."""
+    if compress not in (None, LZ4):
+        raise ValueError(f"compress must be None or 'lz4', got {compress!r}")
+    if compress == LZ4:
+        frames.check_frame_size(frame_size, page_size)
+
+
+def write_memory(
+    fd: int,
+    ram: np.ndarray,
+    kind: Literal["full", "diff"],
+    page_size: int,
+    *,
+    runs: tuple[Run, ...] = (),
+    parent_digest: str | None = None,
+    compress: str | None = None,
+    frame_size: int = frames.DEFAULT_FRAME_SIZE,
+    threads: int | None = None,
+    progress: Progress | None = None,
+) -> MemFileInfo:
+    """Write `ram` to the empty file `fd` as a memory file of `kind` in pages of `page_size`
+    bytes (a diff records `runs` over the image `parent_digest`): raw, or LZ4 frames with
+    compress="lz4"."""
+    check_compression(compress, page_size, frame_size)
+    if kind != FULL:
+        assert parent_digest is not None
+    if compress == LZ4:
+        if kind == FULL:
+            return frames.write_full(fd, ram, page_size, frame_size=frame_size, threads=threads, progress=progress)
+        return frames.write_diff(
+            fd, ram, runs, page_size, parent_digest=parent_digest, frame_size=frame_size, threads=threads, progress=progress
+        )
+    if kind == FULL:
+        return write_full(fd, ram, page_size, progress=progress)
+    return write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, progress=progress)
+
+
+def read_memory(
+    pair: OpenedPair,
+    ram: np.ndarray,
+    verify: bool,
+    *,
+    parent: MemFileInfo | None = None,
+    source: frames.Source = "stream",
+    zeroed: bool = False,
+    progress: Progress | None = None,
+) -> None:
+    """Read the pair's memory file into `ram` (over `parent` for a diff), raw or lz4;
+    `source` and `zeroed` only matter for lz4 (see frames.read_into)."""
+    fd, info = pair.memory_fd, pair.memory
+    if info.format == LZ4:
+        frames.read_into(
+            fd, ram, info, verify, parent=parent, source=source, zeroed=zeroed, progress=progress, name=pair.memory_path
+        )
+    else:
+        read_into(fd, ram, info, verify, parent=parent, progress=progress)
+
+
+def memory_digest(pair: OpenedPair, *, progress: Progress | None = None) -> str:
+    """The digest of what the pair's memory file records, recomputed (either format; an lz4
+    file's frame checksums are checked on the way)."""
+    if pair.memory.format == LZ4:
+        return frames.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)
+    return compute_digest(pair.memory_fd, pair.memory, progress=progress)
