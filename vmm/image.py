@@ -1,7 +1,17 @@
-"""Loading a guest image into RAM: a flat binary or an AArch64 ELF executable."""
+"""Loading a guest image into RAM: a flat binary or an AArch64 ELF executable.
+
+An image file is untrusted input: its kind (regular file) and size are checked before a byte
+is read, and the ELF work is bounded by the program-header table's size and by RAM (loadable
+segments may not overlap, so together they write at most the RAM size).
+"""
 from __future__ import annotations
 
+import errno
 import io
+import os
+import stat
+
+import numpy as np
 
 from vmm import layout
 from vmm.errors import ImageError
@@ -10,6 +20,36 @@ from vmm.memory import GuestMemory
 ELF_MAGIC = b"\x7fELF"
 EM_AARCH64 = 183  # ELF machine number for AArch64 (ELF for the Arm 64-bit Architecture)
 PT_LOAD = 1
+# Linux's binfmt_elf refuses a program-header table larger than ELF_MIN_ALIGN (one 4 KiB
+# page: at most 73 entries of 56 bytes); the same bound here (fs/binfmt_elf.c, load_elf_phdrs).
+MAX_PHDR_TABLE_BYTES = 4096
+
+
+def read_image_file(path: str, *, max_size: int) -> bytes:
+    """The bytes of the image file `path`, which must be a regular file of 1..`max_size`
+    bytes (checked with fstat before reading: a FIFO, a device such as /dev/zero or a huge
+    sparse file is refused at once). ImageError names the file."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ImageError(f"image {path} is not a regular file")
+        if st.st_size > max_size:
+            raise ImageError(f"image {path} is {st.st_size:,} bytes, larger than the {max_size:,} bytes of RAM it must fit in")
+        if st.st_size == 0:
+            raise ImageError(f"image {path} is empty")
+        with os.fdopen(os.dup(fd), "rb") as f:
+            data = f.read(st.st_size + 1)  # one more than fstat said: a file still growing is caught
+    except OSError as e:
+        raise ImageError(f"cannot read image {path}: {e.strerror or os.strerror(e.errno or errno.EIO)}") from None
+    finally:
+        os.close(fd)
+    if len(data) != st.st_size:
+        raise ImageError(f"image {path} changed size while it was read")
+    return data
 
 
 def load_image(memory: GuestMemory, data: bytes, *, limit: int, name: str) -> int:
@@ -40,20 +80,32 @@ def _load_elf(memory: GuestMemory, data: bytes, *, limit: int, name: str) -> int
         elf = ELFFile(io.BytesIO(data))
         if elf.elfclass != 64 or elf["e_machine"] != "EM_AARCH64":
             raise ImageError(f"image {name} is not a 64-bit AArch64 ELF ({elf['e_machine']}, ELF{elf.elfclass})")
-        segments = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_memsz"] > 0]
+        table = elf["e_phnum"] * elf["e_phentsize"]
+        if table > MAX_PHDR_TABLE_BYTES:
+            raise ImageError(f"image {name}: program-header table of {elf['e_phnum']} entries ({table} bytes) is larger than {MAX_PHDR_TABLE_BYTES}")
+        segments = sorted(
+            ((s["p_paddr"], s["p_filesz"], s["p_memsz"], s) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_memsz"] > 0),
+            key=lambda t: t[0],
+        )
         if not segments:
             raise ImageError(f"image {name} has no loadable segments")
-        for seg in segments:
-            pa, filesz, memsz = seg["p_paddr"], seg["p_filesz"], seg["p_memsz"]
+        end = 0
+        for pa, filesz, memsz, _ in segments:  # every check before any segment is read
             if filesz > memsz or not memory.contains(pa, memsz) or pa + memsz > limit:
                 raise ImageError(
                     f"image {name}: segment at {pa:#x} (+{memsz:#x}) does not fit in RAM "
                     f"[{memory.base:#x}, {limit:#x})"
                 )
+            if pa < end:
+                raise ImageError(f"image {name}: segment at {pa:#x} overlaps the one before it")
+            end = pa + memsz
+        for pa, filesz, memsz, seg in segments:
             body = seg.data()
             if len(body) != filesz:
                 raise ImageError(f"image {name}: segment at {pa:#x} is truncated")
-            memory.write(pa, body + bytes(memsz - filesz))
+            memory.write(pa, body)
+            if memsz > filesz:
+                memory.write(pa + filesz, np.zeros(memsz - filesz, dtype=np.uint8))
         entry = elf["e_entry"]
     except ELFError as e:
         raise ImageError(f"image {name} is not a valid ELF file: {e}") from None

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict
-from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import msgpack
@@ -24,9 +23,9 @@ from vmm.config import VmConfig
 from vmm.devicetree import build_dtb
 from vmm.devices.mmds import MmdsDevice, MmdsStore
 from vmm.devices.pl011 import Pl011
-from vmm.errors import ConfigError, ImageError
+from vmm.errors import ConfigError
 from vmm.fault import FaultReport, build_report
-from vmm.image import load_image
+from vmm.image import load_image, read_image_file
 from vmm.interrupts import Interrupts
 from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
@@ -122,10 +121,7 @@ class MicroVM:
             named = dict(zip((p.name for p in spec.params), values))
             entry = load_image(self.memory, spec.binary(), limit=fdt_addr, name=f"guest {cfg.guest}")
         elif cfg.image is not None:
-            try:
-                data = Path(cfg.image).read_bytes()
-            except OSError as e:
-                raise ImageError(f"cannot read image {cfg.image}: {e.strerror or e}") from None
+            data = read_image_file(cfg.image, max_size=self.memory.size)
             entry = load_image(self.memory, data, limit=fdt_addr, name=cfg.image)
             values = [cfg.params[k] for k in sorted(cfg.params)]
             named = dict(sorted(cfg.params.items()))

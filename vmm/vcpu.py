@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import numpy as np
 from unicorn import (
-    UC_ARCH_ARM64,
     UC_HOOK_CODE,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
@@ -42,7 +41,6 @@ from unicorn import (
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
-    UC_MODE_ARM,
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
@@ -57,6 +55,7 @@ from unicorn import arm64_const as a64
 
 from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
+from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 
@@ -66,6 +65,7 @@ if TYPE_CHECKING:
     from vmm.native_fill import NativeFill
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
+
 
 # Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
 # = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
@@ -286,8 +286,7 @@ class Vcpu:
         self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
         self._scratch: object | None = None  # a UcContext for drop_translations
 
-        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)  # LSE atomics and v8.x features
+        uc = new_engine()
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
         for region in bus.regions:
