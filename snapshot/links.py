@@ -88,6 +88,27 @@ def snapshot_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     return p.with_name(p.name + STATE_SUFFIX), p.with_name(p.name + MEMORY_SUFFIX)
 
 
+def ensure_directory(path: str | os.PathLike[str]) -> Path:
+    """The folder `path`, created with its parents if missing, ready for snapshots to be
+    written into. InvalidPathError (one line naming it) if it is, or lies under, something
+    that is not a folder (a file, /dev/null, a FIFO), its name is too long, or it cannot be
+    created or written (checked with access(2), which root passes)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidPathError(p, "exists and is not a folder") from None
+    except NotADirectoryError:
+        raise InvalidPathError(p, "lies under a file, not a folder") from None
+    except OSError as exc:
+        raise InvalidPathError(p, f"cannot create the folder: {exc.strerror or exc}", errno=exc.errno) from None
+    if not p.is_dir():  # e.g. a symlink to a file made between the checks
+        raise InvalidPathError(p, "is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise InvalidPathError(p, "the folder is not writable")
+    return p
+
+
 def decode_core(pair: OpenedPair) -> StateCore:
     """The pair's StateCore, checked for consistency (EncodingError)."""
     data = pair.data

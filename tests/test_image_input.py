@@ -65,7 +65,7 @@ def test_huge_sparse_image_is_refused_before_it_is_read(tmp_path: Path) -> None:
     def cap() -> None:
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
 
-    _one_line_error(_cli(["run", str(big), "--mem-mib", "16"], preexec_fn=cap), "larger than the 16,777,216 bytes of RAM")
+    _one_line_error(_cli(["run", str(big), "--mem-mib", "16"], preexec_fn=cap), "at most 16,777,216 are accepted")
 
 
 def test_elf_with_thousands_of_zero_filled_segments_is_refused_at_its_header(tmp_path: Path) -> None:

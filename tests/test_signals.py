@@ -63,16 +63,14 @@ def test_sigint_pauses_at_a_round_end_and_the_vm_runs_on_identically(config: VmC
 
 
 def test_sigint_pause_can_be_snapshotted_and_restored(tmp_path: Path) -> None:
-    from snapshot.persist import load_snapshot, save_snapshot
-
     config = FOREVER[0]
     vm = MicroVM(config)
     timer = _raise_after(0.2, signal.SIGINT)
     with pytest.raises(KeyboardInterrupt):
         vm.run()
     timer.join()
-    save_snapshot(vm, tmp_path / "s", "full")
-    restored = load_snapshot(tmp_path / "s", "copy")
+    vm.save_snapshot(tmp_path / "s", "full")
+    restored = MicroVM.load_snapshot(tmp_path / "s", "copy")
     assert restored.state_digest() == vm.state_digest()
     vm.run(50_000)
     restored.run(50_000)

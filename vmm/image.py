@@ -6,15 +6,13 @@ segments may not overlap, so together they write at most the RAM size).
 """
 from __future__ import annotations
 
-import errno
 import io
-import os
-import stat
 
 import numpy as np
 
 from vmm import layout
 from vmm.errors import ImageError
+from vmm.hostfile import read_bounded
 from vmm.memory import GuestMemory
 
 ELF_MAGIC = b"\x7fELF"
@@ -26,29 +24,11 @@ MAX_PHDR_TABLE_BYTES = 4096
 
 
 def read_image_file(path: str, *, max_size: int) -> bytes:
-    """The bytes of the image file `path`, which must be a regular file of 1..`max_size`
-    bytes (checked with fstat before reading: a FIFO, a device such as /dev/zero or a huge
-    sparse file is refused at once). ImageError names the file."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror or e}") from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"image {path} is not a regular file")
-        if st.st_size > max_size:
-            raise ImageError(f"image {path} is {st.st_size:,} bytes, larger than the {max_size:,} bytes of RAM it must fit in")
-        if st.st_size == 0:
-            raise ImageError(f"image {path} is empty")
-        with os.fdopen(os.dup(fd), "rb") as f:
-            data = f.read(st.st_size + 1)  # one more than fstat said: a file still growing is caught
-    except OSError as e:
-        raise ImageError(f"cannot read image {path}: {e.strerror or os.strerror(e.errno or errno.EIO)}") from None
-    finally:
-        os.close(fd)
-    if len(data) != st.st_size:
-        raise ImageError(f"image {path} changed size while it was read")
+    """The bytes of the image file `path`: a non-empty regular file of at most `max_size`
+    bytes (vmm.hostfile: checked before reading). ImageError names the file."""
+    data = read_bounded(path, max_size=max_size, what="image", why="it must fit in the guest's RAM", error=ImageError)
+    if not data:
+        raise ImageError(f"image {path} is empty")
     return data
 
 

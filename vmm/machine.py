@@ -209,9 +209,12 @@ class MicroVM:
         pages dirtied since this VM's last save or load (needs track_dirty_pages=True).
         `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM
         (2 MiB by default), compressed on `threads` workers. `progress_bars` (snapshot.progress)
-        shows the write. Raises SnapshotError (snapshot.errors) if the save fails."""
+        shows the write. The folder is created if it does not exist. Raises SnapshotError
+        (snapshot.errors) if the save fails."""
+        from snapshot.links import ensure_directory, snapshot_paths
         from vmm import persist
 
+        ensure_directory(snapshot_paths(path)[0].parent)
         return persist.save_snapshot(
             self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars
         )
