@@ -20,7 +20,7 @@ from typing import Callable, Sequence
 from snapshot.errors import SnapshotError
 from vmm.cli import about, run, snapshots
 from vmm.cli.options import build_parser
-from vmm.cli.output import plug_closed_streams, print_table
+from vmm.cli.output import GuardedStdout, StdoutError, plug_closed_streams, print_table
 from vmm.cli.status import (
     EXIT_BROKEN_PIPE,
     EXIT_BUDGET,
@@ -64,18 +64,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "stdout" in closed:
         print("microvm: error: standard output is closed; redirect it (e.g. >/dev/null) instead of closing it", file=sys.stderr)
         return EXIT_USAGE
+    guard = GuardedStdout(sys.stdout)
+    sys.stdout = guard  # type: ignore[assignment]
     try:
-        try:
-            return _dispatch(argv)
-        finally:
-            sys.stdout.flush()  # so a closed pipe shows up here rather than at interpreter exit
+        status = _dispatch(argv)
+        sys.stdout.flush()  # so a closed pipe shows up here rather than at interpreter exit
     except BrokenPipeError:
         _discard_stdout()
         return EXIT_BROKEN_PIPE
-    except OSError as e:  # stdout itself failed (ENOSPC, EIO) while flushing
+    except StdoutError as e:  # failed at the last flush (a failure inside the command is reported there)
         _discard_stdout()
-        print(f"microvm: error: cannot write to stdout: {e.strerror or e}", file=sys.stderr)
+        print(f"microvm: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        sys.stdout = guard.stream
+    if guard.failed:
+        _discard_stdout()
+    return status
 
 
 def _discard_stdout() -> None:

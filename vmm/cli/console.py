@@ -77,8 +77,11 @@ def run_console(
     check: Callable[[], None],
 ) -> RunResult:
     """Run `vm` (for `budget` instructions, or until it stops) on the interactive console."""
-    fd = sys.stdin.fileno()
-    if not os.isatty(fd):
+    try:
+        fd = sys.stdin.fileno()
+    except (OSError, ValueError):
+        fd = -1
+    if fd < 0 or not os.isatty(fd):
         raise UsageError("--console needs a terminal on stdin; for input from a file or pipe use --input FILE (or -)")
     keys = _Keys()
     old = _raw(fd)

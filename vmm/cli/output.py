@@ -13,7 +13,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence, TextIO
 
 from vmm.cli.status import EXIT_CODES, UsageError
 from vmm.scheduler import RunResult, StopReason
@@ -37,6 +37,38 @@ def plug_closed_streams() -> list[str]:
             mode = "r" if fd == 0 else "w"
             setattr(sys, name, open(fd, mode, closefd=False))
     return closed
+
+
+class StdoutError(UsageError):
+    """stdout cannot be written (a full disk, EIO): an output error, exit status 2."""
+
+
+class GuardedStdout:
+    """sys.stdout for a command: a write or flush that fails with an OSError other than
+    BrokenPipeError (which main() turns into status 141) raises StdoutError instead, so it is
+    reported as one line, not a traceback and not a guest fault."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.failed = False
+
+    def _guard(self, call: Callable[[], object]) -> object:
+        try:
+            return call()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            self.failed = True
+            raise StdoutError(f"cannot write to stdout: {exc.strerror or exc}") from None
+
+    def write(self, text: str) -> int:
+        return self._guard(lambda: self.stream.write(text))  # type: ignore[return-value]
+
+    def flush(self) -> None:
+        self._guard(self.stream.flush)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.stream, name)
 
 
 class StdoutConsole:
@@ -66,7 +98,7 @@ class StdoutConsole:
             return
         if isinstance(exc, BrokenPipeError):
             raise exc
-        raise UsageError(f"cannot write the guest's console to stdout: {exc.strerror or exc}")
+        raise StdoutError(f"cannot write the guest's console to stdout: {exc.strerror or exc}")
 
 
 def console_sink(json_output: bool) -> StdoutConsole | None:
