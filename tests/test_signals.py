@@ -144,3 +144,50 @@ def test_cli_sigint_before_any_snapshot_point_leaves_no_snapshot(tmp_path: Path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130 and "Traceback" not in err
     assert not d.exists() or os.listdir(d) == []
+
+
+def _signal_at_first_write(monkeypatch, signum: int) -> list[int]:
+    """Make the first memory-file write of the next save raise `signum` in this process (a
+    Ctrl-C that arrives while a save is in progress)."""
+    import snapshot.memfile as memfile
+
+    real = memfile.pwrite_all
+    calls: list[int] = []
+
+    def pwrite_all(fd: int, data: object, offset: int) -> None:
+        calls.append(offset)
+        if len(calls) == 1:
+            signal.raise_signal(signum)
+        real(fd, data, offset)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(memfile, "pwrite_all", pwrite_all)
+    return calls
+
+
+def test_cli_ctrl_c_during_a_save_lets_the_save_complete(tmp_path: Path, monkeypatch, capsys) -> None:
+    from vmm.cli import main
+
+    d = tmp_path / "snaps"
+    calls = _signal_at_first_write(monkeypatch, signal.SIGINT)
+    argv = ["run", "memwalk", "--param", "rounds=0", "--max-instructions", "10000000000", "--snapshot-at", "100000", "--snapshot-dir", str(d)]
+    assert main(argv) == 130
+    err = capsys.readouterr().err
+    assert calls and err.endswith("microvm: interrupted by SIGINT\n") and "Traceback" not in err
+    assert sorted(os.listdir(d)) == ["snap-100000.mem", "snap-100000.snap"]  # complete, no temp files
+    vm = MicroVM.load_snapshot(d / "snap-100000", "copy")  # and it verifies
+    twin = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}, track_dirty_pages=True))
+    twin.run(100_000)
+    assert vm.state_digest() == twin.state_digest()
+
+
+def test_api_ctrl_c_during_a_save_leaves_the_old_snapshot(tmp_path: Path, monkeypatch) -> None:
+    vm = MicroVM(VmConfig(guest="memwalk", params={"rounds": 0}))
+    vm.run(100_000)
+    vm.save_snapshot(tmp_path / "a")
+    before = vm.state_digest()
+    vm.run(100_000)
+    _signal_at_first_write(monkeypatch, signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        vm.save_snapshot(tmp_path / "a")  # no deferral here: the save is abandoned
+    assert sorted(os.listdir(tmp_path)) == ["a.mem", "a.snap"]
+    assert MicroVM.load_snapshot(tmp_path / "a").state_digest() == before
