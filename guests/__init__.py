@@ -1,7 +1,8 @@
 """Built-in guest programs: their catalog, parameters and committed binaries.
 
-Each guest is a flat AArch64 binary in guests/bin/<name>.bin, assembled from
-guests/src/<name>.S plus the shared runtime (guests/src/runtime.S) by guests/build.py. It is
+Each guest is a flat AArch64 binary in guests/bin/<name>.bin, built by guests/build.py: assembled
+from guests/src/<name>.S plus the shared runtime (guests/src/runtime.S), or, for a C guest,
+compiled from guests/src/<name>.c with guests/src/c/start.S by aarch64-linux-gnu-gcc. It is
 linked to run at the start of RAM (0x8000_0000) with the MMU off.
 
 Boot contract (docs/machine.md): x0 = DTB address, x1 = parameter block address. The
@@ -107,6 +108,12 @@ CATALOG: dict[str, GuestSpec] = {
             "echo",
             "PL011 RX interrupts: echoes received bytes upper-cased until it receives the quit byte",
             (ParamSpec("quit", ord("q"), "byte value that ends the session after it is echoed (> 255: never)"),),
+        ),
+        GuestSpec(
+            "cbench",
+            "C benchmark (CoreMark-style mix: linked lists, matrix multiply, a state machine, CRC-16), built with "
+            "gcc-aarch64-linux-gnu -O2; prints a CRC of its results; the compiled-code speed workload",
+            (ParamSpec("iterations", 2000, "rounds of the whole mix"),),
         ),
         GuestSpec(
             "mmu",

@@ -35,7 +35,7 @@ from snapshot.errors import (
 from snapshot.plain import U16, U64, from_plain, to_plain
 
 MAGIC_AARCH64 = 0x0710_1984_AAAA_0000  # squib: SNAPSHOT_MAGIC_AARCH64
-SNAPSHOT_VERSION = (1, 0, 0)  # squib: SNAPSHOT_VERSION, the state-file format version
+SNAPSHOT_VERSION = (1, 1, 0)  # squib: SNAPSHOT_VERSION, the state-file format version (1.1: memory_file)
 MAX_STATE_FILE_SIZE = 10_000_000  # squib: SNAPSHOT_DESERIALIZATION_BYTES_LIMIT, in bytes
 CRC_SIZE = 8  # squib: 8-byte little-endian CRC-64 trailer
 # Ours: cap on maps+arrays in one state file. An empty container is 1 byte on disk but ~60

@@ -6,7 +6,8 @@ snapshot) and the RAM facts under `vm` (`ram_base`, `ram_size`, `page_size`). `S
 view. The rest of the tree is the machine's (vmm.persist reads it); this library carries it
 as plain data and lets a `MachineSchema` check and summarise it where a caller passes one.
 
-- `snapshot_paths(path)`: `<name>.snap` and `<name>.mem` for a name given with or without .snap.
+- `snapshot_paths(path)`: `<name>.snap` and `<name>.mem` for a name given with or without .snap
+  (the default pair; a state file records its memory file's actual name, snapshot.commit).
 - `open_chain(path)`: [full, diff, ..., path], each pair open, every link checked by digest.
 """
 from __future__ import annotations
@@ -157,17 +158,20 @@ def close_chain(chain: list[Link]) -> None:
         link.pair.close()
 
 
-def open_chain(path: Path, base: Path | None = None) -> list[Link]:
+def open_chain(
+    path: Path, base: Path | None = None, *, memory_path: str | os.PathLike[str] | None = None
+) -> list[Link]:
     """[full, diff1, ..., diffN] ending at the state file `path`, every pair open (close them
     with `close_chain`) and every link checked by digest. `base`: the base of `path` itself,
-    instead of its recorded parent. MissingParentError if a parent is absent."""
+    instead of its recorded parent. `memory_path`: `path`'s memory file, instead of the one it
+    records (the caller verifies its digest). MissingParentError if a parent is absent."""
     chain: list[Link] = []
     try:
         current = path
         while True:
             if len(chain) >= MAX_CHAIN:
                 raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")
-            pair = open_pair(current)
+            pair = open_pair(current, memory_path if not chain else None)
             chain.append(Link(pair, decode_core(pair)))
             link = chain[-1].core.parent
             if link is None:

@@ -21,7 +21,7 @@ import xxhash
 # --- section 1: the state file -----------------------------------------------------------------
 MAX_STATE_BYTES = 10_000_000
 MAGIC = 0x0710_1984_AAAA_0000
-READER_VERSION = (1, 0)  # the major.minor this reader implements
+READER_VERSION = (1, 1)  # the major.minor this reader implements
 CRC_POLY = 0xAD93D23594C935A9  # CRC-64/Jones, reflected in and out, init 0, xorout 0
 MAX_CHAIN = 64
 DIFF_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"
@@ -296,15 +296,20 @@ def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
 
 
 # --- section 6: pairs and chains ----------------------------------------------------------------
-def memory_path(state_path: Path, info: MemInfo) -> Path:
-    name = state_path.name[: -len(".snap")]
-    staged = state_path.with_name(f".{name}.mem.staged-{info.digest}")
-    return staged if staged.exists() else state_path.with_name(f"{name}.mem")
+def memory_path(state_path: Path, memory_file: str | None, info: MemInfo) -> Path:
+    """The memory file a state file records (`data.memory_file`, 1.1), or its staged name."""
+    if memory_file is None:
+        memory_file = state_path.name[: -len(".snap")] + ".mem"
+    elif not isinstance(memory_file, str) or not (os.path.isabs(memory_file) or "/" not in memory_file):
+        raise FormatError("memory_file: not a bare name or an absolute path")
+    final = state_path.parent / memory_file  # an absolute memory_file replaces the directory
+    staged = final.with_name(f".{final.name}.staged-{info.digest}")
+    return staged if staged.exists() else final
 
 
-def lay_memory(state_path: Path, info: MemInfo, ram: bytearray) -> None:
+def lay_memory(state_path: Path, memory_file: str | None, info: MemInfo, ram: bytearray) -> None:
     """Read the memory file of `state_path` into `ram` at its extents and check its digest."""
-    with open(memory_path(state_path, info), "rb") as f:
+    with open(memory_path(state_path, memory_file, info), "rb") as f:
         (_read_lz4 if info.format == "lz4" else _read_raw)(f, info, ram)
     if content_digest(ram, info) != info.digest:
         raise FormatError(f"{state_path}: memory file digest mismatch")
@@ -321,7 +326,7 @@ class Snapshot:
 
 def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain."""
-    links: list[tuple[Path, dict, MemInfo]] = []
+    links: list[tuple[Path, str | None, MemInfo]] = []
     current = Path(path)
     while True:
         if len(links) >= MAX_CHAIN:
@@ -330,7 +335,7 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         info = mem_info(data["memory"])
         if info.length != data["vm"]["ram_size"]:
             raise FormatError("memory length is not the RAM size")
-        links.append((current, header, info))
+        links.append((current, data.get("memory_file"), info))
         if len(links) == 1:
             top_header, top_data = header, data
         parent = data.get("parent")
@@ -346,6 +351,6 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         if newer.parent_digest != older.digest or newer.length != older.length:
             raise FormatError("chain link does not match its parent")
     ram = bytearray(links[0][2].length)
-    for state_path, _, info in links:
-        lay_memory(state_path, info, ram)
+    for state_path, memory_file, info in links:
+        lay_memory(state_path, memory_file, info, ram)
     return Snapshot(top_header, top_data, links[-1][2], [p for p, _, _ in links], ram)

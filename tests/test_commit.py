@@ -22,7 +22,7 @@ from snapshot.commit import (
     open_pair,
     recover,
 )
-from snapshot.envelope import MAX_STATE_FILE_SIZE
+from snapshot.envelope import MAX_STATE_FILE_SIZE, read_state_file
 from snapshot.errors import (
     AtomicCommitCrossFsError,
     AtomicCommitFailedError,
@@ -43,6 +43,7 @@ class State:
     generation: U64
     blob: bytes = b""
     memory: Optional[MemFileInfo] = None
+    memory_file: Optional[str] = None  # written by commit_pair for a memory file not named <name>.mem
 
 
 def ram_for(generation: int) -> np.ndarray:
@@ -305,8 +306,8 @@ def test_an_unreadable_state_file_keeps_staged_files_but_can_be_overwritten(tmp_
 
 
 def test_paths_are_validated_before_anything_is_written(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(InvalidPathError, match="must be"):
-        commit_pair(tmp_path / "vm.snap", tmp_path / "other.mem", enospc, enospc)
+    with pytest.raises(InvalidPathError, match="cannot be the state file"):
+        commit_pair(tmp_path / "vm.snap", tmp_path / "vm.snap", enospc, enospc)
     with pytest.raises(InvalidPathError, match=r"<name>\.snap"):
         commit_pair(tmp_path / "vm.state", tmp_path / "vm.mem", enospc, enospc)
     with pytest.raises(InvalidPathError, match="ENOENT"):
@@ -486,3 +487,64 @@ def test_snapshot_paths() -> None:
     for bad in ("/d/.snap", "/d/vm.mem", "/d/vm.snap.tmp"):
         with pytest.raises(InvalidPathError):
             SnapshotPaths.for_state(bad)
+
+
+# --- a memory file named apart from its state file (format 1.1) ------------------------------
+def save_apart(d: Path, m: Path, generation: int) -> MemFileInfo:
+    ram = ram_for(generation)
+    return commit_pair(
+        d / "vm.snap", m / "guest-memory", lambda fd: write_full(fd, ram, PAGE), lambda info: to_plain(State(generation, memory=info))
+    )
+
+
+def test_a_memory_file_in_another_directory_is_recorded_and_found(tmp_path: Path) -> None:
+    d, m = tmp_path / "state", tmp_path / "memory"
+    d.mkdir()
+    m.mkdir()
+    save_apart(d, m, 1)
+    assert listing(d) == {"vm.snap"} and listing(m) == {"guest-memory"}
+    assert read_state_file(d / "vm.snap")[1][commit.MEMORY_FILE_FIELD] == str(m / "guest-memory")
+    assert load(d) == 1
+    commit_pair(d / "vm.snap", d / "beside", lambda fd: write_full(fd, ram_for(2), PAGE), lambda info: to_plain(State(2, memory=info)))
+    assert read_state_file(d / "vm.snap")[1][commit.MEMORY_FILE_FIELD] == "beside"  # a bare name
+    assert load(d) == 2
+    save(d, 3)
+    assert commit.MEMORY_FILE_FIELD not in read_state_file(d / "vm.snap")[1]  # the default: nothing recorded
+    assert load(d) == 3
+
+
+def test_crash_at_every_step_with_the_memory_file_in_another_directory(tmp_path: Path) -> None:
+    """The commit protocol with the memory file's temp and staged names in its own directory:
+    a crash anywhere loads as old or new, and recovery leaves exactly the two files."""
+    d, m = tmp_path / "state", tmp_path / "memory"
+    d.mkdir()
+    m.mkdir()
+    outcomes: set[int | None] = set()
+    staged = False
+    for k in range(1, 200):
+        for directory in (d, m):
+            for n in listing(directory):
+                os.unlink(directory / n)
+        save_apart(d, m, 1)
+        code = run_until_crash(k, lambda: save_apart(d, m, 2) and None)
+        outcome = load(d)
+        assert outcome in (1, 2), f"crash point {k}: loads as {outcome}"
+        outcomes.add(outcome)
+        staged |= any(".staged-" in n for n in listing(m))
+        assert not any(".staged-" in n for n in listing(d))
+        recover(d / "vm.snap")  # finds the memory directory from the state file
+        assert (listing(d), listing(m)) == ({"vm.snap"}, {"guest-memory"}), f"crash point {k}"
+        assert load(d) == outcome
+        save_apart(d, m, 3)  # the next commit recovers whatever is left
+        assert (listing(d), listing(m), load(d)) == ({"vm.snap"}, {"guest-memory"}, 3)
+        if code == _DONE:
+            break
+    else:
+        pytest.fail("the save never completed")
+    assert outcomes == {1, 2} and staged
+
+
+def test_bad_recorded_memory_file_names_are_refused(tmp_path: Path) -> None:
+    for bad in ("../vm.mem", "sub/vm.mem", "", ".", "vm.snap"):
+        with pytest.raises(InvalidPathError):
+            SnapshotPaths.for_state(tmp_path / "vm.snap", bad)

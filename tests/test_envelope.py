@@ -57,7 +57,7 @@ def test_layout_is_msgpack_then_le_crc() -> None:
     payload, trailer = blob[:-8], blob[-8:]
     assert int.from_bytes(trailer, "little") == crc64(payload)
     top = msgpack.unpackb(payload, raw=False)
-    assert top == {"header": {"magic": MAGIC_AARCH64, "version": [1, 0, 0]}, "data": DATA}
+    assert top == {"header": {"magic": MAGIC_AARCH64, "version": [1, 1, 0]}, "data": DATA}
     assert decode_state(blob) == (Header(MAGIC_AARCH64, SNAPSHOT_VERSION), DATA)
 
 
@@ -101,14 +101,14 @@ def test_magic_mismatch_message() -> None:
 
 @pytest.mark.parametrize(
     ("file_version", "ok"),
-    [((1, 0, 0), True), ((1, 0, 9), True), ((1, 1, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
+    [((1, 0, 0), True), ((1, 1, 9), True), ((1, 2, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
 )
 def test_version_rules(file_version: tuple[int, int, int], ok: bool) -> None:
     blob = encode_state(DATA, version=file_version)
     if ok:
         assert decode_state(blob)[0].version == file_version
     else:
-        with pytest.raises(VersionMismatchError, match=r"^snapshot version mismatch \(file: .*, supported: 1\.0\.0\)$"):
+        with pytest.raises(VersionMismatchError, match=r"^snapshot version mismatch \(file: .*, supported: 1\.1\.0\)$"):
             decode_state(blob)
     # A reader at 1.2 reads older minors of its major.
     assert decode_state(encode_state(DATA, version=(1, 1, 0)), version=(1, 2, 0))[0].version == (1, 1, 0)

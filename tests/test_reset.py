@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -12,6 +13,7 @@ from hypothesis import strategies as st
 from asm import RESULTS, RESULTS_PTR, assemble, boot, result
 from snapshot.dirty import DirtyBitmap
 from snapshot.errors import IncompatibleError
+from vmm.errors import GuestMemoryError
 from vmm.reset import ResetPoint
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB, RAM_BASE
@@ -220,11 +222,13 @@ def test_only_pages_dirtied_since_the_point_are_copied_back(monkeypatch) -> None
     pages = [5000, 5001, 7000]
     for p in pages:
         vm.memory.write(RAM_BASE + p * 4096, b"\x5a")
-    copied: list[tuple[int, int]] = []
-    original = type(vm.memory).fill_from
-    monkeypatch.setattr(type(vm.memory), "fill_from", lambda self, src, off: (copied.append((off, len(src))), original(self, src, off)))
+    copied: list[list[int]] = []
+    original = type(vm.memory).restore_pages
+    monkeypatch.setattr(
+        type(vm.memory), "restore_pages", lambda self, which, image, size: (copied.append(which.tolist()), original(self, which, image, size))
+    )
     vm.reset_to(point)
-    assert copied == [(5000 * 4096, 2 * 4096), (7000 * 4096, 4096)]
+    assert copied == [pages]
     assert vm.memory.read(RAM_BASE + 5000 * 4096, 1) == b"\x00"
     assert vm.dirty.count() == 0
 
@@ -319,3 +323,12 @@ def test_a_wfi_written_after_the_point_is_gone_after_the_reset(tmp_path, check: 
         assert not vm.vcpus[0].waiting and result(vm, 2) == 1
     else:
         assert vm.vcpus[0].waiting and result(vm, 2) == 0
+
+
+def test_restore_pages_refuses_pages_outside_ram_and_a_wrong_image() -> None:
+    vm = _fresh("memwalk")
+    image = np.zeros(vm.memory.size, dtype=np.uint8)
+    with pytest.raises(GuestMemoryError, match="outside RAM"):
+        vm.memory.restore_pages(np.array([vm.memory.size // 4096]), image, 4096)
+    with pytest.raises(GuestMemoryError, match="restore image"):
+        vm.memory.restore_pages(np.array([0]), image[:4096], 4096)

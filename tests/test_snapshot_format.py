@@ -59,7 +59,7 @@ def test_full_snapshot_reads_back_as_the_saved_vm(microvm, snapshot_dir, compres
     vm.run(7_000)
     vm.save_snapshot(snapshot_dir / "full", compress=compress)
     snap = read_snapshot(snapshot_dir / "full.snap")
-    assert snap.header == {"magic": 0x0710_1984_AAAA_0000, "version": [1, 0, 0]}
+    assert snap.header == {"magic": 0x0710_1984_AAAA_0000, "version": [1, 1, 0]}
     assert snap.memory.kind == "full" and snap.memory.format == (compress or "raw")
     assert snap.data["vm"]["config"]["guest"] == "smp" and snap.data.get("parent") is None
     _check_against(snap, vm)
@@ -91,6 +91,38 @@ def test_the_staged_memory_file_rule(microvm, snapshot_dir) -> None:
     assert_vms_equal(MicroVM.load_snapshot(snapshot_dir / "a"), vm, console=False)  # the project agrees
 
 
+def test_memory_files_named_apart_from_their_state_files(microvm, snapshot_dir, tmp_path_factory) -> None:
+    """1.1: a memory file with its own name, beside the state file or in another directory,
+    is recorded as the document says (bare name / absolute path / nothing for N.mem), found
+    by the reader (staged rule included) and by the project, across a chain that mixes them."""
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    vm = microvm("memwalk", mem_size=32 * MIB, quantum=1_000, track_dirty_pages=True, params=MEMWALK)
+    plan = [("s0", snapshot_dir / "mem_file"), ("s1", elsewhere / "layer1"), ("s2", None)]
+    for i, (name, mem) in enumerate(plan):
+        vm.run(20_000)
+        vm.save_snapshot(snapshot_dir / name, "full" if i == 0 else "diff", mem_path=mem)
+    recorded = [read_state(snapshot_dir / f"{n}.snap")[1].get("memory_file") for n, _ in plan]
+    assert recorded == ["mem_file", str(elsewhere / "layer1"), None]
+    assert not (snapshot_dir / "s0.mem").exists() and not (snapshot_dir / "s1.mem").exists()
+    _check_against(read_snapshot(snapshot_dir / "s2.snap"), vm)
+    assert_vms_equal(MicroVM.load_snapshot(snapshot_dir / "s2"), vm, console=False)
+    digest = read_state(snapshot_dir / "s1.snap")[1]["memory"]["digest"]
+    os.rename(elsewhere / "layer1", elsewhere / f".layer1.staged-{digest}")
+    _check_against(read_snapshot(snapshot_dir / "s2.snap"), vm)
+    assert_vms_equal(MicroVM.load_snapshot(snapshot_dir / "s2", "mmap"), vm, console=False)
+
+
+def test_a_version_1_0_file_still_loads(microvm, snapshot_dir) -> None:
+    """A 1.0 state file (no memory_file; header 1.0.0) is read by the reader and the project."""
+    vm = microvm("hello", mem_size=16 * MIB)
+    vm.run(1_000)
+    vm.save_snapshot(snapshot_dir / "old")
+    assert "memory_file" not in read_state(snapshot_dir / "old.snap")[1]
+    _rewrite_state(snapshot_dir / "old.snap", lambda top: top["header"].__setitem__("version", [1, 0, 0]))
+    _check_against(read_snapshot(snapshot_dir / "old.snap"), vm)
+    assert_vms_equal(MicroVM.load_snapshot(snapshot_dir / "old"), vm, console=False)
+
+
 def _rewrite_state(path, edit) -> None:
     """Re-encode the state file at `path` after `edit(top)`, with a CRC from the independent
     implementation."""
@@ -116,9 +148,10 @@ def test_a_state_file_written_from_the_document_loads_in_the_project(microvm, sn
     [
         (lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])), "CRC mismatch"),
         (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("magic", 1)), "magic"),
-        (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("version", [1, 1, 0])), "not readable"),
+        (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("version", [1, 2, 0])), "not readable"),
         (lambda p: _rewrite_state(p, lambda t: t["data"]["memory"].__setitem__("digest", "0" * 32)), "digest mismatch"),
         (lambda p: _rewrite_state(p, lambda t: t["data"]["memory"].__setitem__("extra", 1)), "unknown"),
+        (lambda p: _rewrite_state(p, lambda t: t["data"].__setitem__("memory_file", "../a.mem")), "memory_file"),
     ],
 )
 def test_the_reader_refuses_what_the_document_forbids(microvm, snapshot_dir, damage, message) -> None:

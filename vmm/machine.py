@@ -7,8 +7,8 @@ parameter block (guests/__init__.py). Secondary vCPUs start powered off (PSCI CP
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import msgpack
@@ -22,6 +22,7 @@ from vmm import layout
 from vmm.config import VmConfig
 from vmm.devicetree import build_dtb
 from vmm.devices.mmds import MmdsDevice, MmdsStore
+from vmm.devices.mmds.tokens import secret_for_seed
 from vmm.devices.pl011 import Pl011
 from vmm.errors import ConfigError
 from vmm.fault import FaultReport, build_report
@@ -74,7 +75,7 @@ class MicroVM:
             self.memory,
             now_ns=lambda: self.scheduler.clock,
             set_irq=self.interrupts.line(layout.SPI_MMDS),
-            token_secret=hashlib.blake2b(config.seed.to_bytes(8, "little"), person=b"microvm-mmds").digest(),
+            token_secret=secret_for_seed(config.seed),
             version=config.mmds_version,
         )
         self.bus = MmioBus()
@@ -203,8 +204,10 @@ class MicroVM:
         frame_size: int = DEFAULT_FRAME_SIZE,
         threads: int | None = None,
         progress_bars: ProgressBars | None = None,
+        mem_path: str | os.PathLike[str] | None = None,
     ) -> SaveReport:
-        """Save this VM (at a pause point) to `<path>.snap` + `<path>.mem`, crash-safely: the
+        """Save this VM (at a pause point) to `<path>.snap` + `<path>.mem` (or `mem_path`: any
+        name, any directory; the state file records it), crash-safely: the
         previous snapshot at that name survives any failure. `kind="diff"` writes only the
         pages dirtied since this VM's last save or load (needs track_dirty_pages=True).
         `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM
@@ -215,8 +218,10 @@ class MicroVM:
         from vmm import persist
 
         ensure_directory(snapshot_paths(path)[0].parent)
+        if mem_path is not None:
+            ensure_directory(Path(mem_path).parent)
         return persist.save_snapshot(
-            self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars
+            self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars, mem_path=mem_path
         )
 
     @classmethod
@@ -229,6 +234,10 @@ class MicroVM:
         verify_memory: bool | None = None,
         on_console: Callable[[bytes], None] | None = None,
         progress_bars: ProgressBars | None = None,
+        mem_path: str | os.PathLike[str] | None = None,
+        mmds: Literal["keep", "drop"] = "keep",
+        reseed: int | None = None,
+        track_dirty_pages: bool | None = None,
     ) -> MicroVM:
         """A new VM restored from the snapshot at `path`, paused, ready to `run()`.
 
@@ -237,13 +246,24 @@ class MicroVM:
         becomes anonymous RAM). `base`: the diff's base snapshot, instead of the recorded
         parent. `verify_memory`: check memory-file digests (default: yes for copy, where it
         costs one pass that is done anyway; no for mmap, whose point is not to read the file;
-        lengths and chain digests are always checked). Raises SnapshotError for a bad or
-        mismatched file."""
+        lengths and chain digests are always checked). `mem_path`: the snapshot's memory file,
+        instead of the one its state file records (its digest is then always verified).
+        Raises SnapshotError for a bad or mismatched file.
+
+        Clones (vmm.persist.clone_of): `mmds="keep"` restores the MMDS data store and token key
+        as saved (bit-identical continuation); `"drop"` empties the store and draws a fresh
+        token key, as Firecracker, so clones of one snapshot share no metadata or tokens.
+        `reseed=N` gives the clone config seed N and the token key derived from it: reproducible
+        per seed, different across seeds; it deliberately ends bit-identical continuation.
+        `track_dirty_pages` overrides the saved setting (Firecracker does not save it)."""
         from vmm import persist
 
-        opened = persist.open_snapshot(path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars)
-        vm = cls(opened.config, on_console=on_console, ram=opened.ram, boot=False)
-        persist.restore_devices(vm, opened.state)
+        opened = persist.open_snapshot(
+            path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars, mem_path=mem_path
+        )
+        config, state = persist.clone_of(opened.config, opened.state, mmds=mmds, reseed=reseed, track_dirty_pages=track_dirty_pages)
+        vm = cls(config, on_console=on_console, ram=opened.ram, boot=False)
+        persist.restore_devices(vm, state)
         vm.lineage = opened.lineage
         return vm
 

@@ -115,6 +115,15 @@ class GuestMemory:
             raise GuestMemoryError(f"restore of {n} bytes at RAM offset {offset:#x} overflows RAM")
         self._ram[offset : offset + n] = arr
 
+    def restore_pages(self, pages: np.ndarray, image: np.ndarray, page_size: int) -> None:
+        """Copy pages `pages` (indices, ascending) of `image` (a RAM-sized uint8 array) into RAM
+        in one operation, WITHOUT marking dirty pages (as `fill_from`: only for restores)."""
+        if image.size != self.size or self.size % page_size:
+            raise GuestMemoryError(f"a restore image must be {self.size} bytes of {page_size}-byte pages")
+        if len(pages) and not 0 <= int(pages[0]) <= int(pages[-1]) < self.size // page_size:
+            raise GuestMemoryError(f"page {int(pages[-1])} is outside RAM")
+        self._ram.reshape(-1, page_size)[pages] = image.reshape(-1, page_size)[pages]
+
     def clear(self) -> None:
         """Zero all of RAM without marking (fresh boot or reset; caller starts a new epoch)."""
         self._ram.fill(0)

@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
 from snapshot import frames
-from snapshot.commit import commit_pair
+from snapshot.commit import commit_pair, resolve_memory_file
 from snapshot.envelope import CRC_SIZE
 from snapshot.errors import EncodingError, IncompatibleError
 from snapshot.links import Link, ParentLink, close_chain, open_chain, snapshot_paths
@@ -38,6 +38,7 @@ from snapshot.memory import check_compression, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
 from snapshot.progress import ProgressBars, progress_bars
 from vmm.config import VmConfig
+from vmm.devices.mmds.tokens import fresh_secret, secret_for_seed
 from vmm.errors import ConfigError, VmmError
 from vmm.layout import MAX_VCPUS, RAM_BASE
 from vmm.scheduler import StopReason
@@ -58,6 +59,7 @@ class Lineage:
     state_path: Path
     state_crc: int
     memory: MemFileInfo
+    memory_path: Path | None = None  # where its memory file was (None: unknown)
 
 
 @dataclass
@@ -109,9 +111,11 @@ def save_snapshot(
     frame_size: int = frames.DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress_bars: ProgressBars | None = None,
+    mem_path: str | os.PathLike[str] | None = None,
 ) -> SaveReport:
-    """Save `vm` to `<path>.snap` + `<path>.mem` (crash-safe: the previous snapshot at that name
-    survives any failure). A diff needs dirty tracking and an earlier save or load of this VM.
+    """Save `vm` to `<path>.snap` + `<path>.mem`, or + `mem_path` if given (any name, in any
+    directory of the same filesystem as its own temp files; the state file records it).
+    Crash-safe: the previous snapshot at that name survives any failure. A diff needs dirty tracking and an earlier save or load of this VM.
     `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM,
     compressed on `threads` workers (default: the CPUs, at most frames.MAX_DEFAULT_THREADS).
     `progress_bars` (snapshot.progress) shows the memory write; default: none."""
@@ -119,6 +123,8 @@ def save_snapshot(
         raise ValueError(f"kind must be 'full' or 'diff', got {kind!r}")
     check_compression(compress, DIRTY_PAGE_SIZE, frame_size)
     snap, mem = snapshot_paths(path)
+    if mem_path is not None:
+        mem = Path(mem_path)
     lineage: Lineage | None = vm.lineage  # type: ignore[assignment]
     t0 = time.perf_counter()
     ram = vm.memory.view()
@@ -128,6 +134,7 @@ def save_snapshot(
             raise IncompatibleError("a diff snapshot needs dirty-page tracking (track_dirty_pages=True)")
         if lineage is None:
             raise IncompatibleError("a diff snapshot needs an earlier snapshot of this VM to be its base")
+        _check_not_base(lineage, snap, mem)
         runs = vm.dirty.runs()  # read, not cleared: a failed save can be retried
         parent = ParentLink(
             state_name=os.path.relpath(lineage.state_path, snap.parent),
@@ -152,7 +159,7 @@ def save_snapshot(
         info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
-    vm.lineage = Lineage(snap, _state_crc(snap), info)
+    vm.lineage = Lineage(snap, _state_crc(snap), info, mem)
     return SaveReport(
         state_path=snap,
         memory_path=mem,
@@ -162,6 +169,15 @@ def save_snapshot(
         state_bytes=snap.stat().st_size,
         seconds=time.perf_counter() - t0,
     )
+
+
+def _check_not_base(lineage: Lineage, snap: Path, mem: Path) -> None:
+    """IncompatibleError if a diff over `lineage` would overwrite that base's own files (the
+    chain would lose its base: Firecracker's docs reuse one name for both, which cannot work
+    with a diff that records its parent)."""
+    for new, old, what in ((snap, lineage.state_path, "state"), (mem, lineage.memory_path, "memory")):
+        if old is not None and os.path.abspath(new) == os.path.abspath(old):
+            raise IncompatibleError(f"refusing to write a diff over its own base's {what} file {new}")
 
 
 # --- validation -------------------------------------------------------------------------------
@@ -238,6 +254,7 @@ def open_snapshot(
     *,
     verify_memory: bool | None = None,
     progress_bars: ProgressBars | None = None,
+    mem_path: str | os.PathLike[str] | None = None,
 ) -> OpenedSnapshot:
     """Read the snapshot at `path` (and its chain) for `MicroVM.load_snapshot`, which documents
     the arguments."""
@@ -245,13 +262,16 @@ def open_snapshot(
         raise ValueError(f"mem_backend must be 'copy' or 'mmap', got {mem_backend!r}")
     verify = (mem_backend == "copy") if verify_memory is None else verify_memory
     snap, _ = snapshot_paths(path)
-    chain = open_chain(snap, Path(base) if base is not None else None)
+    chain = open_chain(snap, Path(base) if base is not None else None, memory_path=mem_path)
     try:
         top = decode_state(chain[-1].pair.data)
         config = config_of(top)
-        ram = _lay_chain(chain, config.mem_size, mem_backend, verify, progress_bars, snap.name)
         top_pair = chain[-1].pair
-        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory)
+        recorded = resolve_memory_file(top_pair.paths, top.memory)
+        if mem_path is not None and os.path.realpath(top_pair.memory_path) != os.path.realpath(recorded):
+            verify = True  # not the file the state records: only its digest ties it to the state
+        ram = _lay_chain(chain, config.mem_size, mem_backend, verify, progress_bars, snap.name)
+        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory, top_pair.memory_path)
         return OpenedSnapshot(config, ram, top, lineage)
     finally:
         close_chain(chain)
@@ -280,6 +300,43 @@ def _lay_chain(
         for older, newer in zip(chain, chain[1:]):
             read_memory(newer.pair, ram, verify, parent=older.core.memory, source=source, progress=advance)
     return ram
+
+
+MMDS_POLICIES = ("keep", "drop")
+
+
+def clone_of(
+    config: VmConfig,
+    state: MicrovmState,
+    *,
+    mmds: str = "keep",
+    reseed: int | None = None,
+    track_dirty_pages: bool | None = None,
+) -> tuple[VmConfig, MicrovmState]:
+    """The config and state a restored VM starts from (MicroVM.load_snapshot's clone options):
+    - mmds "keep": the MMDS data store, token key and counter as saved; "drop": an empty store,
+      a token key from the host's CSPRNG (tokens.fresh_secret) and the counter at 0, so no
+      token issued before the snapshot, nor by a sibling clone, is valid;
+    - reseed N: config seed N, and the token key derived from it (counter at 0);
+    - track_dirty_pages: overrides the saved setting (not guest-visible).
+    ValueError for an unknown policy; ConfigError for a bad seed."""
+    if mmds not in MMDS_POLICIES:
+        raise ValueError(f"mmds must be 'keep' or 'drop', got {mmds!r}")
+    changes: dict[str, Any] = {}
+    if reseed is not None:
+        changes["seed"] = reseed
+    if track_dirty_pages is not None:
+        changes["track_dirty_pages"] = track_dirty_pages
+    if changes:
+        config = replace(config, **changes)
+    device = state.devices.mmds
+    if mmds == "drop":
+        device = replace(device, data_json="{}", token_secret=fresh_secret(), token_counter=0)
+    if reseed is not None:
+        device = replace(device, token_secret=secret_for_seed(config.seed), token_counter=0)
+    if device is not state.devices.mmds:
+        state = replace(state, devices=replace(state.devices, mmds=device))
+    return config, state
 
 
 def restore_devices(vm: MicroVM, state: MicrovmState) -> None:

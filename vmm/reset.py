@@ -183,10 +183,7 @@ def reset_to(vm: MicroVM, point: ResetPoint) -> None:
     for other in points.others(point):
         other._may_differ(pages)
     # RAM: copy the pages back, then drop code translated from them.
-    memory, ram = vm.memory, point._ram
-    for first, count in runs_of_pages(pages):
-        offset = first * DIRTY_PAGE_SIZE
-        memory.fill_from(ram[offset : offset + count * DIRTY_PAGE_SIZE], offset)
+    vm.memory.restore_pages(pages, point._ram, DIRTY_PAGE_SIZE)
     for vcpu in vm.vcpus:
         vcpu.drop_translations(pages)
     # A new epoch; its TLB flush is the vCPUs' rollback below (dirty.py's contract).

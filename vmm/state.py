@@ -69,3 +69,5 @@ class MicrovmState:
     scheduler: SchedulerState
     memory: MemFileInfo
     parent: Optional[ParentLink] = None
+    # 1.1: the memory file's name, written by snapshot.commit (MEMORY_FILE_FIELD); None in 1.0
+    memory_file: Optional[Annotated[str, MaxLen(4096)]] = None

@@ -16,6 +16,7 @@ BENCHMARKS = {
     "dirty": "dirty-tracking cost: off vs TLB-fill tracking vs a per-store write hook; granule modes",
     "compress": "raw vs lz4 memory files on a 1 GiB guest: save and restore time, size, 1 vs 2 threads",
     "reset": "in-process reset to a point at 16 and 1,024 dirty pages on a 1 GiB guest vs load_snapshot",
+    "api": "API server: guest rounds in the background vs direct, pause latency vs one round, GET / while running",
     "faults": "reliability campaign: kills during save/rebase, mutated files, disk faults, hostile guests; counts per category",
 }
 

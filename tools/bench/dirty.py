@@ -1,6 +1,8 @@
 """`dirty`: the cost of dirty-page tracking, side by side in one process run.
 
-Each workload runs five ways, interleaved, best of REPEATS:
+Each workload runs five ways, interleaved round by round after a warm-up (tools.bench.measure),
+best of REPEATS, the per-round spread of each ratio in `<figure>_spread`; times are this
+process's CPU seconds (time given to other processes on the machine does not count):
 1. tracking off: the harness as shipped (virtual TLB; RAM data fills with the MMU off are
    served by the native fill, vmm/native_fill.py, the rest by the Python fill);
 2. tracking on: the TLB-fill scheme, exact pages (dirty_granule="page");
@@ -21,15 +23,17 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 from unicorn import UC_HOOK_MEM_WRITE, UC_TLB_CPU
 
+from tools.bench.measure import add_ratio, interleave, machine_load
 from vmm import MicroVM, StopReason, VmConfig, native_fill
 
-MEMWALK = {"pattern": 2, "rounds": 6, "writes": 40_000, "region_mib": 32}
+MEMWALK = {"pattern": 2, "rounds": 24, "writes": 40_000, "region_mib": 32}  # ~0.6 s a run: long enough that a burst of other work on the machine does not decide a round
 COMPUTE = {"iterations": 3_000_000}
 MMU = {"pages": 256, "words": 512}
-REPEATS = 3  # interleaved runs per mode; the best counts (1 with --quick)
+REPEATS = 5  # interleaved rounds per mode after a warm-up; the best counts (1 with --quick)
 MODES = ("off", "on", "on-python", "hook", "cpu-tlb")
 
 
@@ -55,9 +59,9 @@ def _timed(guest: str, params: dict[str, int], mode: str, granule: str = "page")
         for v in vm.vcpus:
             v.uc.ctl_set_tlb_mode(UC_TLB_CPU)
             v.flush_tlb()
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     result = vm.run()
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert result.reason is StopReason.POWER_OFF, result
     return seconds, vm
 
@@ -65,27 +69,31 @@ def _timed(guest: str, params: dict[str, int], mode: str, granule: str = "page")
 def _workload(
     guest: str, params: dict[str, int], modes: tuple[str, ...], figures: dict[str, object], repeats: int
 ) -> MicroVM:
-    best: dict[str, float] = {}
     vms: dict[str, MicroVM] = {}
-    for _ in range(repeats):
-        for mode in modes:
+
+    def case(mode: str) -> Callable[[], float]:
+        def timed() -> float:
             seconds, vms[mode] = _timed(guest, params, mode)
-            best[mode] = min(best.get(mode, seconds), seconds)
+            return seconds
+
+        return timed
+
+    samples = interleave({mode: case(mode) for mode in modes}, repeats=repeats)
     instr = vms["off"].clock
     outputs = {vm.console_output for vm in vms.values()}
     assert len(outputs) == 1, f"{guest}: the modes printed different output"
-    print(f"{guest}: {instr:,} instructions, best of {repeats}")
+    print(f"{guest}: {instr:,} instructions, best of {repeats} interleaved rounds after a warm-up")
     for mode in modes:
-        mips = instr / best[mode] / 1e6
-        print(f"  {mode:8} {best[mode]:7.3f} s  {mips:7.1f} M instr/s")
+        mips = instr / samples[mode].best / 1e6
+        print(f"  {mode:8} {samples[mode].best:7.3f} s  {mips:7.1f} M instr/s  spread {samples[mode].spread:.1%}")
         figures[f"{guest}_{mode.replace('-', '_')}_mips"] = round(mips, 2)
-    figures[f"{guest}_tracking_vs_off"] = round(best["off"] / best["on"], 3)
-    figures[f"{guest}_write_hook_vs_off"] = round(best["off"] / best["hook"], 3)
-    if "on-python" in best:
-        figures[f"{guest}_native_vs_python"] = round(best["on-python"] / best["on"], 3)
-    if "cpu-tlb" in best:
-        figures[f"{guest}_tracking_vs_cpu_tlb"] = round(best["cpu-tlb"] / best["on"], 3)
-        figures[f"{guest}_off_vs_cpu_tlb"] = round(best["cpu-tlb"] / best["off"], 3)
+    add_ratio(figures, f"{guest}_tracking_vs_off", samples["on"], samples["off"], 3)
+    add_ratio(figures, f"{guest}_write_hook_vs_off", samples["hook"], samples["off"], 3)
+    if "on-python" in samples:
+        add_ratio(figures, f"{guest}_native_vs_python", samples["on"], samples["on-python"], 3)
+    if "cpu-tlb" in samples:
+        add_ratio(figures, f"{guest}_tracking_vs_cpu_tlb", samples["on"], samples["cpu-tlb"], 3)
+        add_ratio(figures, f"{guest}_off_vs_cpu_tlb", samples["off"], samples["cpu-tlb"], 3)
     return vms["on"]
 
 
@@ -96,6 +104,7 @@ def run(quick: bool = False) -> dict[str, object]:
     vm_on = _workload("memwalk", memwalk, MODES, figures, repeats)
     dirty_pages = vm_on.dirty.count()
     figures["tracking_vs_off"] = figures["memwalk_tracking_vs_off"]
+    figures["tracking_vs_off_spread"] = figures["memwalk_tracking_vs_off_spread"]
     figures["write_hook_vs_off"] = figures["memwalk_write_hook_vs_off"]
     figures["native_vs_python"] = figures["memwalk_native_vs_python"]
     figures["native_fill"] = native_fill.available()
@@ -111,4 +120,5 @@ def run(quick: bool = False) -> dict[str, object]:
         granules[granule] = {"faults": stats.faults, "diff_pages": stats.pages_dirty, "blocks_fine": stats.blocks_fine}
         print(f"  granule {granule:9}  faults {stats.faults:6}  diff pages {stats.pages_dirty:7}")
     figures["granule_stats"] = granules
+    figures["load_avg"] = machine_load()
     return figures

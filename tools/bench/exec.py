@@ -1,39 +1,55 @@
-"""`exec`: instructions per second of the harness vs a bare Unicorn loop, on `compute`.
+"""`exec`: execution speed of the harness vs bare Unicorn (and QEMU), side by side in one run.
 
-Three runs of the same guest binary, side by side in one process run:
-1. the harness (`MicroVM`, deterministic scheduler, all hooks installed);
-2. a bare Unicorn loop sliced with the same quantum (`emu_start(count=quantum)`), with only
-   what the guest needs to finish (RAM, a UART sink, an HVC hook);
-3. the same bare loop free-running (one `emu_start` without a count).
-Instruction counts come from the harness's virtual clock (the guest is deterministic, so all
-three execute the same instructions; the last slice's overcount is below one quantum).
+Two workloads, both run to their PSCI SYSTEM_OFF:
+- `compute` (hand-written assembly, a register-only loop): the harness (`MicroVM`, the
+  deterministic scheduler, every hook installed) vs a bare Unicorn loop sliced with the same
+  quantum (`emu_start(count=quantum)`, only what the guest needs: RAM, a UART sink, an HVC
+  hook) vs the bare loop free-running (one `emu_start` without a count);
+- `cbench` (C, gcc -O2: linked lists, a matrix multiply, a state machine, CRC-16): the harness
+  vs free-running bare Unicorn, and vs QEMU TCG with `-icount shift=0` (exact virtual time, the
+  counterpart of this harness's determinism) running the same source linked for QEMU's `virt`
+  RAM base, when `qemu-system-aarch64` and `aarch64-linux-gnu-gcc` are installed. QEMU's
+  start-up is measured with a one-iteration build and subtracted.
+Every side is interleaved round by round after a warm-up (tools.bench.measure), best of
+REPEATS, the per-round spread in `<figure>_spread`. Times are CPU seconds (this process's, or
+QEMU's, all its threads), so time the machine gives other processes does not count. Instruction counts come from the harness's
+virtual clock (the guests are deterministic, so every run executes the same instructions).
 """
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
 from unicorn import arm64_const as a64
 
 import guests
+from tools.bench.measure import Samples, add_ratio, interleave, machine_load
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.config import DEFAULT_QUANTUM
-from vmm.layout import RAM_BASE, UART0_BASE, UART0_SIZE
+from vmm.layout import RAM_BASE, SYSTEM_OFF, UART0_BASE, UART0_SIZE
 
-SYSTEM_OFF = 0x8400_0008
 REPEATS = 3
+QEMU_RAM_BASE = 0x4000_0000  # QEMU's virt board: RAM starts at 1 GiB (hw/arm/virt.c memmap)
+SCR_EL3_HVC = (1, 1, 3, 6, 0)  # CP_REG tuple of SCR_EL3 (DDI 0487 D13.2.113): HCE at bit 8
+HCR_EL2 = (1, 1, 3, 4, 0)  # HCR_EL2 (DDI 0487 D13.2.48): RW at bit 31
 
 
-def _bare_uc(image: bytes, mem_size: int, params: list[int]) -> tuple[Uc, np.ndarray]:
+def _bare_uc(image: bytes, mem_size: int, params: list[int]) -> Uc:
     ram = np.zeros(mem_size, dtype=np.uint8)
     ram[: len(image)] = np.frombuffer(image, dtype=np.uint8)
     uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
     uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)
     uc.mem_map_ptr(RAM_BASE, mem_size, UC_PROT_ALL, ram.ctypes.data)
+    uc._bench_ram = ram  # type: ignore[attr-defined]  # keep the backing alive with the engine
     uc.mmio_map(UART0_BASE, UART0_SIZE, lambda *a: 0, None, lambda *a: None, None)
-    uc.reg_write(a64.UC_ARM64_REG_CP_REG, (1, 1, 3, 6, 0, 0x401 | (1 << 8)))  # SCR_EL3: HVC enabled
-    uc.reg_write(a64.UC_ARM64_REG_CP_REG, (1, 1, 3, 4, 0, 1 << 31))  # HCR_EL2.RW
+    uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*SCR_EL3_HVC, 0x401 | (1 << 8)))
+    uc.reg_write(a64.UC_ARM64_REG_CP_REG, (*HCR_EL2, 1 << 31))
 
     def on_hvc(uc: Uc, intno: int, _ud: object) -> None:
         if uc.reg_read(a64.UC_ARM64_REG_X0) == SYSTEM_OFF:
@@ -46,13 +62,13 @@ def _bare_uc(image: bytes, mem_size: int, params: list[int]) -> tuple[Uc, np.nda
     off = params_addr - RAM_BASE
     ram[off : off + 8 * len(block)] = np.frombuffer(b"".join(v.to_bytes(8, "little") for v in block), dtype=np.uint8)
     uc.reg_write(a64.UC_ARM64_REG_X1, params_addr)
-    return uc, ram
+    return uc
 
 
 def _bare(image: bytes, mem_size: int, params: list[int], quantum: int | None) -> float:
-    uc, _ram = _bare_uc(image, mem_size, params)
+    uc = _bare_uc(image, mem_size, params)
     pc = RAM_BASE
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     if quantum is None:
         uc.emu_start(pc, 0)
     else:
@@ -61,46 +77,126 @@ def _bare(image: bytes, mem_size: int, params: list[int], quantum: int | None) -
             if uc.reg_read(a64.UC_ARM64_REG_X0) == SYSTEM_OFF:
                 break
             pc = uc.reg_read(a64.UC_ARM64_REG_PC)
-    return time.perf_counter() - t0
+    return time.process_time() - t0
 
 
-def _harness(cfg: VmConfig) -> tuple[float, int]:
+def _harness(cfg: VmConfig) -> tuple[float, MicroVM]:
     vm = MicroVM(cfg)
-    t0 = time.perf_counter()
+    t0 = time.process_time()
     result = vm.run()
-    seconds = time.perf_counter() - t0
+    seconds = time.process_time() - t0
     assert result.reason is StopReason.POWER_OFF, result
-    return seconds, result.instructions
+    return seconds, vm
 
 
-def run(quick: bool = False) -> dict[str, float]:
-    """Each of the three is run `REPEATS` times, interleaved; the fastest run of each counts
-    (this machine is noisy, and noise only ever slows a run down)."""
+def _qemu_runner(work: Path, iterations: int) -> tuple[callable, callable] | None:  # type: ignore[valid-type]
+    """(full run, start-up-only run) of cbench in QEMU -icount shift=0, each returning seconds,
+    or None if QEMU or the cross compiler is missing."""
+    qemu = shutil.which("qemu-system-aarch64")
+    if qemu is None:
+        print("  (no qemu-system-aarch64: Debian's qemu-system-arm; QEMU comparison skipped)")
+        return None
+    from guests import build
+
+    try:
+        full = build.compile_c("cbench", QEMU_RAM_BASE, defines=(f"DEFAULT_ITERATIONS={iterations}",), elf=True)
+        empty = build.compile_c("cbench", QEMU_RAM_BASE, defines=("DEFAULT_ITERATIONS=1",), elf=True)
+    except build.CrossCompilerMissingError as exc:
+        print(f"  ({exc}; QEMU comparison skipped)")
+        return None
+    (work / "full.elf").write_bytes(full)
+    (work / "empty.elf").write_bytes(empty)
+
+    def run(elf: str) -> float:
+        cmd = [qemu, "-M", "virt", "-cpu", "max", "-m", "128M", "-nographic", "-no-reboot", "-icount", "shift=0", "-kernel", str(work / elf)]
+        before = os.times()
+        out = subprocess.run(cmd, capture_output=True, timeout=600, stdin=subprocess.DEVNULL)
+        after = os.times()
+        seconds = (after.children_user + after.children_system) - (before.children_user + before.children_system)
+        if b"cbench:" not in out.stdout:
+            raise RuntimeError(f"QEMU did not run cbench: {out.stdout[-300:]!r} {out.stderr[-300:]!r}")
+        return seconds
+
+    return (lambda: run("full.elf")), (lambda: run("empty.elf"))
+
+
+def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
     iterations = 2_000_000 if quick else 20_000_000
     mem = 64 * 1024 * 1024
     cfg = VmConfig(guest="compute", mem_size=mem, params={"iterations": iterations})
-    image = guests.get("compute").binary()
-    params = guests.get("compute").resolve_params(cfg.params)
-    harness_t, sliced_t, free_t = [], [], []
-    instructions = 0
-    for _ in range(REPEATS):
-        seconds, instructions = _harness(cfg)
-        harness_t.append(seconds)
-        sliced_t.append(_bare(image, mem, params, DEFAULT_QUANTUM))
-        free_t.append(_bare(image, mem, params, None))
-    harness_s, sliced_s, free_s = min(harness_t), min(sliced_t), min(free_t)
-    figures = {
-        "instructions": instructions,
-        "quantum": DEFAULT_QUANTUM,
-        "harness_mips": round(instructions / harness_s / 1e6, 1),
-        "raw_sliced_mips": round(instructions / sliced_s / 1e6, 1),
-        "raw_free_mips": round(instructions / free_s / 1e6, 1),
-    }
-    figures["harness_vs_raw_sliced"] = round(figures["harness_mips"] / figures["raw_sliced_mips"], 3)
-    figures["harness_vs_raw_free"] = round(figures["harness_mips"] / figures["raw_free_mips"], 3)
-    print(f"compute, {iterations:,} iterations = {instructions:,} instructions; best of {REPEATS} interleaved runs")
-    print(f"harness          {harness_s:7.3f} s  {figures['harness_mips']:8.1f} M instr/s")
-    print(f"raw, sliced      {sliced_s:7.3f} s  {figures['raw_sliced_mips']:8.1f} M instr/s")
-    print(f"raw, free        {free_s:7.3f} s  {figures['raw_free_mips']:8.1f} M instr/s")
-    print(f"harness/sliced   {figures['harness_vs_raw_sliced']:.3f}   harness/free {figures['harness_vs_raw_free']:.3f}")
+    spec = guests.get("compute")
+    image, params = spec.binary(), spec.resolve_params(cfg.params)
+    clock: list[int] = []
+
+    def harness() -> float:
+        seconds, vm = _harness(cfg)
+        clock.append(vm.clock)
+        return seconds
+
+    s = interleave(
+        {
+            "harness": harness,
+            "sliced": lambda: _bare(image, mem, params, DEFAULT_QUANTUM),
+            "free": lambda: _bare(image, mem, params, None),
+        },
+        repeats=repeats,
+    )
+    instructions = clock[-1]
+    figures.update(instructions=instructions, quantum=DEFAULT_QUANTUM)
+    for name, key in (("harness", "harness_mips"), ("sliced", "raw_sliced_mips"), ("free", "raw_free_mips")):
+        figures[key] = round(instructions / s[name].best / 1e6, 1)
+    add_ratio(figures, "harness_vs_raw_sliced", s["harness"], s["sliced"], 3)
+    add_ratio(figures, "harness_vs_raw_free", s["harness"], s["free"], 3)
+    print(f"compute, {iterations:,} iterations = {instructions:,} instructions")
+    for name in ("harness", "sliced", "free"):
+        print(f"  {name:8} {s[name].best:7.3f} s  {instructions / s[name].best / 1e6:8.1f} M instr/s  spread {s[name].spread:.1%}")
+    print(f"  harness/sliced {figures['harness_vs_raw_sliced']}   harness/free {figures['harness_vs_raw_free']}")
+
+
+def _cbench(figures: dict[str, object], quick: bool, repeats: int) -> None:
+    iterations = 200 if quick else 2000
+    mem = 64 * 1024 * 1024
+    cfg = VmConfig(guest="cbench", mem_size=mem, params={"iterations": iterations})
+    spec = guests.get("cbench")
+    image, params = spec.binary(), spec.resolve_params(cfg.params)
+    clock: list[int] = []
+
+    def harness() -> float:
+        seconds, vm = _harness(cfg)
+        clock.append(vm.clock)
+        return seconds
+
+    cases = {"harness": harness, "free": lambda: _bare(image, mem, params, None)}
+    with tempfile.TemporaryDirectory(prefix="microvm-bench-qemu-") as tmp:
+        qemu = _qemu_runner(Path(tmp), iterations)
+        if qemu is not None:
+            full, empty = qemu
+            cases["qemu"] = full
+            cases["qemu_startup"] = empty
+        s = interleave(cases, repeats=repeats)
+    instructions = clock[-1]
+    figures["cbench_instructions"] = instructions
+    figures["cbench_harness_mips"] = round(instructions / s["harness"].best / 1e6, 1)
+    figures["cbench_raw_free_mips"] = round(instructions / s["free"].best / 1e6, 1)
+    add_ratio(figures, "cbench_harness_vs_raw_free", s["harness"], s["free"], 3)
+    print(f"cbench, {iterations:,} iterations = {instructions:,} instructions")
+    print(f"  harness  {s['harness'].best:7.3f} s  {figures['cbench_harness_mips']:8.1f} M instr/s  spread {s['harness'].spread:.1%}")
+    print(f"  free     {s['free'].best:7.3f} s  {figures['cbench_raw_free_mips']:8.1f} M instr/s  spread {s['free'].spread:.1%}")
+    if "qemu" in s:
+        net = Samples([max(f - s["qemu_startup"].best, 1e-6) for f in s["qemu"].seconds])
+        figures["cbench_qemu_icount_mips"] = round(instructions / net.best / 1e6, 1)
+        figures["qemu_startup_s"] = round(s["qemu_startup"].best, 3)
+        add_ratio(figures, "cbench_harness_vs_qemu_icount", s["harness"], net, 3)
+        print(f"  qemu -icount shift=0  {net.best:7.3f} s (start-up {s['qemu_startup'].best:.3f} s subtracted)  {figures['cbench_qemu_icount_mips']:8.1f} M instr/s")
+        print(f"  harness/qemu-icount {figures['cbench_harness_vs_qemu_icount']}  ({1 / figures['cbench_harness_vs_qemu_icount']:.1f}x slower)")
+    print(f"  harness/free {figures['cbench_harness_vs_raw_free']}")
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    repeats = 1 if quick else REPEATS
+    figures: dict[str, object] = {"repeats": repeats}
+    _compute(figures, quick, repeats)
+    _cbench(figures, quick, repeats)
+    figures["load_avg"] = machine_load()
+    print(f"best of {repeats} interleaved rounds after a warm-up; load average {figures['load_avg']}")
     return figures

@@ -3,7 +3,8 @@
 Figures (side by side in one process run):
 - resets per second with exactly 16 and exactly 1,024 pages dirtied between resets (host
   writes through GuestMemory, random pages, a new set each time; only `reset_to` is timed;
-  best of 5 rounds, as other processes share the machine);
+  best of 5 rounds after a warm-up round, as other processes share the machine; the range
+  over rounds in `<figure>_spread`);
 - `load_snapshot` of the same point saved as a full snapshot, copy and mmap backends (best of
   3); `reset_vs_load` = reset time at 16 dirty pages / mmap load time (the faster load), so
   smaller is better; `reset_vs_load_1024` the same at 1,024 pages;
@@ -22,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from vmm.reset import ResetPoint
+from tools.bench.measure import Samples, machine_load
 from vmm import MicroVM, VmConfig
+from vmm.reset import ResetPoint
 from vmm.layout import GIB, MIB, RAM_BASE
 from vmm.tlb import DIRTY_PAGE_SIZE
 
@@ -45,12 +47,12 @@ def _vm(mem: int) -> MicroVM:
     return vm
 
 
-def _resets_per_s(vm: MicroVM, point: ResetPoint, dirty: int, iterations: int, rng: np.random.Generator) -> float:
-    """Best of ROUNDS: iterations / seconds spent in reset_to, with `dirty` distinct random
-    pages written before each reset (outside the timing)."""
+def _reset_seconds(vm: MicroVM, point: ResetPoint, dirty: int, iterations: int, rng: np.random.Generator) -> Samples:
+    """Seconds per reset_to, one sample per round (a warm-up round first, untimed), with
+    `dirty` distinct random pages written before each reset (outside the timing)."""
     pages = vm.memory.size // DIRTY_PAGE_SIZE
-    best = 0.0
-    for _ in range(RESET_ROUNDS):
+    samples = Samples([])
+    for round_ in range(RESET_ROUNDS + 1):
         order = rng.permutation(pages)  # consecutive slices: fresh distinct pages each time
         spent = 0.0
         for i in range(iterations):
@@ -62,8 +64,9 @@ def _resets_per_s(vm: MicroVM, point: ResetPoint, dirty: int, iterations: int, r
             t0 = time.perf_counter()
             vm.reset_to(point)
             spent += time.perf_counter() - t0
-        best = max(best, iterations / spent)
-    return best
+        if round_:
+            samples.seconds.append(spent / iterations)
+    return samples
 
 
 def _best(fn) -> float:  # type: ignore[no-untyped-def]
@@ -87,8 +90,9 @@ def run(quick: bool = False) -> dict[str, float]:
         point = vm.snapshot_point()
         capture_s = time.perf_counter() - t0
         want = vm.state_digest()
-        per_s_16 = _resets_per_s(vm, point, 16, n16, rng)
-        per_s_1024 = _resets_per_s(vm, point, 1024, n1024, rng)
+        reset_16 = _reset_seconds(vm, point, 16, n16, rng)
+        reset_1024 = _reset_seconds(vm, point, 1024, n1024, rng)
+        per_s_16, per_s_1024 = 1 / reset_16.best, 1 / reset_1024.best
         loop_s = _best(lambda: [(vm.reset_to(point), vm.run(QUANTUM)) for _ in range(nloop)])
         vm.reset_to(point)
         if vm.state_digest() != want:
@@ -98,8 +102,11 @@ def run(quick: bool = False) -> dict[str, float]:
     figures = {
         "ram_bytes": size,
         "resets_per_s_16": round(per_s_16),
+        "resets_per_s_16_spread": [round(1 / max(reset_16.seconds)), round(per_s_16)],
         "reset_us_16": round(1e6 / per_s_16, 1),
         "resets_per_s_1024": round(per_s_1024),
+        "resets_per_s_1024_spread": [round(1 / max(reset_1024.seconds)), round(per_s_1024)],
+        "load_avg": machine_load(),
         "reset_us_1024": round(1e6 / per_s_1024, 1),
         "load_copy_ms": round(copy_s * 1000, 1),
         "load_mmap_ms": round(mmap_s * 1000, 2),

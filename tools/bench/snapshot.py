@@ -1,10 +1,11 @@
 """`snapshot`: save and restore speed on a 1 GiB guest, against plain file I/O of the same bytes.
 
-Figures (side by side in one process run, same directory):
+Figures (side by side in one process run, same directory; every pair interleaved round by
+round after a warm-up, best of REPEATS, with the per-round spread in `<figure>_spread`):
 - full save vs a plain sequential write + fsync of the same 1 GiB (`full_save_vs_write`,
   >= 0.8 wanted: the ratio of throughputs);
-- a diff save at 1% of pages dirty vs the full save (`diff_vs_full`, <= 0.03 wanted), and vs
-  the least I/O such a diff needs: the same pages pwritten into a sparse file, then fsync
+- a diff save at exactly 1% of pages dirty vs the full save (`diff_vs_full`, <= 0.012 wanted),
+  and vs the least I/O such a diff needs: as many random pages pwritten into a sparse file, then fsync
   (`diff_vs_scattered_write`; scattered pages cost the disk several times what the same bytes
   cost written sequentially, so this floor, not the full save, bounds the diff);
 - mmap restore of 1 GiB vs 64 MiB (`restore_1g_vs_64m`, <= 2 wanted);
@@ -21,9 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from vmm import MicroVM, VmConfig
+from tools.bench.measure import add_ratio, interleave, machine_load
 from vmm.layout import GIB, MIB, RAM_BASE
 
 PAGE = 4096
+REPEATS = 3  # timed rounds per figure after one warm-up round; the best counts
 
 
 def _vm(mem: int) -> MicroVM:
@@ -76,52 +79,72 @@ def _plain_read(path: Path, size: int) -> None:
             off += f.readinto(view[off : off + 64 * MIB])
 
 
-def run(quick: bool = False) -> dict[str, float]:
+def _dirty_pages(vm: MicroVM, count: int, rng: np.random.Generator) -> np.ndarray:
+    """Mark exactly `count` random pages dirty with host writes (tracked like guest stores) in a
+    VM whose bitmap is empty; returns them."""
+    pages = np.sort(rng.choice(vm.memory.size // PAGE, count, replace=False))
+    for p in pages.tolist():
+        vm.memory.write(RAM_BASE + p * PAGE, b"\x01")
+    if vm.dirty.count() != count:
+        raise RuntimeError(f"expected {count} dirty pages, found {vm.dirty.count()}")
+    return pages
+
+
+def run(quick: bool = False) -> dict[str, object]:
+    """Every figure's two sides are interleaved rounds (tools.bench.measure), best of REPEATS."""
     size = 256 * MIB if quick else 1 * GIB
+    repeats = 1 if quick else REPEATS
+    target = size // PAGE // 100  # exactly 1% of the pages
+    rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory(prefix="microvm-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
         d = Path(tmp)
         vm = _vm(size)
         ram = vm.memory.view()
-        write_s = _timed(lambda: _plain_write(d / "plain.bin", ram))
-        full_s = _timed(lambda: vm.save_snapshot(d / "full"))
-        # Dirty exactly 1% of the pages: the guest's own stores, then host writes (tracked
-        # like guest stores) to random clean pages; then a diff.
-        vm.run(100_000)
-        target = size // PAGE // 100
-        clean = np.flatnonzero(~np.isin(np.arange(size // PAGE), vm.dirty.pages()))
-        extra = np.random.default_rng(1).choice(clean, max(target - vm.dirty.count(), 0), replace=False)
-        for p in extra:
-            vm.memory.write(RAM_BASE + int(p) * PAGE, b"\x01")
-        dirty = vm.dirty.count()
-        floor_s = _timed(lambda: _scattered_write(d / "floor.bin", ram, vm.dirty.pages()))
-        diff_s = _timed(lambda: vm.save_snapshot(d / "diff", "diff"))
-        read_s = _timed(lambda: _plain_read(d / "full.mem", size))
-        copy_s = _timed(lambda: MicroVM.load_snapshot(d / "full", "copy"))
-        mmap_big_s = min(_timed(lambda: MicroVM.load_snapshot(d / "full", "mmap")) for _ in range(3))
+        diffs = iter(range(1_000_000))
+
+        def diff_save() -> float:
+            vm.save_snapshot(d / "base")  # untimed: a fresh base, then exactly 1% dirty
+            _dirty_pages(vm, target, rng)
+            return _timed(lambda: vm.save_snapshot(d / f"diff-{next(diffs)}", "diff"))
+
+        def floor() -> float:
+            pages = np.sort(rng.choice(size // PAGE, target, replace=False))
+            (d / "floor.bin").unlink(missing_ok=True)  # a new file each time, as a diff save makes
+            return _timed(lambda: _scattered_write(d / "floor.bin", ram, pages))
+
+        saves = interleave(
+            {
+                "plain_write": lambda: _timed(lambda: _plain_write(d / "plain.bin", ram)),
+                "full_save": lambda: _timed(lambda: vm.save_snapshot(d / "full")),
+                "diff_save": diff_save,
+                "floor": floor,
+            },
+            repeats=repeats,
+        )
         small = _vm(64 * MIB)
         small.save_snapshot(d / "small")
-        mmap_small_s = min(_timed(lambda: MicroVM.load_snapshot(d / "small", "mmap")) for _ in range(3))
-    figures = {
-        "ram_bytes": size,
-        "full_save_ms": round(full_s * 1000, 1),
-        "plain_write_ms": round(write_s * 1000, 1),
-        "full_save_vs_write": round(write_s / full_s, 3),
-        "diff_pages": dirty,
-        "diff_save_ms": round(diff_s * 1000, 1),
-        "diff_vs_full": round(diff_s / full_s, 4),
-        "scattered_write_ms": round(floor_s * 1000, 1),
-        "diff_vs_scattered_write": round(diff_s / floor_s, 3),
-        "mmap_restore_ms": round(mmap_big_s * 1000, 1),
-        "mmap_restore_64m_ms": round(mmap_small_s * 1000, 1),
-        "restore_1g_vs_64m": round(mmap_big_s / mmap_small_s, 3),
-        "copy_restore_ms": round(copy_s * 1000, 1),
-        "plain_read_ms": round(read_s * 1000, 1),
-        "copy_restore_vs_read": round(read_s / copy_s, 3),
-    }
-    print(f"RAM {size // MIB} MiB")
-    print(f"full save      {full_s * 1000:8.1f} ms   plain write+fsync {write_s * 1000:8.1f} ms   ratio {figures['full_save_vs_write']}")
-    print(f"diff save      {diff_s * 1000:8.1f} ms   ({dirty} pages dirty)            diff/full {figures['diff_vs_full']}")
-    print(f"  the same pages pwritten to a sparse file + fsync: {floor_s * 1000:.1f} ms   diff/that {figures['diff_vs_scattered_write']}")
-    print(f"mmap restore   {mmap_big_s * 1000:8.1f} ms   64 MiB: {mmap_small_s * 1000:.1f} ms   ratio {figures['restore_1g_vs_64m']}")
-    print(f"copy restore   {copy_s * 1000:8.1f} ms   plain read {read_s * 1000:8.1f} ms   ratio {figures['copy_restore_vs_read']}")
+        loads = interleave(
+            {
+                "plain_read": lambda: _timed(lambda: _plain_read(d / "full.mem", size)),
+                "copy_restore": lambda: _timed(lambda: MicroVM.load_snapshot(d / "full", "copy")),
+                "mmap_1g": lambda: _timed(lambda: MicroVM.load_snapshot(d / "full", "mmap")),
+                "mmap_64m": lambda: _timed(lambda: MicroVM.load_snapshot(d / "small", "mmap")),
+            },
+            repeats=repeats,
+        )
+    full, write, diff, scattered = saves["full_save"], saves["plain_write"], saves["diff_save"], saves["floor"]
+    figures: dict[str, object] = {"ram_bytes": size, "diff_pages": target, "repeats": repeats, "load_avg": machine_load()}
+    add_ratio(figures, "full_save_vs_write", full, write, 3)
+    add_ratio(figures, "diff_vs_full", full, diff)  # diff time / full time: smaller is better
+    add_ratio(figures, "diff_vs_scattered_write", scattered, diff, 3)
+    add_ratio(figures, "restore_1g_vs_64m", loads["mmap_64m"], loads["mmap_1g"], 3)
+    add_ratio(figures, "copy_restore_vs_read", loads["copy_restore"], loads["plain_read"], 3)
+    for name, samples in (*saves.items(), *loads.items()):
+        figures[f"{name}_ms"] = round(samples.best * 1000, 2)
+    print(f"RAM {size // MIB} MiB, best of {repeats} interleaved rounds (after a warm-up), load {figures['load_avg']}")
+    print(f"full save      {full.best * 1000:8.1f} ms   plain write+fsync {write.best * 1000:8.1f} ms   ratio {figures['full_save_vs_write']}")
+    print(f"diff save      {diff.best * 1000:8.1f} ms   ({target} pages dirty)            diff/full {figures['diff_vs_full']}")
+    print(f"  the same number of pages pwritten to a sparse file + fsync: {scattered.best * 1000:.1f} ms   diff/that {figures['diff_vs_scattered_write']}")
+    print(f"mmap restore   {loads['mmap_1g'].best * 1000:8.1f} ms   64 MiB: {loads['mmap_64m'].best * 1000:.1f} ms   ratio {figures['restore_1g_vs_64m']}")
+    print(f"copy restore   {loads['copy_restore'].best * 1000:8.1f} ms   plain read {loads['plain_read'].best * 1000:8.1f} ms   ratio {figures['copy_restore_vs_read']}")
     return figures

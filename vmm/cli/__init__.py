@@ -5,7 +5,7 @@ prints one line on stderr and exits with status 2; there is no traceback for use
 Ctrl-C and SIGTERM stop a running guest at a round end and exit 130/143 with one line.
 
 Modules: `options` (arguments), `inputs` (files the user names), `output` (stdout, stderr,
-tables, --json), `status` (exit codes), and the commands: `run` (run, restore, dirty-map),
+tables, --json), `status` (exit codes), and the commands: `run` (run, restore, serve, dirty-map),
 `snapshots` (describe, verify, rebase), `about` (guests, info, --version, demo), `console`
 (the interactive --console).
 """
@@ -47,6 +47,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "demo": about.cmd_demo,
     "run": run.cmd_run,
     "restore": run.cmd_restore,
+    "serve": run.cmd_serve,
     "dirty-map": run.cmd_dirty_map,
     "describe": snapshots.cmd_describe,
     "verify": snapshots.cmd_verify,

@@ -3,6 +3,7 @@ they describe. Commands are looked up by name (vmm.cli.COMMANDS)."""
 from __future__ import annotations
 
 import argparse
+import re
 
 import guests
 from vmm.cli.about import version_text
@@ -29,6 +30,20 @@ def _positive_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
+
+
+def _u64(text: str) -> int:
+    value = _positive_int(text)
+    if value >= 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r} must be below 2**64")
+    return value
+
+
+def _instance_id(text: str) -> str:
+    """Firecracker's instance id rule: 1..64 characters, ASCII letters, digits and hyphens."""
+    if not re.fullmatch(r"[A-Za-z0-9-]{1,64}", text):
+        raise argparse.ArgumentTypeError(f"{text[:70]!r} must be 1 to 64 letters, digits or hyphens")
+    return text
 
 
 def _add_machine_args(p: argparse.ArgumentParser) -> None:
@@ -198,8 +213,39 @@ def build_parser() -> argparse.ArgumentParser:
         default="copy",
         help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
     )
+    p.add_argument(
+        "--mmds",
+        choices=("keep", "drop"),
+        default="keep",
+        help="keep: the MMDS data store and token key as saved (bit-identical continuation, the default); "
+        "drop: an empty store and a fresh random token key, as Firecracker's clones",
+    )
+    p.add_argument(
+        "--reseed",
+        type=_u64,
+        default=None,
+        metavar="N",
+        help="give the clone config seed N (its MMDS token key derives from it): clones with different seeds "
+        "share no tokens; this deliberately ends bit-identical continuation",
+    )
     _add_run_args(p)
     _add_snapshot_dir(p)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve Firecracker's HTTP API on a Unix socket (configure, start, pause, snapshot with curl or an SDK)",
+        description="Mirror `firecracker --api-sock PATH [--config-file FILE] [--no-api] [--id ID]`: Firecracker's API "
+        "endpoints, JSON fields, status codes and state machine on a Unix socket (README: Firecracker users). "
+        "A config file configures the VM and starts it at once. The guest's console goes to stdout unless PUT /serial "
+        "names a file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=EPILOG_EXIT.replace("  3  the instruction budget ran out before the guest powered off\n", "")
+        + "the server runs until the guest stops for good; SIGTERM stops it with status 0\n",
+    )
+    p.add_argument("--api-sock", metavar="PATH", help="the Unix socket to create (must not exist)")
+    p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
+    p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
+    p.add_argument("--id", type=_instance_id, default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
 
     p = sub.add_parser(
         "describe",

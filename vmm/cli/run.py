@@ -134,6 +134,23 @@ def _run_on(vm: MicroVM, args: argparse.Namespace, console: StdoutConsole | None
     return result
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Firecracker's API on a Unix socket (vmm.api); exits when the guest stops for good, with
+    its status, or 0 on SIGTERM."""
+    from vmm.api.server import serve
+
+    if args.no_api and args.api_sock is not None:
+        raise UsageError("give --api-sock or --no-api, not both")
+    if not args.no_api and args.api_sock is None:
+        raise UsageError("--api-sock PATH is required (or --no-api with --config-file)")
+    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id)
+    if result is None:
+        return EXIT_OK
+    if result.reason is StopReason.FAULT and result.fault is not None:
+        print(result.fault.format(), file=sys.stderr)
+    return EXIT_CODES[result.reason]
+
+
 def _run_dirty_report(vm: MicroVM, args: argparse.Namespace, console: StdoutConsole | None) -> int:
     """Run in epochs of args.dirty_report instructions, printing the dirty pages of each."""
     from vmm.plots import dirty_epochs
@@ -161,7 +178,9 @@ def cmd_restore(args: argparse.Namespace) -> int:
     warn_if_slow(args.quiet)
     t0 = time.perf_counter()
     console = console_sink(args.json)
-    vm = MicroVM.load_snapshot(args.path, args.mem_backend, on_console=console, progress_bars=bars(args))
+    vm = MicroVM.load_snapshot(
+        args.path, args.mem_backend, on_console=console, progress_bars=bars(args), mmds=args.mmds, reseed=args.reseed
+    )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
     vm.uart.queue_input(data)

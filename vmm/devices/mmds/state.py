@@ -6,8 +6,10 @@ Deviations from Firecracker, on purpose: Firecracker persists only the MMDS vers
 network config; it drops the data store (to avoid leaking per-VM data into clones) and its
 token key. Here the data store, the token secret and the token counter are saved too, so a
 restored VM is bit-for-bit the one that was saved and a token issued before the snapshot is
-still valid after restore (until its virtual-time expiry). Clone builders that want
-Firecracker's behaviour can `put` a fresh store and restore with a new `token_secret`.
+still valid after restore (until its virtual-time expiry). Clones that want Firecracker's
+behaviour restore with `MicroVM.load_snapshot(..., mmds="drop")` (an empty store, a fresh
+token key), as the API server does; `reseed=N` derives the key from a new seed instead
+(vmm.persist.clone_of).
 """
 from __future__ import annotations
 

@@ -21,6 +21,7 @@ import base64
 import hashlib
 import hmac
 import re
+import secrets
 from typing import Callable
 
 from vmm.devices.mmds.errors import MmdsConfigError
@@ -39,6 +40,19 @@ _TOKEN_RE = re.compile(r"[A-Za-z0-9_-]{%d}" % TOKEN_CHARS)
 
 def _tag(secret: bytes, body: bytes) -> bytes:
     return hashlib.blake2b(body, digest_size=_TAG_BYTES, key=secret, person=_PERSON).digest()
+
+
+def secret_for_seed(seed: int) -> bytes:
+    """The token secret a VM with config seed `seed` (u64) starts with: deterministic, so the
+    same seed issues the same tokens."""
+    return hashlib.blake2b(seed.to_bytes(8, "little"), person=b"microvm-mmds").digest()
+
+
+def fresh_secret() -> bytes:
+    """A token secret from the host's CSPRNG: the one place host randomness reaches the
+    guest, on purpose (a clone restored with mmds="drop" shares no key with its siblings,
+    as Firecracker's clones do not)."""
+    return secrets.token_bytes(32)
 
 
 def check_secret(secret: bytes) -> None:
