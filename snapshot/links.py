@@ -12,6 +12,7 @@ as plain data and lets a `MachineSchema` check and summarise it where a caller p
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from snapshot.errors import (
     InvalidPathError,
     MissingParentError,
     ParentMismatchError,
+    errno_text,
     resolve_path,
 )
 from snapshot.memfile import DIFF, MemFileInfo
@@ -102,11 +104,12 @@ def ensure_directory(path: str | os.PathLike[str]) -> Path:
     except NotADirectoryError:
         raise InvalidPathError(p, "lies under a file, not a folder") from None
     except OSError as exc:
-        raise InvalidPathError(p, f"cannot create the folder: {exc.strerror or exc}", errno=exc.errno) from None
+        raise InvalidPathError(p, f"cannot create the folder: {errno_text(exc.errno, exc.strerror)}", errno=exc.errno) from None
     if not p.is_dir():  # e.g. a symlink to a file made between the checks
         raise InvalidPathError(p, "is not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise InvalidPathError(p, "the folder is not writable")
+        code = errno.EROFS if os.statvfs(p).f_flag & os.ST_RDONLY else errno.EACCES
+        raise InvalidPathError(p, f"the folder is not writable: {errno_text(code, os.strerror(code))}", errno=code)
     return p
 
 
