@@ -57,7 +57,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         return _run_dirty_report(vm, args, console)
     t0 = time.perf_counter()
     totals = RunTotals()
-    saver = _Saver(vm, args, directory, compress, frame_size)
+    saver = _Saver(vm, args, directory, compress, frame_size, diffs=args.kind == "diff")
     result, unreached = _run_to_points(vm, args, console, points, saver, totals)
     if not result.reason.final:
         result = _run_on(vm, args, console, saver, totals, _remaining(args.max_instructions, vm.clock))
@@ -72,16 +72,18 @@ class _Saver:
     """Saves snapshots named snap-<virtual time> into the snapshot folder: the first full, later
     ones diffs (unless --kind full); a save in progress completes even if Ctrl-C arrives."""
 
-    def __init__(self, vm: MicroVM, args: argparse.Namespace, directory: Path | None, compress: str | None, frame_size: int) -> None:
+    def __init__(
+        self, vm: MicroVM, args: argparse.Namespace, directory: Path | None, compress: str | None, frame_size: int, *, diffs: bool
+    ) -> None:
         self.vm, self.args, self.directory = vm, args, directory
-        self.compress, self.frame_size = compress, frame_size
+        self.compress, self.frame_size, self.diffs = compress, frame_size, diffs
         self.made: list[dict[str, object]] = []
 
     def save(self, points: list[int]) -> None:
         vm, args = self.vm, self.args
         if self.directory is None:
             raise UsageError("saving a snapshot needs --snapshot-dir")
-        kind = "diff" if self.made and args.kind == "diff" and vm.config.track_dirty_pages else "full"
+        kind = "diff" if self.made and self.diffs and vm.config.track_dirty_pages else "full"
         with DeferredSignals():  # Ctrl-C here takes effect once the save is complete
             report = vm.save_snapshot(self.directory / f"snap-{vm.clock}", kind, compress=self.compress, frame_size=self.frame_size, progress_bars=bars(args))
         self.made.append(
@@ -187,8 +189,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     note(args.quiet, f"restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}")
     t0 = time.perf_counter()
     totals = RunTotals()
-    args.kind, args.compress, args.frame_size = "full", "none", None  # the console's snapshots
-    saver = _Saver(vm, args, directory, None, DEFAULT_FRAME_SIZE)
+    saver = _Saver(vm, args, directory, None, DEFAULT_FRAME_SIZE, diffs=False)  # the console's snapshots
     result = _run_on(vm, args, console, saver, totals, args.max_instructions)
     return finish(
         args.quiet, args.json, result, totals, vm, time.perf_counter() - t0,
