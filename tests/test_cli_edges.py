@@ -104,7 +104,7 @@ def test_mmds_data_fifo_is_refused_without_waiting(tmp_path: Path) -> None:
     [
         (None, "is not a regular file"),  # /dev/zero: read until MemoryError before
         ('{"n": ' + "9" * 5000 + "}", "not valid JSON"),
-        ("[" * 100_000 + "]" * 100_000, "not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nests deeper than 128 levels"),
         ('{"a": ' * 200 + "1" + "}" * 200, "nests deeper than"),
         ("{}" + " " * (2 << 20), "at most 1,048,576 are accepted"),
     ],
@@ -229,3 +229,15 @@ def test_missing_native_path_warns_once(monkeypatch, capsys) -> None:
     assert main(["run", "hello"]) == 0
     err = capsys.readouterr().err
     assert err.count("warning: the native TLB fill") == 1 and "pip install -e ." in err
+
+
+def test_deep_json_is_refused_before_parsing_even_with_a_raised_recursion_limit(tmp_path: Path) -> None:
+    """json's C parser recurses per level: with a raised recursion limit, 200,000 levels
+    overflowed the C stack (SIGSEGV) instead of raising RecursionError."""
+    data = tmp_path / "deep.json"
+    data.write_text("[" * 200_000 + "]" * 200_000)
+    code = f"import sys; sys.setrecursionlimit(10**6); from vmm.cli import main; sys.exit(main(['run', 'mmds', '--mmds-data', {str(data)!r}]))"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert proc.returncode == 2, proc.stderr
+    _one_line(proc.stderr, "nests deeper than 128 levels")
