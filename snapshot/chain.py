@@ -19,13 +19,12 @@ larger than a page, or no hole support at all), and copying that would lay zeros
 """
 from __future__ import annotations
 
-import errno
 import os
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -47,7 +46,8 @@ from snapshot.memfile import (
     FULL,
     RAW,
     MemFileInfo,
-    check_length,
+    check_identity,
+    data_extents,
     extent_bytes,
     extents_digest,
     io_chunks,
@@ -106,27 +106,6 @@ class VerifyReport:
 
 
 # --- rebase -----------------------------------------------------------------------------------
-def _data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
-    """(offset, count) of the data extents of `fd` within [start, end), by SEEK_DATA/SEEK_HOLE;
-    the whole range if the filesystem does not support them."""
-    pos = start
-    while pos < end:
-        try:
-            data = os.lseek(fd, pos, os.SEEK_DATA)
-        except OSError as exc:
-            if exc.errno == errno.ENXIO:  # no data at or after pos
-                return
-            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # not supported here
-                yield pos, end - pos
-                return
-            raise
-        if data >= end:
-            return
-        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
-        yield data, hole - data
-        pos = hole
-
-
 def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool, advance: Progress) -> None:
     """Lay the raw memory file of `pair` into `ram`: the data extents within its recorded
     extents are read, the holes there zero-filled (skipped if `zeroed`); then its digest is
@@ -134,11 +113,11 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
     fd, where = pair.memory_fd, pair.memory_path
     view = memoryview(ram)
     try:
-        check_length(fd, where, info.length)
-        extents = [(0, info.length)] if info.kind == FULL else [(f * info.page_size, n * info.page_size) for f, n in info.runs]
+        check_identity(fd, where, info)
+        extents = [(0, info.length)] if info.kind == FULL else ((f * info.page_size, n * info.page_size) for f, n in info.iter_runs())
         for start, count in extents:
             pos = start
-            for offset, n in _data_extents(fd, start, start + count):
+            for offset, n in data_extents(fd, start, start + count):
                 if not zeroed:
                     ram[pos:offset].fill(0)
                 for off, m in io_chunks(offset, n):
@@ -149,7 +128,7 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
             advance(count)
     except OSError as exc:
         raise from_os_error(exc, "reading", where, MemoryIoError) from exc
-    found = extents_digest(ram, info.kind, info.page_size, info.runs, info.parent_digest)
+    found = extents_digest(ram, info.kind, info.page_size, info.iter_runs(), info.parent_digest)
     if found != info.digest:
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
@@ -264,6 +243,7 @@ def verify(
     bars = progress_bars or _NO_BARS
     checked: list[CheckedLink] = []
     child: tuple[Path, StateCore] | None = None
+    seen = {resolve_path(current)}
     while True:
         if len(checked) >= MAX_CHAIN:
             broken = BrokenLinkError(current, f"diff chain longer than {MAX_CHAIN} snapshots")
@@ -276,8 +256,15 @@ def verify(
         checked.append(CheckedLink(current, state.memory.kind, state.memory.format, state.memory.digest))
         if state.parent is None:
             return VerifyReport(Path(path), checked, None)
-        parent = parent_state_path(current, state.parent)
+        try:
+            parent = parent_state_path(current, state.parent)
+        except InvalidPathError as exc:
+            return VerifyReport(Path(path), checked, BrokenLinkError(current, str(exc)))
         if not parent.exists():
             reason = f"its parent {state.parent.state_name!r} was not found (looked for {parent})"
             return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))
+        if parent in seen:
+            reason = f"the chain loops: its parent {state.parent.state_name!r} is already in it"
+            return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))
+        seen.add(parent)
         child, current = (current, state), parent

@@ -59,11 +59,13 @@ commit's files and raise AtomicCommitFailedError (cause chained, errno named); t
 snapshot is untouched. A failure after step 6 also raises it, with `committed=True`: the new
 snapshot is in place (loadable through the loader rule) but its last step is not confirmed.
 
-Concurrency: commits to one directory are serialised by the lock; `open_pair` takes the state
-file's directory's lock shared (every commit that can change that state file's memory file
-holds it), so a loader never observes a commit in progress (only, after a crash, its
-leftovers, which the loader rule handles). A memory file that is mmapped stays valid after it
-is replaced, because files are only ever renamed over, never rewritten in place.
+Concurrency: commits are serialised by an exclusive lock on the state file's directory and,
+if it is another one, the memory file's (taken in a fixed order, so two commits cannot
+deadlock). Readers (`open_pair`: load, describe, verify) take no lock and so never wait for a
+writer: they read the state file, open the memory file it names by the loader rule, and check
+that the state file was not replaced in between (else they start again). Renames are atomic
+and files are never rewritten in place, so what they open is one committed pair, the previous
+or the new one; a memory file that is opened or mmapped stays valid after it is replaced.
 """
 from __future__ import annotations
 
@@ -86,9 +88,11 @@ from snapshot.errors import (
     InvalidPathError,
     MemoryIoError,
     SnapshotError,
+    SnapshotIoError,
     errno_text,
     from_os_error,
     open_regular_readonly,
+    show_path,
 )
 from snapshot.memfile import DIFF, FILE_MODE, MemFileInfo, pwrite_all
 from snapshot.plain import from_plain
@@ -102,6 +106,7 @@ MEMORY_FILE_FIELD = "memory_file"
 MAX_MEMORY_FILE_CHARS = 4096  # PATH_MAX on Linux
 TEMP_MARK = ".tmp-"  # squib: TEMP_SUFFIX; ours adds a unique "<pid>-<16 hex>" after it
 STAGED_MARK = ".staged-"  # ours: `.<memory file>.staged-<digest>`, see the module docstring
+OPEN_ATTEMPTS = 8  # ours: times open_pair starts again when a commit replaces the state file
 
 _TOKEN_PATTERN = r"\d+-[0-9a-f]{16}"
 
@@ -239,19 +244,18 @@ def check_same_filesystem(temp_dir: str | os.PathLike[str], dest: str | os.PathL
 
 
 @contextmanager
-def _locked_directory(directory: Path, *, exclusive: bool) -> Iterator[int]:
-    """An fd of `directory`, flock'ed for the duration. A shared lock the filesystem refuses
-    is skipped (readers still verify digests); an exclusive one is an error."""
+def _locked_directory(directory: Path) -> Iterator[int]:
+    """An fd of `directory`, flock'ed exclusively for the duration (writers only: readers take
+    no lock, see open_pair)."""
     try:
         dirfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except OSError as exc:
         raise from_os_error(exc, "opening directory", directory) from exc
     try:
         try:
-            fcntl.flock(dirfd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            fcntl.flock(dirfd, fcntl.LOCK_EX)
         except OSError as exc:
-            if exclusive:
-                raise from_os_error(exc, "locking directory", directory) from exc
+            raise from_os_error(exc, "locking directory", directory) from exc
         yield dirfd
     finally:
         os.close(dirfd)  # also releases the lock
@@ -263,11 +267,11 @@ def _locked_pair(paths: SnapshotPaths) -> Iterator[tuple[int, int]]:
     directory. Locked in a fixed order (by resolved path) so two commits cannot deadlock."""
     state_dir, memory_dir = paths.directory, paths.memory_directory
     if os.path.abspath(state_dir) == os.path.abspath(memory_dir):
-        with _locked_directory(state_dir, exclusive=True) as fd:
+        with _locked_directory(state_dir) as fd:
             yield fd, fd
         return
     first, second = sorted((state_dir, memory_dir), key=lambda d: os.path.realpath(d))
-    with _locked_directory(first, exclusive=True) as fd1, _locked_directory(second, exclusive=True) as fd2:
+    with _locked_directory(first) as fd1, _locked_directory(second) as fd2:
         yield (fd1, fd2) if first == state_dir else (fd2, fd1)
 
 
@@ -339,7 +343,7 @@ def cleanup_stale_temps(directory: str | os.PathLike[str], name: str) -> list[Pa
     """Delete the temp files a crashed save of snapshot `name` left in `directory` (exactly
     `.<name>.snap.tmp-U` and `.<name>.mem.tmp-U`; nothing else). Returns what was removed."""
     paths = SnapshotPaths(Path(directory), name)
-    with _locked_directory(paths.directory, exclusive=True) as dirfd:
+    with _locked_directory(paths.directory) as dirfd:
         try:
             removed = _cleanup_temps(dirfd, dirfd, paths)
             if removed:
@@ -528,22 +532,53 @@ class OpenedPair:
         self.close()
 
 
+def _state_identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What changes when a commit renames a new state file over `path`: (device, inode,
+    size, mtime in ns); None if it cannot be inspected (the read that follows reports why)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
+def _open_memory(paths: SnapshotPaths, info: MemFileInfo) -> tuple[Path, int]:
+    """(path, fd) of the memory file the loader rule gives for `info`; if the staged file is
+    renamed to its final name between the check and the open (commit step 7), the final one."""
+    memory_path = resolve_memory_file(paths, info)
+    try:
+        return memory_path, open_regular_readonly(memory_path, MemoryIoError)
+    except InvalidPathError:
+        if memory_path == paths.memory:
+            raise
+    return paths.memory, open_regular_readonly(paths.memory, MemoryIoError)
+
+
 def open_pair(state_path: str | os.PathLike[str], memory_path: str | os.PathLike[str] | None = None) -> OpenedPair:
     """Open the snapshot whose state file is `state_path`: read and check the state file, find
     its memory file (the name it records, by the loader rule in the module docstring; or
     `memory_path` if given, e.g. a memory file moved elsewhere: the caller must then verify
-    its digest) and open it. Restore with `memfile.read_into(pair.memory_fd, ram, pair.memory)`
-    (verifies the digest) or `map_private(pair.memory_fd, size, info=pair.memory,
-    verify_digest=True)`.
+    its digest) and open it. Restore with
+    `memfile.read_into(pair.memory_fd, ram, pair.memory)` (verifies the digest) or
+    `map_private(pair.memory_fd, size, info=pair.memory, verify_digest=True)`.
 
-    Only the state file's directory is locked (shared): any commit that could change this
-    pair's memory file locks that directory too (`_locked_pair`)."""
+    Takes no lock, so it never waits for a save in progress: the state file is the commit
+    point, and the memory file is opened while that state file is still in place (checked by
+    its identity before and after; a commit that renamed a new one over it in between makes
+    the open start again, at most OPEN_ATTEMPTS times, then SnapshotIoError). The pair opened
+    is one committed snapshot, the previous or the new one."""
     paths = SnapshotPaths.for_state(state_path)
-    with _locked_directory(paths.directory, exclusive=False):
+    for _ in range(OPEN_ATTEMPTS):
+        before = _state_identity(paths.state)
         header, data = read_state_file(paths.state)
         info = recorded_memory(data)
         paths = SnapshotPaths.for_state(paths.state, recorded_memory_file(data))
-        found = Path(memory_path) if memory_path is not None else resolve_memory_file(paths, info)
-        fd = open_regular_readonly(found, MemoryIoError)
-    return OpenedPair(paths, header, data, info, found, fd)
+        if memory_path is not None:
+            found, fd = Path(memory_path), open_regular_readonly(memory_path, MemoryIoError)
+        else:
+            found, fd = _open_memory(paths, info)
+        if before is not None and _state_identity(paths.state) == before:
+            return OpenedPair(paths, header, data, info, found, fd)
+        os.close(fd)
+    raise SnapshotIoError(f"{show_path(paths.state)} kept being replaced while it was opened ({OPEN_ATTEMPTS} attempts)")
 

@@ -8,13 +8,16 @@ Layout (that of squib (a Firecracker-style microVM monitor for Apple Silicon, wh
 
 `decode_state` treats its input as hostile and checks, in this order (squib's): size <=
 MAX_STATE_FILE_SIZE, at least the 8-byte trailer, CRC, msgpack decode, header shape, magic,
-major version equal and minor not newer. Decoding is bounded: every declared length is capped
-by the payload size, nesting by msgpack's fixed stack, and the number of decoded containers by
-MAX_DECODED_CONTAINERS, so a hostile file fails fast instead of allocating without bound.
+major version equal and minor not newer. Decoding is bounded: a declared array or map longer
+than any the state tree has (MAX_ARRAY_ITEMS, MAX_MAP_ENTRIES) is refused by the unpacker at
+its header, string and binary lengths are capped by the payload size, nesting by msgpack's
+fixed stack, and the number of decoded containers by MAX_DECODED_CONTAINERS, so a hostile
+file fails in milliseconds instead of allocating without bound.
 """
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,16 +38,23 @@ from snapshot.errors import (
 from snapshot.plain import U16, U64, from_plain, to_plain
 
 MAGIC_AARCH64 = 0x0710_1984_AAAA_0000  # squib: SNAPSHOT_MAGIC_AARCH64
-SNAPSHOT_VERSION = (1, 1, 0)  # squib: SNAPSHOT_VERSION, the state-file format version (1.1: memory_file)
+SNAPSHOT_VERSION = (1, 1, 0)  # squib: SNAPSHOT_VERSION, the state-file format version (1.1: memory_file, raw trailer)
 MAX_STATE_FILE_SIZE = 10_000_000  # squib: SNAPSHOT_DESERIALIZATION_BYTES_LIMIT, in bytes
 CRC_SIZE = 8  # squib: 8-byte little-endian CRC-64 trailer
-# Ours: cap on maps+arrays in one state file. An empty container is 1 byte on disk but ~60
-# bytes decoded, so this bounds decode memory and time (squib bounds only the input size).
-MAX_DECODED_CONTAINERS = 1_000_000
+# Ours: caps on what one state file may declare. The state tree's longest array is a GIC
+# bank's priorities (at most 1020 INTIDs, GICv3 spec 2.2), its widest map a vCPU's 64 system
+# registers or a record's fields; a whole 32-vCPU state holds ~600 maps and arrays. An empty
+# container is 1 byte on disk but ~60 bytes decoded, so these bound decode memory and time
+# (squib bounds only the input size) with a wide margin over any real state.
+MAX_ARRAY_ITEMS = 4096
+MAX_MAP_ENTRIES = 256
+MAX_DECODED_CONTAINERS = 65_536
 
 _CRC64_JONES = anycrc.Model("CRC64-REDIS")  # CRC-64/Jones: poly 0xad93d23594c935a9, reflected
 _READ_CHUNK = 1 << 20  # bytes per read() when loading a state file
 _ENVELOPE_KEYS = ("header", "data")
+# msgpack's message for a declared length over a max_*_len limit: "N exceeds max_KIND_len(L)"
+_DECLARED = re.compile(r"(\d+) exceeds max_(\w+)_len\((\d+)\)")
 
 
 @dataclass(frozen=True)
@@ -107,8 +117,8 @@ def _unpack(payload: memoryview) -> Any:
             strict_map_key=True,
             max_bin_len=n,
             max_str_len=n,
-            max_array_len=n,
-            max_map_len=n // 2,
+            max_array_len=min(n, MAX_ARRAY_ITEMS),
+            max_map_len=min(n // 2, MAX_MAP_ENTRIES),
             max_ext_len=0,  # no extension types (this also refuses msgpack timestamps)
             list_hook=count,
             object_hook=count,
@@ -119,6 +129,13 @@ def _unpack(payload: memoryview) -> Any:
         raise EncodingError("msgpack data nests too deeply") from None
     except msgpack.ExtraData:
         raise EncodingError("trailing bytes after the msgpack object") from None
+    except ValueError as exc:
+        declared = _DECLARED.match(str(exc))
+        if declared is None or declared.group(2) not in ("array", "map"):
+            raise EncodingError(f"msgpack decode failed: ValueError: {exc}") from None
+        n, kind, limit = declared.groups()
+        what = "an array" if kind == "array" else "a map"
+        raise EncodingError(f"msgpack data declares {n} items in {what} (limit {limit})") from None
     except Exception as exc:  # msgpack raises assorted ValueError/TypeError/MemoryError types
         raise EncodingError(f"msgpack decode failed: {type(exc).__name__}: {exc}") from None
 

@@ -250,13 +250,37 @@ class ParentMismatchError(SnapshotError):
 
 
 class MissingParentError(SnapshotError):
-    """A diff memory file was restored without the base image it must be laid over."""
+    """A diff cannot be restored because the base it must be laid over is missing: none was
+    given (`path` None), or the diff's state file `path` names a parent `parent_path` that does
+    not exist."""
 
-    def __init__(self, expected_parent: str) -> None:
-        super().__init__(
-            f"diff memory file needs its base image (digest {expected_parent}) and none was given"
-        )
+    def __init__(
+        self,
+        expected_parent: str,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        parent_path: str | os.PathLike[str] | None = None,
+    ) -> None:
+        if path is None:
+            message = f"diff memory file needs its base image (digest {expected_parent}) and none was given"
+        else:
+            message = (
+                f"diff {show_path(path)} needs its parent snapshot {show_path(parent_path or '?')} "
+                f"(memory digest {expected_parent}), which was not found"
+            )
+        super().__init__(message)
         self.expected_parent = expected_parent
+        self.path = None if path is None else os.fspath(path)
+        self.parent_path = None if parent_path is None else os.fspath(parent_path)
+
+
+class ChainLoopError(IncompatibleError):
+    """A snapshot's chain of parents leads back to a snapshot already in it."""
+
+    def __init__(self, path: str | os.PathLike[str], repeated: str | os.PathLike[str]) -> None:
+        super().__init__(f"the diff chain of {show_path(path)} loops: {show_path(repeated)} is its own ancestor")
+        self.path = os.fspath(path)
+        self.repeated = os.fspath(repeated)
 
 
 def from_os_error(
@@ -279,7 +303,7 @@ def resolve_path(path: str | os.PathLike[str], what: str = "the name") -> Path:
     cannot be, e.g. a symlink loop (RuntimeError before Python 3.13, OSError after)."""
     try:
         return Path(path).resolve()
-    except (OSError, RuntimeError) as exc:
+    except (OSError, RuntimeError, ValueError) as exc:  # ValueError: an embedded NUL byte
         raise InvalidPathError(path, f"cannot resolve {what}: {exc}") from None
 
 

@@ -75,6 +75,8 @@ from snapshot.memfile import (
     check_length,
     check_parent_info,
     check_ram_size,
+    digest_hasher,
+    digest_regions,
     extents_digest,
     open_dest,
     open_source,
@@ -92,6 +94,11 @@ FORMAT_VERSION = 1  # of the layout in the module docstring
 CODEC_LZ4_BLOCK = 1  # LZ4 block format (lz4_Block_format.md), no size prefix
 MAX_DEFAULT_THREADS = 8  # ours: more threads than this stop paying off for 2 MiB frames
 IN_FLIGHT_PER_THREAD = 4  # ours: frames queued per worker, bounding the memory held
+# Ours: RAM bytes of frames a reader has in flight (submitted, not yet consumed); each holds
+# at most its stored bytes and its payload. Readers cap their window (and workers) so that
+# window x frame_size stays within this (one frame at least): verify and describe peak at
+# about 2 x READ_WINDOW_BYTES over the interpreter's own memory, whatever the RAM size.
+READ_WINDOW_BYTES = 32 << 20
 
 STYLE_RAW = 0
 STYLE_LZ4 = 1
@@ -142,6 +149,27 @@ def default_threads() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), MAX_DEFAULT_THREADS))
 
 
+def _read_workers(threads: int | None, frame_size: int) -> tuple[int, int]:
+    """(workers, window) for reading frames of `frame_size` bytes: the window holds at most
+    READ_WINDOW_BYTES of frames (at least one), and no more workers than it has frames."""
+    window = max(1, READ_WINDOW_BYTES // frame_size)
+    return min(default_threads() if threads is None else threads, window), window
+
+
+def present_frames(info: MemFileInfo) -> int:
+    """How many frames a lz4 file recording `info` stores (index entries), computed from the
+    MemFileInfo without building the layout: O(pages / 8) numpy work for a diff."""
+    frames = -(-info.length // info.frame_size)
+    if info.kind == FULL:
+        return frames
+    bits = np.unpackbits(np.frombuffer(info.page_map, np.uint8), bitorder="little")
+    per_frame = info.frame_size // info.page_size
+    padded = np.zeros(frames * per_frame, np.uint8)
+    npages = info.length // info.page_size
+    padded[:npages] = bits[:npages]
+    return int(np.count_nonzero(padded.reshape(frames, per_frame).any(axis=1)))
+
+
 def frame_layout(
     kind: Literal["full", "diff"], length: int, page_size: int, frame_size: int, runs: Iterable[Run] = ()
 ) -> list[Frame]:
@@ -165,7 +193,7 @@ def frame_layout(
 
 
 def _info_layout(info: MemFileInfo) -> list[Frame]:
-    return frame_layout(info.kind, info.length, info.page_size, info.frame_size, info.runs)
+    return frame_layout(info.kind, info.length, info.page_size, info.frame_size, info.iter_runs())
 
 
 # --- workers ----------------------------------------------------------------------------------
@@ -186,14 +214,16 @@ class _Workers:
         done.set_result(fn(*args))
         return done
 
-    def ordered(self, fn: Callable[[T], R], items: Iterable[T]) -> Iterator[R]:
-        """fn(item) for each item, results in order, at most IN_FLIGHT_PER_THREAD x threads
-        queued at once. The first exception is raised when its result is reached."""
+    def ordered(self, fn: Callable[[T], R], items: Iterable[T], window: int | None = None) -> Iterator[R]:
+        """fn(item) for each item, results in order, at most `window` (default
+        IN_FLIGHT_PER_THREAD x threads) submitted and not yet consumed. The first exception is
+        raised when its result is reached."""
         if self._pool is None:
             yield from map(fn, items)
             return
         todo = iter(items)
-        pending = deque(self._pool.submit(fn, item) for item in islice(todo, IN_FLIGHT_PER_THREAD * self.threads))
+        ahead = IN_FLIGHT_PER_THREAD * self.threads if window is None else max(1, window)
+        pending = deque(self._pool.submit(fn, item) for item in islice(todo, ahead))
         while pending:
             result = pending.popleft().result()
             pending.extend(self._pool.submit(fn, item) for item in islice(todo, 1))
@@ -283,7 +313,7 @@ def _write(
     else:
         assert parent_digest is not None
         info = MemFileInfo.diff(len(view), page_size, content.hex(), runs, parent_digest)
-    return replace(info, format=LZ4, frame_size=frame_size, file_size=end)
+    return replace(info, format=LZ4, frame_size=frame_size, file_size=end, trailer=False)
 
 
 def write_full(
@@ -375,11 +405,14 @@ def _read_index(fd: int, where: FileRef, info: MemFileInfo) -> _Index:
     ):
         if found != expected:
             raise MemoryFileMismatchError(where, what, found, expected)
-    frames = _info_layout(info)
-    if count != len(frames):
-        raise CorruptMemoryFileError(where, f"index has {count} entries, the state file implies {len(frames)}")
+    # Counts and sizes first, from the footer and the MemFileInfo alone: the layout (one
+    # Python object per frame) is built only for an index the file really holds.
     if index_offset + count * ENTRY_SIZE + FOOTER_SIZE != size:
         raise CorruptMemoryFileError(where, f"index at byte {index_offset} does not end at the footer")
+    implied = present_frames(info)
+    if count != implied:
+        raise CorruptMemoryFileError(where, f"index has {count} entries, the state file implies {implied}")
+    frames = _info_layout(info)
     blob = _pread(fd, where, index_offset, count * ENTRY_SIZE)
     if xxhash.xxh3_64_intdigest(blob) != index_sum:
         raise CorruptMemoryFileError(where, "index checksum mismatch")
@@ -423,6 +456,7 @@ class _Reader:
         self._fd, self._where = fd, where
         self._map: mmap.mmap | None = None
         self._view: memoryview | None = None
+        self._released = 0  # bytes at the start of the mapping already released
         if source == "mmap" and size:
             try:
                 self._map = mmap.mmap(fd, size, prot=mmap.PROT_READ)
@@ -434,6 +468,16 @@ class _Reader:
         if self._view is not None:
             return self._view[offset : offset + size]
         return _pread(self._fd, self._where, offset, size)
+
+    def release(self, end: int) -> None:
+        """Drop the mapped file pages wholly below byte `end` from this process (mmap only;
+        they stay in the page cache): a file read once, front to back, never doubles RSS."""
+        if self._map is None:
+            return
+        end -= end % mmap.PAGESIZE
+        if end > self._released:
+            self._map.madvise(mmap.MADV_DONTNEED, self._released, end - self._released)
+            self._released = end
 
     def close(self) -> None:
         if self._view is not None:
@@ -505,15 +549,19 @@ def _decode_into(
     threads: int | None,
     progress: Progress | None,
 ) -> None:
-    """Check the file and decode every frame into `ram` (checked by the caller) on workers."""
+    """Check the file and decode every frame into `ram` (checked by the caller) on workers,
+    at most a READ_WINDOW_BYTES window of frames in flight."""
     advance = progress or no_progress
     index = _read_index(fd, where, info)
+    ends = (index.entries["offset"] + index.entries["stored"]).tolist()
+    workers_n, window = _read_workers(threads, info.frame_size)
 
     def restore(i: int) -> int:
         return _restore_frame(where, reader, ram, zeroed, index.entries[i], index.frames[i])
 
-    with _reader(fd, where, source, info.file_length) as reader, _Workers(threads) as workers:
-        for done in workers.ordered(restore, range(len(index.frames))):
+    with _reader(fd, where, source, info.file_length) as reader, _Workers(workers_n) as workers:
+        for i, done in enumerate(workers.ordered(restore, range(len(index.frames)), window)):
+            reader.release(ends[i])
             advance(done)
 
 
@@ -551,7 +599,7 @@ def read_into(
     with open_source(src) as fd:
         _decode_into(fd, where, ram, info, source, zeroed, threads, progress)
     if verify_digest:
-        found = extents_digest(ram, info.kind, info.page_size, info.runs, info.parent_digest)
+        found = extents_digest(ram, info.kind, info.page_size, info.iter_runs(), info.parent_digest)
         if found != info.digest:
             raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
@@ -565,14 +613,40 @@ def compute_digest(
     name: FileRef | None = None,
 ) -> str:
     """The digest of what the lz4 memory file `src` records (same definition as a raw file's),
-    after checking its footer, index and every frame checksum. Decodes into scratch RAM of
-    info.length bytes (pages never written cost nothing). `progress` advances by
-    extent_bytes(info); `name` as for read_into."""
+    after checking its footer, index and every frame checksum. Streams: frames are hashed in
+    order as they are decoded, with at most a READ_WINDOW_BYTES window of frames in memory,
+    whatever the RAM size. `progress` advances by extent_bytes(info); `name` as for read_into."""
     _check_lz4(info)
-    scratch = np.zeros(info.length, np.uint8)
+    where = src if name is None else name
+    advance = progress or no_progress
+    hasher = digest_hasher(info)
+    zeros: memoryview | None = None
     with open_source(src) as fd:
-        _decode_into(fd, src if name is None else name, scratch, info, "stream", True, threads, progress)
-    return extents_digest(scratch, info.kind, info.page_size, info.runs, info.parent_digest)
+        index = _read_index(fd, where, info)
+        regions = digest_regions(info)
+        next_region = next(regions, None)
+        workers_n, window = _read_workers(threads, info.frame_size)
+
+        def decode(i: int) -> memoryview | bytes | None:
+            return _payload(where, reader, index.entries[i], index.frames[i])
+
+        with _reader(fd, where, "stream", info.file_length) as reader, _Workers(workers_n) as workers:
+            for i, payload in enumerate(workers.ordered(decode, range(len(index.frames)), window)):
+                frame = index.frames[i]
+                if payload is None:
+                    if zeros is None:
+                        zeros = memoryview(np.zeros(info.frame_size, np.uint8)).cast("B")
+                    payload = zeros
+                data = memoryview(payload).cast("B")
+                pos = 0
+                for offset, n in frame.segments:
+                    if next_region is not None and offset == next_region[0]:  # a run starts here
+                        hasher.update(next_region[2])
+                        next_region = next(regions, None)
+                    hasher.update(data[pos : pos + n])
+                    pos += n
+                advance(frame.size)
+    return hasher.hexdigest()
 
 
 def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
@@ -587,6 +661,14 @@ def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
         with _reader(fd, src, "stream", info.file_length) as reader:
             payload = _payload(src, reader, index.entries[at], index.frames[at])
     return bytes(index.frames[at].size) if payload is None else bytes(payload)
+
+
+def check_file(src: FileRef, info: MemFileInfo, *, name: FileRef | None = None) -> None:
+    """Every check of the module docstring that needs no frame: size, footer, index (reads the
+    footer and the index only; CorruptMemoryFileError / MemoryFileMismatchError)."""
+    _check_lz4(info)
+    with open_source(src) as fd:
+        _read_index(fd, src if name is None else name, info)
 
 
 def frame_styles(src: FileRef, info: MemFileInfo) -> dict[str, int]:

@@ -20,15 +20,17 @@ from typing import Annotated, Any, Optional, Protocol
 
 from snapshot.commit import MEMORY_SUFFIX, STATE_SUFFIX, OpenedPair, open_pair
 from snapshot.errors import (
+    ChainLoopError,
     EncodingError,
     IncompatibleError,
     InvalidPathError,
     MissingParentError,
     ParentMismatchError,
     errno_text,
+    SnapshotError,
     resolve_path,
 )
-from snapshot.memfile import DIFF, MemFileInfo
+from snapshot.memfile import DIFF, MemFileInfo, check_digest_text
 from snapshot.plain import U32, U64, MaxLen, from_plain
 
 MAX_CHAIN = 64  # ours: the longest diff chain followed when loading
@@ -44,6 +46,13 @@ class ParentLink:
     state_name: Annotated[str, MaxLen(255)]
     state_crc: U64  # CRC-64 trailer of the parent's state file
     memory_digest: Annotated[str, MaxLen(32)]
+
+    def __post_init__(self) -> None:
+        """ValueError (EncodingError when decoded) for a name no file can have (empty, or with
+        a NUL byte) or a digest that is not 32 lowercase hex characters."""
+        if not self.state_name or "\0" in self.state_name:
+            raise ValueError("state_name is empty or contains a NUL byte")
+        check_digest_text("memory_digest", self.memory_digest)
 
 
 @dataclass
@@ -128,8 +137,14 @@ def decode_core(pair: OpenedPair) -> StateCore:
     memory = pair.memory
     if memory.length != ram.ram_size:
         raise EncodingError(f"memory file length {memory.length} is not the RAM size {ram.ram_size}")
+    if memory.page_size != ram.page_size:
+        raise IncompatibleError(f"memory file page size {memory.page_size} does not match the VM's page size {ram.page_size}")
     if (memory.kind == DIFF) != (parent is not None):
         raise EncodingError("a diff must name its parent and a full snapshot must not")
+    if parent is not None and parent.memory_digest != memory.parent_digest:
+        raise EncodingError(
+            f"parent.memory_digest {parent.memory_digest} is not memory.parent_digest {memory.parent_digest}"
+        )
     return StateCore(ram, memory, parent, data)
 
 
@@ -146,6 +161,32 @@ def check_parent_link(older: StateCore, newer: StateCore) -> None:
         raise ParentMismatchError(str(newer.memory.parent_digest), older.memory.digest)
     if newer.ram.ram_size != older.ram.ram_size:
         raise IncompatibleError("a diff and its base have different RAM sizes")
+
+
+def dependants(state_path: Path) -> list[Path]:
+    """The state files in `state_path`'s directory whose recorded parent is `state_path`: the
+    diffs that stop restoring if it is replaced. Reads each other state file of the directory
+    (bounded by the envelope's size limit); unreadable ones are skipped (they restore nothing).
+    Diffs in other directories that name it are not found."""
+    from snapshot.envelope import read_state_file  # the envelope is only needed here
+
+    target = resolve_path(state_path)
+    found: list[Path] = []
+    try:
+        names = sorted(os.listdir(state_path.parent))
+    except OSError:
+        return found
+    for name in names:
+        other = state_path.parent / name
+        if not name.endswith(STATE_SUFFIX) or name.startswith(".") or other == state_path:
+            continue
+        try:
+            link = from_plain(Optional[ParentLink], read_state_file(other)[1].get(PARENT_FIELD), path=f"data.{PARENT_FIELD}")
+            if link is not None and parent_state_path(other, link) == target:
+                found.append(other)
+        except (SnapshotError, OSError):
+            continue
+    return found
 
 
 @dataclass
@@ -167,11 +208,18 @@ def open_chain(
     """[full, diff1, ..., diffN] ending at the state file `path`, every pair open (close them
     with `close_chain`) and every link checked by digest. `base`: the base of `path` itself,
     instead of its recorded parent. `memory_path`: `path`'s memory file, instead of the one it
-    records (the caller verifies its digest). MissingParentError if a parent is absent."""
+    records (the caller verifies its digest). MissingParentError if a parent is absent,
+    ChainLoopError if the parents lead back into the chain, IncompatibleError past MAX_CHAIN
+    snapshots."""
     chain: list[Link] = []
+    seen: set[Path] = set()
     try:
         current = path
         while True:
+            here = resolve_path(current)
+            if here in seen:
+                raise ChainLoopError(path, current)
+            seen.add(here)
             if len(chain) >= MAX_CHAIN:
                 raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")
             pair = open_pair(current, memory_path if not chain else None)
@@ -184,7 +232,7 @@ def open_chain(
             else:
                 parent_path = parent_state_path(current, link)
             if not parent_path.exists():
-                raise MissingParentError(f"{current}: parent snapshot {parent_path} not found")
+                raise MissingParentError(link.memory_digest, path=current, parent_path=parent_path)
             current = parent_path
         chain.reverse()  # chain[0] has no parent, so decode_core made sure it is full
         for older, newer in zip(chain, chain[1:]):

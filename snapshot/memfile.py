@@ -1,16 +1,33 @@
-"""The memory file `<name>.mem`: a raw image of guest RAM, no header (Firecracker's layout).
+"""The memory file `<name>.mem`: a raw image of guest RAM (Firecracker's layout), followed by a
+48-byte identity trailer.
 
-Byte offset in the file = guest physical address - RAM base; the file is exactly as long as
-RAM. A *full* file holds every page (all-zero pages may be filesystem holes, which read as
-zeros). A *diff* file holds only the dirty page runs at their offsets; everything else is a
+Byte offset in the file = guest physical address - RAM base, for the first `length` bytes (the
+RAM size). A *full* file holds every page (all-zero pages may be filesystem holes, which read
+as zeros). A *diff* file holds only the dirty page runs at their offsets; everything else is a
 hole, and it is restored by laying it over its base (the image it was taken against).
+
+Identity trailer (ours; files written before it have none and are exactly `length` bytes,
+recorded as MemFileInfo.trailer False): after the image, written last, all little-endian:
+
+    magic b"MVMRAWID" | version u32 (1) | page_size u32 | length u64
+    | content digest (16 raw bytes) | checksum u64 (XXH3-64 of the 40 bytes before it)
+
+It lets a reader tie the file to its state file in O(1), without reading the image
+(`check_identity`): a file of another snapshot or VM, an unfinished temp file, a file of the
+right size made of holes, or one with another page size is refused before anything else is
+read. What it cannot see is damage inside the image: only the content digest, recomputed from
+the whole image, finds a flipped byte. A punched hole is seen without reading: the writer
+records the page runs it wrote as data (MemFileInfo.data_runs; a diff's are its page runs),
+and a reader that finds a hole inside one (SEEK_DATA/SEEK_HOLE, `has_extra_holes`) checks the
+digest even where it would skip it (a filesystem or copy that turns zero blocks into holes
+costs that pass, and still loads).
 
 Which file a state file belongs to is recorded as a `MemFileInfo`, whose `digest` is defined
 over what the file logically contains, so a verifier can recompute it from the file alone
 (`compute_digest`). It is XXH3-128, as its canonical 32-char lowercase hex:
 
-- full: XXH3-128 of the whole file, bytes [0, length), holes read as zeros (the value
-  `xxhsum -H2 <name>.mem` prints).
+- full: XXH3-128 of the image, file bytes [0, length), holes read as zeros (the value
+  `head -c <length> <name>.mem | xxhsum -H2` prints).
 - diff: XXH3-128 of
       DIFF_DIGEST_DOMAIN || le64(length) || le64(page_size) || parent digest (16 raw bytes)
       || for each run of the page map, in order: le64(first_page) || le64(page_count)
@@ -25,12 +42,14 @@ recorded info before anything is read, and nothing past the recorded extents is 
 """
 from __future__ import annotations
 
+import errno
 import mmap
 import os
 import re
+import struct
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated, Iterable, Iterator, Literal, Optional
 
@@ -38,6 +57,7 @@ import numpy as np
 import xxhash
 
 from snapshot.errors import (
+    CorruptMemoryFileError,
     IncompatibleError,
     MemoryFileMismatchError,
     MemoryIoError,
@@ -67,13 +87,22 @@ FILE_MODE = 0o600  # new memory files hold guest secrets: owner-only
 # Ours: a diff's page map is one bit per page; 16 GiB of RAM (vmm.layout's maximum) in
 # MIN_PAGE_SIZE pages needs 4 MiB, well inside the state file's 10 MB limit.
 MAX_PAGE_MAP_BYTES = (16 << 30) // MIN_PAGE_SIZE // 8
+# Ours: a full file's data runs are separated by holes of at least MIN_HOLE, so 16 GiB holds at
+# most this many 16-byte runs (~256 KiB).
+MAX_DATA_RUNS_BYTES = 16 * ((16 << 30) // MIN_HOLE + 1)
+TRAILER_MAGIC = b"MVMRAWID"  # ours: the identity trailer (module docstring)
+TRAILER_VERSION = 1
+_TRAILER_HEAD = struct.Struct("<8sIIQ16s")  # the trailer without its checksum
+TRAILER_SIZE = _TRAILER_HEAD.size + 8  # 48 bytes
 
+_RUN_BATCH = 1 << 16  # runs turned into Python ints at a time by MemFileInfo.iter_runs
 _HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
 Run = tuple[int, int]  # (first_page, page_count)
 FileRef = int | str | os.PathLike[str]  # an open fd, or a path
 
 
-def _check_digest_text(name: str, value: object) -> None:
+def check_digest_text(name: str, value: object) -> None:
+    """ValueError unless `value` is a digest as text: DIGEST_HEX_CHARS lowercase hex characters."""
     if not isinstance(value, str) or not _HEX_DIGEST.fullmatch(value):
         raise ValueError(f"{name} must be {DIGEST_HEX_CHARS} lowercase hex characters")
 
@@ -112,19 +141,27 @@ class MemFileInfo:
     parent_digest: str | None = None
     format: Literal["raw", "lz4"] = RAW
     frame_size: U64 = 0  # lz4 only: bytes of RAM per frame, a multiple of page_size
-    file_size: Optional[U64] = None  # lz4 only: bytes of the file (raw files are `length`)
+    file_size: Optional[U64] = None  # lz4 only: bytes of the file (raw files: file_length)
+    trailer: bool = False  # raw only: the file ends with the identity trailer (state format 1.1)
+    # raw full only: the page runs written as data, le64 first page || le64 page count each, in
+    # order (the rest of the image was left as holes); empty: not recorded (1.0 files)
+    data_runs: Annotated[bytes, MaxLen(MAX_DATA_RUNS_BYTES)] = b""
 
     def __post_init__(self) -> None:
         check_page_size(self.page_size)
         if self.format == RAW and (self.frame_size or self.file_size is not None):
             raise ValueError("a raw memory file has no frame size and no file size of its own")
         if self.format != RAW and (
-            self.frame_size <= 0 or self.frame_size % self.page_size or self.file_size is None
+            self.frame_size <= 0 or self.frame_size % self.page_size or not self.file_size or self.trailer
         ):
-            raise ValueError("a compressed memory file needs a frame size (whole pages) and a file size")
+            raise ValueError(
+                "a compressed memory file needs a frame size (whole pages), a positive file size and no raw trailer"
+            )
         if self.length <= 0 or self.length % self.page_size:
             raise ValueError(f"length {self.length} is not a positive multiple of the page size")
-        _check_digest_text("digest", self.digest)
+        if self.data_runs and (self.format != RAW or self.kind != FULL or len(self.data_runs) % 16):
+            raise ValueError("data_runs is recorded only for a raw full file, as 16-byte runs")
+        check_digest_text("digest", self.digest)
         npages = self.length // self.page_size
         if self.kind == FULL:
             if self.page_map or self.parent_digest is not None:
@@ -132,7 +169,7 @@ class MemFileInfo:
             if self.pages_written > npages:
                 raise ValueError(f"pages_written {self.pages_written} exceeds {npages} pages")
         else:
-            _check_digest_text("parent_digest", self.parent_digest)
+            check_digest_text("parent_digest", self.parent_digest)
             if _count_page_map(self.page_map, npages) != self.pages_written:
                 raise ValueError("pages_written is not the number of pages in the page map")
 
@@ -148,16 +185,33 @@ class MemFileInfo:
 
     @property
     def file_length(self) -> int:
-        """Bytes of the memory file itself: `length` for raw, `file_size` for lz4."""
-        return self.length if self.file_size is None else self.file_size
+        """Bytes of the memory file itself: `length` (+ TRAILER_SIZE with the trailer) for
+        raw, `file_size` for lz4."""
+        if self.file_size is not None:
+            return self.file_size
+        return self.length + TRAILER_SIZE if self.trailer else self.length
 
     @cached_property
-    def runs(self) -> tuple[Run, ...]:
-        """The diff's pages as sorted, non-adjacent (first_page, page_count) runs; () if full."""
+    def run_bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(first pages, page counts) of the diff's runs as int64 arrays (empty if full): 16
+        bytes per run, where a tuple of Python ints costs ~150."""
         if not self.page_map:
-            return ()
+            return np.zeros(0, np.int64), np.zeros(0, np.int64)
         bits = np.unpackbits(np.frombuffer(self.page_map, np.uint8), bitorder="little")
-        return _runs_of(bits[: self.length // self.page_size].astype(bool))
+        starts, ends = _run_edges(bits[: self.length // self.page_size].astype(bool))
+        return starts, ends - starts
+
+    @property
+    def runs(self) -> tuple[Run, ...]:
+        """The diff's pages as sorted, non-adjacent (first_page, page_count) runs; () if full.
+        Readers iterate `iter_runs()` instead, which never holds them all as objects."""
+        return tuple(self.iter_runs())
+
+    def iter_runs(self) -> Iterator[Run]:
+        """The runs of `runs`, produced lazily (a bounded batch of Python ints at a time)."""
+        starts, counts = self.run_bounds
+        for at in range(0, len(starts), _RUN_BATCH):
+            yield from zip(starts[at : at + _RUN_BATCH].tolist(), counts[at : at + _RUN_BATCH].tolist())
 
 
 def _count_page_map(page_map: bytes, npages: int) -> int:
@@ -193,12 +247,16 @@ def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
     return _runs_of(page_mask(runs, npages))
 
 
+def _run_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(starts, ends) of the runs of True in a per-page bool mask, as int64 page numbers."""
+    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
+    return np.flatnonzero(edges == 1).astype(np.int64), np.flatnonzero(edges == -1).astype(np.int64)
+
+
 def _runs_of(mask: np.ndarray, min_gap: int = 1) -> tuple[Run, ...]:
     """Runs of True in a per-page bool mask, as (first_page, page_count); runs separated by
     fewer than `min_gap` False pages are merged."""
-    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    starts = np.flatnonzero(edges == 1)
-    ends = np.flatnonzero(edges == -1)
+    starts, ends = _run_edges(mask)
     if len(starts) > 1 and min_gap > 1:
         keep = np.concatenate(([True], starts[1:] - ends[:-1] >= min_gap))
         starts = starts[keep]
@@ -231,6 +289,17 @@ def _regions(
     for first, count in runs:
         header = first.to_bytes(8, "little") + count.to_bytes(8, "little")
         yield first * page_size, count * page_size, header
+
+
+def digest_hasher(info: MemFileInfo) -> xxhash.xxh3_128:
+    """A hasher primed for the digest of `info` (diff: with its domain prefix); feed it
+    `digest_regions(info)` in order: each prefix, then the RAM bytes of that region."""
+    return _new_hasher(info.kind, info.length, info.page_size, info.parent_digest)
+
+
+def digest_regions(info: MemFileInfo) -> Iterator[tuple[int, int, bytes]]:
+    """(byte offset, byte count, digest prefix) of each extent `info` records, in order."""
+    return _regions(info.kind, info.length, info.page_size, info.iter_runs())
 
 
 def io_chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
@@ -359,6 +428,94 @@ def check_length(fd: int, where: FileRef, expected: int) -> None:
         raise MemoryFileMismatchError(where, "length", f"{size} bytes", f"{expected} bytes")
 
 
+def trailer_bytes(info: MemFileInfo) -> bytes:
+    """The identity trailer (module docstring) of a raw memory file recording `info`."""
+    head = _TRAILER_HEAD.pack(TRAILER_MAGIC, TRAILER_VERSION, info.page_size, info.length, bytes.fromhex(info.digest))
+    return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
+
+
+def check_identity(fd: int, where: FileRef, info: MemFileInfo) -> None:
+    """O(1) pair check of the raw memory file open at `fd` against the `info` its state file
+    records: its length (check_length) and, if `info.trailer`, its identity trailer (magic,
+    checksum, version, then page size, RAM length and digest equal to `info`'s).
+    MemoryFileMismatchError naming `where` if the file is not the recorded one (no trailer, or
+    another file's), CorruptMemoryFileError if the trailer is damaged. Reads 48 bytes."""
+    _check_raw(info)
+    check_length(fd, where, info.file_length)
+    if not info.trailer:
+        return
+    raw = bytearray(TRAILER_SIZE)
+    try:
+        pread_exact(fd, memoryview(raw), info.length, where)
+    except OSError as exc:
+        raise from_os_error(exc, "reading", where, MemoryIoError) from exc
+    head = bytes(raw[: _TRAILER_HEAD.size])
+    magic, version, page_size, length, digest = _TRAILER_HEAD.unpack(head)
+    if magic != TRAILER_MAGIC:
+        raise MemoryFileMismatchError(where, "identity trailer", "missing", f"the trailer of digest {info.digest}")
+    if xxhash.xxh3_64_intdigest(head) != int.from_bytes(raw[_TRAILER_HEAD.size :], "little"):
+        raise CorruptMemoryFileError(where, "identity trailer checksum mismatch")
+    if version != TRAILER_VERSION:
+        raise IncompatibleError(f"memory file trailer version {version} is not supported (this build reads {TRAILER_VERSION})")
+    for what, found, expected in (
+        ("page size", page_size, info.page_size),
+        ("RAM length", length, info.length),
+        ("digest", digest.hex(), info.digest),
+    ):
+        if found != expected:
+            raise MemoryFileMismatchError(where, what, found, expected)
+
+
+def data_extents(fd: int, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """(offset, count) of the data extents of `fd` within [start, end), by SEEK_DATA/SEEK_HOLE;
+    the whole range if the filesystem does not support them."""
+    pos = start
+    while pos < end:
+        try:
+            data = os.lseek(fd, pos, os.SEEK_DATA)
+        except OSError as exc:
+            if exc.errno == errno.ENXIO:  # no data at or after pos
+                return
+            if exc.errno in (errno.EINVAL, errno.EOPNOTSUPP):  # not supported here
+                yield pos, end - pos
+                return
+            raise
+        if data >= end:
+            return
+        hole = min(os.lseek(fd, data, os.SEEK_HOLE), end)
+        yield data, hole - data
+        pos = hole
+
+
+def written_regions(info: MemFileInfo) -> Iterator[tuple[int, int]]:
+    """(byte offset, byte count) of every range the writer of a raw file wrote as data: a
+    diff's runs, a full file's recorded data_runs; none if a full file recorded nothing."""
+    if info.kind == DIFF:
+        pairs: Iterable[Run] = info.iter_runs()
+    else:
+        pairs = np.frombuffer(info.data_runs, "<u8").reshape(-1, 2).tolist()
+    for first, count in pairs:
+        yield first * info.page_size, count * info.page_size
+
+
+def has_extra_holes(fd: int, where: FileRef, info: MemFileInfo) -> bool:
+    """Whether the raw file open at `fd` has a hole inside a range its writer wrote as data
+    (written_regions): a hole punched into data, or a filesystem or copy that dropped zero
+    blocks. Only a digest pass tells those apart; callers that skip it run it then. Costs
+    SEEK_DATA/SEEK_HOLE calls, about two per written range; reads nothing."""
+    try:
+        for offset, count in written_regions(info):
+            if sum(n for _, n in data_extents(fd, offset, offset + count)) < count:
+                return True
+    except OSError as exc:
+        raise from_os_error(exc, "inspecting", where, MemoryIoError) from exc
+    return False
+
+
+def _write_trailer(fd: int, info: MemFileInfo) -> None:
+    pwrite_all(fd, trailer_bytes(info), info.length)
+
+
 def _reset_length(fd: int, length: int) -> None:
     """Make the file `length` bytes of holes: drop old contents (if any), then extend.
 
@@ -399,7 +556,8 @@ def write_full(
     """Write all of `ram` as a full memory file at `dest` (an fd, or a path created mode 0600).
 
     The file is truncated, set to len(ram) bytes, and only runs of non-zero pages are written:
-    zero gaps of at least MIN_HOLE bytes stay holes, shorter ones are written as zeros. `ram`
+    zero gaps of at least MIN_HOLE bytes stay holes, shorter ones are written as zeros; the
+    identity trailer follows (TRAILER_SIZE bytes at len(ram)). `ram`
     must not change during the call. Does not fsync (the commit does). Raises MemoryIoError
     (errno in the message) if writing fails. `progress` advances by len(ram) bytes in all
     (holes count as done when passed).
@@ -420,11 +578,16 @@ def write_full(
                         advance(offset + n - done)
                         done = offset + n
                 advance(len(view) - done)
+                hexdigest = digest.hexdigest()
+                written = int(np.count_nonzero(nonzero))  # pages_written: the non-zero pages (MemFileInfo)
+                data_runs = np.asarray(runs, dtype="<u8").reshape(-1, 2).tobytes()
+                info = MemFileInfo(FULL, len(view), page_size, hexdigest, written, trailer=True, data_runs=data_runs)
+                _write_trailer(fd, info)
             except OSError as exc:
                 raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
     finally:
-        hexdigest = digest.hexdigest()  # always join: the thread reads `ram`
-    return MemFileInfo(FULL, len(view), page_size, hexdigest, int(np.count_nonzero(nonzero)))
+        digest.hexdigest()  # always join: the thread reads `ram`
+    return info
 
 
 def nonzero_pages(view: np.ndarray | memoryview, page_size: int) -> np.ndarray:
@@ -444,7 +607,8 @@ def write_diff(
     progress: Progress | None = None,
 ) -> MemFileInfo:
     """Write the dirty page `runs` [(first_page, page_count), ...] of `ram` as a diff memory
-    file at `dest`: length = len(ram) bytes, only the runs written, the rest holes.
+    file at `dest`: len(ram) bytes of image, only the runs written, the rest holes, then the
+    identity trailer.
 
     `parent_digest` is the digest of the image this diff applies on top of (the MemFileInfo of
     the snapshot the dirty epoch started from); restoring checks it. Runs are canonicalised
@@ -453,7 +617,7 @@ def write_diff(
     """
     view = ram_view(ram, page_size)
     advance = progress or no_progress
-    _check_digest_text("parent_digest", parent_digest)
+    check_digest_text("parent_digest", parent_digest)
     length = len(view)
     canon = canonical_runs(runs, length // page_size)
     hasher = _new_hasher(DIFF, length, page_size, parent_digest)
@@ -468,9 +632,11 @@ def write_diff(
                     if os.pwrite(fd, part, off) != n:  # one call for nearly every run
                         pwrite_all(fd, part, off)
                     advance(n)
+            info = replace(MemFileInfo.diff(length, page_size, hasher.hexdigest(), canon, parent_digest), trailer=True)
+            _write_trailer(fd, info)
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
-    return MemFileInfo.diff(length, page_size, hasher.hexdigest(), canon, parent_digest)
+    return info
 
 
 # --- readers ----------------------------------------------------------------------------------
@@ -486,16 +652,14 @@ def _stream(
     buffer if None), hashing them if `hash_it`. Returns the hex digest or None. Reads nothing
     outside the recorded extents. `progress` advances by extent_bytes(info) in all."""
     advance = progress or no_progress
-    hasher = None
-    if hash_it:
-        hasher = _new_hasher(info.kind, info.length, info.page_size, info.parent_digest)
-    regions = list(_regions(info.kind, info.length, info.page_size, info.runs))
+    hasher = digest_hasher(info) if hash_it else None
     scratch = memoryview(b"")
     if dest is None:
-        largest = max((count for _, count, _ in regions), default=0)
+        counts = info.run_bounds[1]
+        largest = info.length if info.kind == FULL else int(counts.max(initial=0)) * info.page_size
         scratch = memoryview(bytearray(min(MAX_IO_CHUNK, largest)))
     try:
-        for offset, count, prefix in regions:
+        for offset, count, prefix in digest_regions(info):
             if hasher is not None:
                 hasher.update(prefix)
             for off, n in io_chunks(offset, count):
@@ -520,14 +684,17 @@ def _check_digest(where: FileRef, found: str | None, info: MemFileInfo) -> None:
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
 
-def compute_digest(src: FileRef, info: MemFileInfo, *, progress: Progress | None = None) -> str:
+def compute_digest(
+    src: FileRef, info: MemFileInfo, *, progress: Progress | None = None, name: FileRef | None = None
+) -> str:
     """Recompute the digest of the memory file `src` (path or fd) for the extents `info`
-    records (see the module docstring). Checks the file length first (MemoryFileMismatchError).
-    `progress` advances by extent_bytes(info) in all."""
-    _check_raw(info)
+    records (see the module docstring). Checks the file's identity first (check_identity).
+    `progress` advances by extent_bytes(info) in all. `name`: the file as messages show it
+    (default `src`; give the path when `src` is an fd)."""
+    where = src if name is None else name
     with open_source(src) as fd:
-        check_length(fd, src, info.length)
-        digest = _stream(fd, src, info, None, True, progress)
+        check_identity(fd, where, info)
+        digest = _stream(fd, where, info, None, True, progress)
     assert digest is not None
     return digest
 
@@ -553,25 +720,29 @@ def read_into(
     *,
     parent: MemFileInfo | None = None,
     progress: Progress | None = None,
+    name: FileRef | None = None,
 ) -> None:
     """Eager restore: copy the memory file `src` (path or fd) into writable `ram`.
 
     Full: every byte of ram is overwritten. Diff: only the recorded runs are copied over what
     `ram` already holds, which must be the image `parent` (MissingParentError /
-    ParentMismatchError otherwise). The file length must equal `info.length` and len(ram)
-    (MemoryFileMismatchError / IncompatibleError, checked before anything is read). With
-    `verify_digest`, a digest mismatch raises MemoryFileMismatchError after the copy: on any
+    ParentMismatchError otherwise). The file must pass check_identity and len(ram) must be
+    `info.length` (MemoryFileMismatchError / IncompatibleError, before anything is read). With
+    `verify_digest` (forced on when the file has_extra_holes), a digest mismatch raises
+    MemoryFileMismatchError after the copy: on any
     error `ram` holds unspecified contents and must be discarded. `progress` advances by
-    extent_bytes(info) in all.
+    extent_bytes(info) in all. `name` as for compute_digest.
     """
+    where = src if name is None else name
     view = ram_view(ram, info.page_size, writable=True)
     _check_raw(info)
     check_ram_size(info, len(view))
     check_parent_info(info, parent)
     with open_source(src) as fd:
-        check_length(fd, src, info.length)
-        found = _stream(fd, src, info, view, verify_digest, progress)
-    _check_digest(src, found, info)
+        check_identity(fd, where, info)
+        verify_digest = verify_digest or has_extra_holes(fd, where, info)
+        found = _stream(fd, where, info, view, verify_digest, progress)
+    _check_digest(where, found, info)
 
 
 def map_private(
@@ -581,17 +752,21 @@ def map_private(
     info: MemFileInfo | None = None,
     verify_digest: bool = False,
     progress: Progress | None = None,
+    name: FileRef | None = None,
 ) -> np.ndarray:
     """Lazy restore: a writable numpy uint8 array of `size` bytes over a MAP_PRIVATE mapping of
     the memory file `src` (path or fd), like Firecracker's File backend: pages load on first
     touch, and writes are copy-on-write and never reach the file.
 
-    The file length must equal `size` (MemoryFileMismatchError). With `info`, it must be a full
-    file of that size (a diff is only meaningful over its base: use read_into), and
-    `verify_digest` recomputes its digest first (reads the whole file once). The file must not
-    be modified while mapped: MAP_PRIVATE shows later changes to pages not yet copied.
-    `progress` advances by the bytes verified (extent_bytes(info) with `verify_digest`, else 0).
+    Without `info`, the file length must equal `size` (MemoryFileMismatchError). With `info`, it
+    must be a full file of that size (a diff is only meaningful over its base: use read_into)
+    that passes check_identity (O(1): the recorded file, not another one), and `verify_digest`
+    recomputes its digest first (reads the whole file once; the only check that sees damage
+    inside the image; forced on when the file has_extra_holes). The file must not be modified while mapped: MAP_PRIVATE shows later
+    changes to pages not yet copied. `progress` advances by the bytes verified
+    (extent_bytes(info) with `verify_digest`, else 0). `name` as for compute_digest.
     """
+    where = src if name is None else name
     if type(size) is not int or size <= 0:
         raise ValueError(f"size must be a positive number of bytes, got {size!r}")
     if info is not None:
@@ -600,13 +775,16 @@ def map_private(
         _check_raw(info)
         check_ram_size(info, size)
     with open_source(src) as fd:
-        check_length(fd, src, size)
-        if info is not None and verify_digest:
-            _check_digest(src, _stream(fd, src, info, None, True, progress), info)
+        if info is None:
+            check_length(fd, where, size)
+        else:
+            check_identity(fd, where, info)
+            if verify_digest or has_extra_holes(fd, where, info):
+                _check_digest(where, _stream(fd, where, info, None, True, progress), info)
         try:
             mapping = mmap.mmap(
                 fd, size, flags=mmap.MAP_PRIVATE, prot=mmap.PROT_READ | mmap.PROT_WRITE
             )
         except OSError as exc:
-            raise from_os_error(exc, "mapping", src, MemoryIoError) from exc
+            raise from_os_error(exc, "mapping", where, MemoryIoError) from exc
     return np.frombuffer(mapping, dtype=np.uint8)

@@ -8,7 +8,7 @@ import numpy as np
 
 from snapshot import frames
 from snapshot.commit import OpenedPair
-from snapshot.memfile import FULL, LZ4, MemFileInfo, Run, compute_digest, read_into, write_diff, write_full
+from snapshot.memfile import FULL, LZ4, MemFileInfo, Run, check_identity, compute_digest, read_into, write_diff, write_full
 from snapshot.progress import Progress
 
 
@@ -69,7 +69,17 @@ def read_memory(
             fd, ram, info, verify, parent=parent, source=source, zeroed=zeroed, progress=progress, name=pair.memory_path
         )
     else:
-        read_into(fd, ram, info, verify, parent=parent, progress=progress)
+        read_into(fd, ram, info, verify, parent=parent, progress=progress, name=pair.memory_path)
+
+
+def check_memory_file(pair: OpenedPair) -> None:
+    """The O(1)-in-RAM checks of the pair's memory file, before any RAM is allocated for it:
+    raw, its size and identity trailer (memfile.check_identity); lz4, its size, footer and
+    index (frames.check_file). MemoryFileMismatchError / CorruptMemoryFileError naming it."""
+    if pair.memory.format == LZ4:
+        frames.check_file(pair.memory_fd, pair.memory, name=pair.memory_path)
+    else:
+        check_identity(pair.memory_fd, pair.memory_path, pair.memory)
 
 
 def memory_digest(pair: OpenedPair, *, progress: Progress | None = None) -> str:
@@ -77,4 +87,4 @@ def memory_digest(pair: OpenedPair, *, progress: Progress | None = None) -> str:
     file's frame checksums are checked on the way)."""
     if pair.memory.format == LZ4:
         return frames.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)
-    return compute_digest(pair.memory_fd, pair.memory, progress=progress)
+    return compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)

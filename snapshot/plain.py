@@ -8,7 +8,8 @@ Both directions run the same checks, so a state that saves is a state that loads
 Supported annotations: int, bool, str, bytes, float, None, `list[T]`, `tuple[T, ...]`,
 `tuple[A, B, ...]`, `dict[str, T]`, `Optional[T]` / `T | None`, `Literal[...]` of str/int, and
 nested dataclasses (recursion allowed). `Annotated[...]` markers add limits:
-`Width(bits)` on int (unsigned, 0..2**bits-1; see `U8`..`U64`), `MaxLen(n)` / `Len(n)` on
+`Width(bits)` on int (unsigned, 0..2**bits-1; see `U8`..`U64`), `Range(low, high)` on int
+(low..high inclusive; with a Width, both apply), `MaxLen(n)` / `Len(n)` on
 list, tuple, dict, str (characters) and bytes. An unsupported annotation is a programming
 error (TypeError), found the first time the class is converted.
 
@@ -48,6 +49,19 @@ class Width:
     def __post_init__(self) -> None:
         if not 1 <= self.bits <= MSGPACK_MAX_WIDTH:
             raise ValueError(f"Width must be 1..{MSGPACK_MAX_WIDTH} bits, got {self.bits}")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Marker for `Annotated[int, Range(low, high)]`: an integer in low..high (inclusive), e.g. a
+    register field whose architecture allows fewer values than its width holds."""
+
+    low: int
+    high: int
+
+    def __post_init__(self) -> None:
+        if not MSGPACK_INT_MIN <= self.low <= self.high <= MSGPACK_INT_MAX:
+            raise ValueError(f"Range({self.low}, {self.high}) is empty or outside msgpack's integers")
 
 
 @dataclass(frozen=True)
@@ -304,8 +318,8 @@ def _sized_from(markers: list[Any], annotation: object) -> _Sized:
             sized = _Sized(m.n)
         elif isinstance(m, Len):
             sized = _Sized(m.n, exact=True)
-        elif isinstance(m, Width):
-            raise TypeError(f"Width marker on non-int annotation {annotation!r}")
+        elif isinstance(m, (Width, Range)):
+            raise TypeError(f"{type(m).__name__} marker on non-int annotation {annotation!r}")
     return sized
 
 
@@ -320,13 +334,18 @@ def _compile(annotation: Any) -> _Spec:
     origin, args = get_origin(base), get_args(base)
 
     if base is int:
-        widths = [m for m in markers if isinstance(m, Width)]
         if any(isinstance(m, (MaxLen, Len)) for m in markers):
             raise TypeError(f"length marker on int annotation {annotation!r}")
-        if widths:
-            bits = widths[-1].bits
-            return _Int(0, 2**bits - 1, f"0..2**{bits}-1")
-        return _Int(MSGPACK_INT_MIN, MSGPACK_INT_MAX, "-2**63..2**64-1")
+        low, high, label = MSGPACK_INT_MIN, MSGPACK_INT_MAX, "-2**63..2**64-1"
+        for m in markers:
+            if isinstance(m, Width):
+                low, high, label = max(low, 0), min(high, 2**m.bits - 1), f"0..2**{m.bits}-1"
+            elif isinstance(m, Range):
+                low, high = max(low, m.low), min(high, m.high)
+                label = f"{low}..{high}"
+        if low > high:
+            raise TypeError(f"markers leave no valid value for {annotation!r}")
+        return _Int(low, high, label)
     sized = _sized_from(markers, annotation)
     if base is bool:
         return _Scalar(bool, (bool,), _UNBOUNDED, "")
@@ -364,6 +383,37 @@ def _compile(annotation: Any) -> _Spec:
             raise TypeError(f"markers are not supported on dataclass annotation {annotation!r}")
         return _Dataclass(base)
     raise TypeError(f"unsupported annotation for snapshot state: {annotation!r}")
+
+
+def int_bounds(cls: Any, data: Any) -> list[tuple[tuple[Any, ...], int, int]]:
+    """(path, low, high) of every int in plain `data` (shaped like `cls`) with the range its
+    annotation declares; `path` is the keys and indices from the root. For tools that probe
+    the limits (the fault campaign); parts of `data` that do not fit `cls` are skipped."""
+    out: list[tuple[tuple[Any, ...], int, int]] = []
+
+    def walk(spec: _Spec, value: Any, path: tuple[Any, ...]) -> None:
+        if isinstance(spec, _Optional):
+            if value is not None:
+                walk(spec.inner, value, path)
+        elif isinstance(spec, _Int):
+            if type(value) is int:
+                out.append((path, spec.low, spec.high))
+        elif isinstance(spec, _Sequence) and type(value) is list:
+            for i, v in enumerate(value):
+                walk(spec.item, v, path + (i,))
+        elif isinstance(spec, _FixedTuple) and type(value) is list:
+            for i, (item, v) in enumerate(zip(spec.items, value)):
+                walk(item, v, path + (i,))
+        elif isinstance(spec, _Dict) and type(value) is dict:
+            for k, v in value.items():
+                walk(spec.item, v, path + (k,))
+        elif isinstance(spec, _Dataclass) and type(value) is dict:
+            for name, f in spec.fields.items():
+                if name in value:
+                    walk(f.spec, value[name], path + (name,))
+
+    walk(_compile(cls), data, ())
+    return out
 
 
 def to_plain(obj: Any) -> dict[str, Any]:

@@ -102,6 +102,8 @@ class MemInfo:
     format: str
     frame_size: int
     file_size: int | None
+    trailer: bool
+    data_runs: bytes
 
     @property
     def npages(self) -> int:
@@ -127,7 +129,7 @@ class MemInfo:
         return [(first * self.page_size, count * self.page_size) for first, count in self.runs()]
 
 
-_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None}
+_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False, "data_runs": b""}
 _MEM_FIELDS = ("kind", "length", "page_size", "digest", "pages_written", *_MEM_DEFAULTS)
 
 
@@ -139,6 +141,8 @@ def mem_info(record: dict) -> MemInfo:
     info = MemInfo(**{**_MEM_DEFAULTS, **record})
     if info.kind not in ("full", "diff") or info.format not in ("raw", "lz4"):
         raise FormatError("memory: bad kind or format")
+    if info.trailer is not False and (info.trailer is not True or info.format != "raw"):
+        raise FormatError("memory: trailer is a bool, true only for raw files")
     if info.page_size < 512 or info.page_size & (info.page_size - 1) or info.length <= 0 or info.length % info.page_size:
         raise FormatError("memory: bad geometry")
     if info.kind == "diff":
@@ -235,9 +239,20 @@ def _frames(info: MemInfo) -> list[tuple[int, list[tuple[int, int]]]]:
     return sorted(frames.items())
 
 
+_TRAILER = struct.Struct("<8sIIQ16sQ")  # section 5, raw: the identity trailer
+
+
 def _read_raw(f, info: MemInfo, ram: bytearray) -> None:
-    if os.fstat(f.fileno()).st_size != info.length:
-        raise FormatError("raw memory file size is not the RAM length")
+    if os.fstat(f.fileno()).st_size != info.length + (_TRAILER.size if info.trailer else 0):
+        raise FormatError("raw memory file size is not the RAM length (plus its trailer)")
+    if info.trailer:
+        f.seek(info.length)
+        raw = f.read(_TRAILER.size)
+        magic, version, page_size, length, digest, checksum = _TRAILER.unpack(raw)
+        if magic != b"MVMRAWID" or xxhash.xxh3_64_intdigest(raw[:40]) != checksum or version != 1:
+            raise FormatError("raw: bad identity trailer")
+        if (page_size, length, digest.hex()) != (info.page_size, info.length, info.digest):
+            raise FormatError("raw: trailer does not match the state file")
     for offset, size in info.extents():
         f.seek(offset)
         data = f.read(size)
@@ -328,7 +343,11 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
     """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain."""
     links: list[tuple[Path, str | None, MemInfo]] = []
     current = Path(path)
+    seen: set[Path] = set()
     while True:
+        if current.resolve() in seen:
+            raise FormatError("the chain loops")
+        seen.add(current.resolve())
         if len(links) >= MAX_CHAIN:
             raise FormatError("chain longer than 64 snapshots")
         header, data = read_state(current)
@@ -345,6 +364,8 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             break
         if parent["memory_digest"] != info.parent_digest:
             raise FormatError("parent link and parent_digest disagree")
+        if not parent["state_name"] or "\0" in parent["state_name"]:
+            raise FormatError("parent state_name is empty or holds a NUL byte")
         current = (current.parent / parent["state_name"]).resolve()
     links.reverse()
     for (_, _, older), (_, _, newer) in zip(links, links[1:]):

@@ -61,7 +61,10 @@ def test_firecracker_snapshot_doc_sequence_with_curl(tmp_path: Path) -> None:
         # The documentation's Diff reuses the Full's names; a diff that records its parent
         # cannot replace it.
         r = curl(sock, "PUT", "/snapshot/create", '{"snapshot_type": "Diff", "snapshot_path": "./snapshot_file", "mem_file_path": "./mem_file"}')
-        assert r.status == 400 and "its own base" in r.body["fault_message"]
+        assert r.status == 400 and "would replace a snapshot it depends on" in r.body["fault_message"]
+        # Nor may it write over the base's memory file under another state name.
+        r = curl(sock, "PUT", "/snapshot/create", '{"snapshot_type": "Diff", "snapshot_path": "./diff_file", "mem_file_path": "./mem_file"}')
+        assert r.status == 400 and "its own base's memory file" in r.body["fault_message"]
         r = curl(sock, "PUT", "/snapshot/create", '{"snapshot_type": "Diff", "snapshot_path": "./diff_file", "mem_file_path": "./diff_mem"}')
         assert (r.status, r.body) == (204, None)
     finally:

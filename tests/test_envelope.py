@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import resource
 import threading
+import tracemalloc
 from pathlib import Path
 
 import msgpack
@@ -14,7 +15,9 @@ from hypothesis import strategies as st
 from snapshot.envelope import (
     CRC_SIZE,
     MAGIC_AARCH64,
+    MAX_ARRAY_ITEMS,
     MAX_DECODED_CONTAINERS,
+    MAX_MAP_ENTRIES,
     MAX_STATE_FILE_SIZE,
     SNAPSHOT_VERSION,
     Header,
@@ -57,7 +60,7 @@ def test_layout_is_msgpack_then_le_crc() -> None:
     payload, trailer = blob[:-8], blob[-8:]
     assert int.from_bytes(trailer, "little") == crc64(payload)
     top = msgpack.unpackb(payload, raw=False)
-    assert top == {"header": {"magic": MAGIC_AARCH64, "version": [1, 1, 0]}, "data": DATA}
+    assert top == {"header": {"magic": MAGIC_AARCH64, "version": list(SNAPSHOT_VERSION)}, "data": DATA}
     assert decode_state(blob) == (Header(MAGIC_AARCH64, SNAPSHOT_VERSION), DATA)
 
 
@@ -101,7 +104,7 @@ def test_magic_mismatch_message() -> None:
 
 @pytest.mark.parametrize(
     ("file_version", "ok"),
-    [((1, 0, 0), True), ((1, 1, 9), True), ((1, 2, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
+    [((1, 0, 0), True), ((1, 0, 9), True), ((1, 1, 0), True), ((1, 2, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
 )
 def test_version_rules(file_version: tuple[int, int, int], ok: bool) -> None:
     blob = encode_state(DATA, version=file_version)
@@ -160,11 +163,31 @@ def test_msgpack_bombs_fail_fast(payload: bytes) -> None:
         decode_state(seal(payload))
 
 
+@pytest.mark.parametrize("declared", [MAX_ARRAY_ITEMS + 1, 1_000_000])
+def test_an_array_or_map_longer_than_any_state_has_is_refused_at_its_header(declared: int) -> None:
+    """A flat flood (one container declaring ~1M items, 1 MB of input) is refused by the
+    unpacker's length limit before one item is decoded, naming the limit."""
+    for head, limit in ((b"\xdd", MAX_ARRAY_ITEMS), (b"\xdf", MAX_MAP_ENTRIES)):
+        n = max(declared, limit + 1)
+        blob = seal(head + n.to_bytes(4, "big") + b"\x90" * n)
+        tracemalloc.start()
+        try:
+            with pytest.raises(EncodingError, match=f"declares {n} items in an? (array|map) \\(limit {limit}\\)"):
+                decode_state(blob)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert peak < len(blob) + (1 << 20)  # nothing decoded: no per-item objects
+
+
 def test_container_flood_is_bounded_in_memory() -> None:
-    """5 MB of empty arrays would decode to ~350 MB of lists; decoding must stop at the budget
-    and stay within 200 MB more address space than the process already has."""
-    n = 5 * MAX_DECODED_CONTAINERS
-    blob = seal(b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n)
+    """~10 MB of empty arrays, packed inside arrays short enough to pass the length limits,
+    would decode to ~600 MB of lists; decoding must stop at the container budget and stay
+    within 200 MB more address space than the process already has."""
+    outer = MAX_ARRAY_ITEMS
+    inner = (MAX_STATE_FILE_SIZE - 100) // outer - 3
+    assert inner <= MAX_ARRAY_ITEMS and outer * inner > 100 * MAX_DECODED_CONTAINERS
+    blob = seal(b"\xdd" + outer.to_bytes(4, "big") + (b"\xdc" + inner.to_bytes(2, "big") + b"\x90" * inner) * outer)
     pid = os.fork()
     if pid == 0:  # pragma: no cover - child
         try:
@@ -174,7 +197,7 @@ def test_container_flood_is_bounded_in_memory() -> None:
             decode_state(blob)
             os._exit(1)
         except EncodingError as exc:
-            os._exit(0 if "more than 1000000 maps and arrays" in str(exc) else 2)
+            os._exit(0 if f"more than {MAX_DECODED_CONTAINERS} maps and arrays" in str(exc) else 2)
         except BaseException:
             os._exit(3)
     _, status = os.waitpid(pid, 0)

@@ -392,3 +392,87 @@ def test_bad_compression_options_write_nothing(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="frame size"):
         vm.save_snapshot(tmp_path / "s", compress="lz4", frame_size=1000)
     assert not os.listdir(tmp_path)
+
+
+# --- resources: every bound is checked before the work it bounds --------------------------
+def _footer(length: int, frame_size: int, count: int, index_offset: int, index: bytes, digest: str) -> bytes:
+    head = struct.pack(
+        "<8sIIQQQQQ16s", b"MVMFRAME", 1, 1, length, frame_size, count, index_offset,
+        xxhash.xxh3_64_intdigest(index), bytes.fromhex(digest),
+    )
+    return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("kind", ["full", "diff"])
+def test_a_tiny_file_claiming_16_gib_of_small_frames_is_refused_before_any_frame_object(
+    tmp_path: Path, kind: str
+) -> None:
+    """80 bytes (a valid empty footer) whose state claims 16 GiB in 4 KiB frames: the entry
+    count the state implies is computed, not built frame by frame."""
+    import tracemalloc
+
+    length, digest = 16 << 30, "ab" * 16
+    path = tmp_path / "tiny.mem"
+    path.write_bytes(_footer(length, PAGE, 0, 0, b"", digest))
+    if kind == "full":
+        info = MemFileInfo("full", length, PAGE, digest, 0)
+    else:  # every other page: 2M runs, 2M present frames
+        npages = length // PAGE
+        page_map = b"\x55" * (npages // 8)
+        info = MemFileInfo("diff", length, PAGE, digest, npages // 2, page_map, "cd" * 16)
+    info = MemFileInfo(**{**info.__dict__, "format": "lz4", "frame_size": PAGE, "file_size": 80})
+    tracemalloc.start()
+    try:
+        for call in (
+            lambda: frames.compute_digest(path, info),
+            lambda: frames.frame_styles(path, info),
+            lambda: frames.read_frame(path, info, 0),
+        ):
+            with pytest.raises(CorruptMemoryFileError, match="index has 0 entries"):
+                call()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20  # the layout alone would be ~1 GB of Frame objects
+
+
+def test_verify_streams_within_a_fixed_window_whatever_the_ram_size(tmp_path: Path) -> None:
+    """compute_digest (verify, describe --verify) keeps at most READ_WINDOW_BYTES of frames in
+    flight: it never holds a RAM-sized buffer (it used to decode into scratch RAM)."""
+    import tracemalloc
+
+    size = 160 << 20
+    ram = np.zeros(size, np.uint8)
+    ram[: 48 << 20] = np.random.default_rng(5).integers(0, 256, 48 << 20, dtype=np.uint8)  # RAW frames
+    ram[100 << 20 : 120 << 20] = 7  # LZ4 frames; the rest ZERO
+    path = tmp_path / "big.mem"
+    info = frames.write_full(path, ram, PAGE, threads=2)
+    expected = info.digest
+    del ram
+    tracemalloc.start()
+    try:
+        assert frames.compute_digest(path, info, threads=2) == expected
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * frames.READ_WINDOW_BYTES + (8 << 20), peak
+
+
+def _rss_file_kib() -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssFile:"))
+
+
+def test_mmap_source_releases_the_file_pages_it_has_decoded(tmp_path: Path) -> None:
+    """Decoding from a read-only mapping drops each decoded frame's file pages, so an
+    incompressible file restored with source="mmap" does not add its own size to RSS."""
+    size = 64 << 20
+    ram = np.random.default_rng(6).integers(0, 256, size, dtype=np.uint8)  # RAW frames: file ~ RAM
+    path = tmp_path / "raw-frames.mem"
+    info = frames.write_full(path, ram, PAGE, threads=1)
+    out = np.zeros(size, np.uint8)
+    before = _rss_file_kib()
+    seen: list[int] = []
+    frames.read_into(path, out, info, source="mmap", threads=1, progress=lambda n: seen.append(_rss_file_kib()))
+    assert np.array_equal(out, ram)
+    assert max(seen) - before < 8 << 10, (before, max(seen))  # KiB: a frame or two, not 64 MiB

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import errno
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 
 from snapshot import memfile
 from snapshot.errors import (
+    CorruptMemoryFileError,
     EncodingError,
     IncompatibleError,
     InvalidPathError,
@@ -23,15 +25,18 @@ from snapshot.errors import (
 )
 from snapshot.memfile import (
     DIFF_DIGEST_DOMAIN,
+    TRAILER_SIZE,
     MemFileInfo,
     canonical_runs,
     compute_digest,
     map_private,
     read_into,
+    trailer_bytes,
     write_diff,
     write_full,
 )
 from snapshot.plain import from_plain, to_plain
+from tools.faults.mutate import punch_hole
 
 PAGE = 4096
 RAM_SIZE = 64 * PAGE
@@ -63,10 +68,11 @@ def test_full_file_is_the_raw_image_with_holes(tmp_path: Path) -> None:
     ram = make_ram(1, [0, 1, 2, 5, 900], size)
     path = tmp_path / "vm.mem"
     info = write_full(path, ram, PAGE)
-    assert path.read_bytes() == ram.tobytes()
+    assert path.read_bytes() == ram.tobytes() + trailer_bytes(info)
     # Pages 0-5 are one run (the 2-page zero gap is written), page 900 another; pages_written
     # counts the 5 non-zero pages (the same as an lz4 file of this RAM would).
-    assert info == MemFileInfo("full", size, PAGE, xxhash.xxh3_128(ram.tobytes()).hexdigest(), 5)
+    runs = struct.pack("<4Q", 0, 6, 900, 1)  # the data written: pages 0-5 and page 900
+    assert info == MemFileInfo("full", size, PAGE, xxhash.xxh3_128(ram.tobytes()).hexdigest(), 5, trailer=True, data_runs=runs)
     assert compute_digest(path, info) == info.digest
     assert os.stat(path).st_blocks * 512 < size // 4  # the long zero gaps were left as holes
     assert os.stat(path).st_mode & 0o777 == 0o600
@@ -81,17 +87,17 @@ def test_full_rewrites_an_existing_file_and_accepts_an_fd(tmp_path: Path) -> Non
         info = write_full(fd, ram, PAGE)
     finally:
         os.close(fd)
-    assert path.read_bytes() == ram.tobytes()  # old junk is gone from the zero pages too
+    assert path.read_bytes() == ram.tobytes() + trailer_bytes(info)  # old junk is gone from the zero pages too
     assert info.pages_written == 1
 
 
 def test_all_zero_and_all_nonzero_ram(tmp_path: Path) -> None:
     zero = np.zeros(RAM_SIZE, np.uint8)
     info = write_full(tmp_path / "z.mem", zero, PAGE)
-    assert info.pages_written == 0 and (tmp_path / "z.mem").read_bytes() == bytes(RAM_SIZE)
+    assert info.pages_written == 0 and (tmp_path / "z.mem").read_bytes() == bytes(RAM_SIZE) + trailer_bytes(info)
     full = make_ram(3, list(range(64)))
     info = write_full(tmp_path / "f.mem", full, PAGE)
-    assert info.pages_written == 64 and (tmp_path / "f.mem").read_bytes() == full.tobytes()
+    assert info.pages_written == 64 and (tmp_path / "f.mem").read_bytes() == full.tobytes() + trailer_bytes(info)
 
 
 def test_diff_file_holds_only_its_runs(tmp_path: Path) -> None:
@@ -107,7 +113,8 @@ def test_diff_file_holds_only_its_runs(tmp_path: Path) -> None:
     assert info.pages_written == 4 and info.parent_digest == base_info.digest
     assert info.digest == diff_digest_by_definition(new, [(10, 3), (63, 1)], base_info.digest)
     data = (tmp_path / "d.mem").read_bytes()
-    assert len(data) == RAM_SIZE
+    assert len(data) == RAM_SIZE + TRAILER_SIZE and data[RAM_SIZE:] == trailer_bytes(info)
+    data = data[:RAM_SIZE]
     expected = np.zeros(RAM_SIZE, np.uint8)
     for first, count in info.runs:
         expected[first * PAGE : (first + count) * PAGE] = new[first * PAGE : (first + count) * PAGE]
@@ -171,9 +178,9 @@ def test_corruption_and_length_mismatch_are_detected(tmp_path: Path) -> None:
     read_into(path, target, info, verify_digest=False)  # trusted fast path: no check
     assert target[4 * PAGE + 10] == 0
 
-    os.truncate(path, RAM_SIZE - PAGE)
+    os.truncate(path, RAM_SIZE - PAGE)  # the trailer and a page gone
     untouched = np.full(RAM_SIZE, 0x11, np.uint8)
-    with pytest.raises(MemoryFileMismatchError, match=f"length is {RAM_SIZE - PAGE} bytes, state file records {RAM_SIZE} bytes"):
+    with pytest.raises(MemoryFileMismatchError, match=f"length is {RAM_SIZE - PAGE} bytes, state file records {RAM_SIZE + TRAILER_SIZE} bytes"):
         read_into(path, untouched, info)
     assert (untouched == 0x11).all()  # checked before anything was read
     with pytest.raises(MemoryFileMismatchError, match="length"):
@@ -190,7 +197,7 @@ def test_map_private_is_lazy_copy_on_write(tmp_path: Path) -> None:
     assert mapped.flags.writeable and mapped.dtype == np.uint8 and mapped.size == RAM_SIZE
     assert np.array_equal(mapped, ram)
     mapped[9 * PAGE : 10 * PAGE] = 0
-    assert path.read_bytes() == ram.tobytes()  # writes never reach the file
+    assert path.read_bytes()[:RAM_SIZE] == ram.tobytes()  # writes never reach the file
 
     with pytest.raises(MemoryFileMismatchError, match="length"):
         map_private(path, 2 * RAM_SIZE)
@@ -306,3 +313,117 @@ def test_page_map_padding_bits_must_be_zero() -> None:
     assert ok.page_map[-1] == 0x0F and ok.runs == ((56, 4),)
     with pytest.raises(ValueError, match="past the last page"):
         MemFileInfo("diff", length, PAGE, "a" * 32, 5, ok.page_map[:-1] + b"\x1f", "b" * 32)
+
+
+# --- the identity trailer: the O(1) pair check (mmap restore reads nothing else) ------------
+def _mapped(path: Path, info: MemFileInfo) -> np.ndarray:
+    return map_private(path, RAM_SIZE, info=info)  # verify_digest=False: the lazy path
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["another VM's file", "same size, no trailer", "all holes", "unfinished temp", "trailer byte flipped", "page size"],
+)
+def test_mapping_without_a_digest_pass_still_refuses_a_file_that_is_not_the_recorded_one(
+    tmp_path: Path, damage: str
+) -> None:
+    ram = make_ram(20, [1, 2, 40])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    assert np.array_equal(_mapped(path, info), ram)  # the recorded file maps
+    if damage == "another VM's file":
+        write_full(path, make_ram(21, [1, 2, 40]), PAGE)
+    elif damage == "same size, no trailer":
+        path.write_bytes(ram.tobytes() + bytes(TRAILER_SIZE))
+    elif damage == "all holes":
+        path.unlink()
+        os.truncate(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600), info.file_length)
+    elif damage == "unfinished temp":  # the image written, the trailer not yet
+        data = path.read_bytes()
+        path.write_bytes(data[:RAM_SIZE] + bytes(TRAILER_SIZE))
+    elif damage == "trailer byte flipped":
+        data = bytearray(path.read_bytes())
+        data[RAM_SIZE + 20] ^= 1
+        path.write_bytes(bytes(data))
+    else:
+        small = MemFileInfo("full", RAM_SIZE, 512, info.digest, info.pages_written, trailer=True)
+        with pytest.raises(MemoryFileMismatchError, match="page size is 4096, state file records 512"):
+            map_private(path, RAM_SIZE, info=small)
+        return
+    expected = CorruptMemoryFileError if damage == "trailer byte flipped" else MemoryFileMismatchError
+    with pytest.raises(expected, match=repr(str(path)).replace("[", r"\[")):
+        _mapped(path, info)
+    with pytest.raises(expected):
+        read_into(path, np.zeros(RAM_SIZE, np.uint8), info, verify_digest=False)
+
+
+def test_files_without_a_trailer_still_load(tmp_path: Path) -> None:
+    """State format 1.0 recorded no trailer (`trailer` absent: False); their files are the bare
+    image, checked by length (and by digest when read)."""
+    ram = make_ram(22, [3])
+    path = tmp_path / "old.mem"
+    new = write_full(path, ram, PAGE)
+    path.write_bytes(ram.tobytes())
+    plain = to_plain(new)
+    del plain["trailer"], plain["data_runs"]
+    old = from_plain(MemFileInfo, plain)
+    assert not old.trailer and not old.data_runs and old.file_length == RAM_SIZE
+    assert np.array_equal(_mapped(path, old), ram)
+    out = np.zeros(RAM_SIZE, np.uint8)
+    read_into(path, out, old)
+    assert np.array_equal(out, ram) and compute_digest(path, old) == old.digest
+    with pytest.raises(MemoryFileMismatchError, match="length"):
+        _mapped(path, new)  # a bare image is not a file that records a trailer
+
+
+def test_errors_name_the_file_when_given_an_fd(tmp_path: Path) -> None:
+    ram = make_ram(23, [3])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    os.truncate(path, PAGE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        for call in (
+            lambda: read_into(fd, np.zeros(RAM_SIZE, np.uint8), info, name=path),
+            lambda: compute_digest(fd, info, name=path),
+            lambda: map_private(fd, RAM_SIZE, info=info, name=path),
+        ):
+            with pytest.raises(MemoryFileMismatchError) as caught:
+                call()
+            assert str(path) in str(caught.value) and "fd " not in str(caught.value)
+    finally:
+        os.close(fd)
+
+
+def test_a_hole_punched_into_data_is_found_without_a_digest_pass_being_asked_for(tmp_path: Path) -> None:
+    ram = make_ram(24, [3, 4, 5, 40])
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    assert list(memfile.written_regions(info)) == [(3 * PAGE, 38 * PAGE)]  # gaps under MIN_HOLE are data
+    if not punch_hole(path, 4 * PAGE, PAGE):  # non-zero data turned into zeros
+        pytest.skip("this filesystem cannot punch holes")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if list(memfile.data_extents(fd, 4 * PAGE, 5 * PAGE)):
+            pytest.skip("this filesystem does not report holes")
+        assert memfile.has_extra_holes(fd, path, info)
+    finally:
+        os.close(fd)
+    with pytest.raises(MemoryFileMismatchError, match="digest"):
+        _mapped(path, info)
+    with pytest.raises(MemoryFileMismatchError, match="digest"):
+        read_into(path, np.zeros(RAM_SIZE, np.uint8), info, verify_digest=False)
+
+
+def test_a_copy_that_drops_zero_blocks_still_maps_after_a_digest_pass(tmp_path: Path) -> None:
+    """A filesystem or `cp --sparse=always` may turn written zero pages into holes: more holes
+    than recorded, same contents. The digest pass that triggers says so, and it loads."""
+    ram = make_ram(25, [3, 5])  # page 4 is a zero page written as data (a short gap)
+    path = tmp_path / "vm.mem"
+    info = write_full(path, ram, PAGE)
+    if not punch_hole(path, 4 * PAGE, PAGE):
+        pytest.skip("this filesystem cannot punch holes")
+    assert np.array_equal(_mapped(path, info), ram)
+    out = np.zeros(RAM_SIZE, np.uint8)
+    read_into(path, out, info, verify_digest=False)
+    assert np.array_equal(out, ram)

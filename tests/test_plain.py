@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from snapshot.errors import EncodingError
-from snapshot.plain import U8, U32, U64, Len, MaxLen, Width, from_plain, to_plain
+from snapshot.plain import U8, U32, U64, Len, MaxLen, Range, Width, from_plain, int_bounds, to_plain
 
 
 @dataclass
@@ -322,3 +322,58 @@ def test_u64_registers_round_trip(xs: list[int], pc: int) -> None:
     vcpu = make_vcpu(0)
     vcpu.x, vcpu.pc = xs, pc
     assert from_plain(Vcpu, msgpack.unpackb(msgpack.packb(to_plain(vcpu)))) == vcpu
+
+
+@dataclass
+class Ranged:
+    bpr: Annotated[int, Range(3, 7)]
+    level: Annotated[int, Width(8), Range(1, 300)]  # both apply: 1..255
+    words: list[U32]
+    free: int = 0
+
+
+@pytest.mark.parametrize(
+    "field_, value, ok",
+    [("bpr", 3, True), ("bpr", 7, True), ("bpr", 2, False), ("bpr", 8, False), ("bpr", 2**33, False),
+     ("level", 255, True), ("level", 256, False), ("level", 0, False)],
+)
+def test_range_marker_bounds_ints_both_ways(field_: str, value: int, ok: bool) -> None:
+    plain = {"bpr": 3, "level": 1, "words": [0], field_: value}
+    if ok:
+        assert getattr(from_plain(Ranged, plain), field_) == value
+        assert to_plain(from_plain(Ranged, plain))[field_] == value
+    else:
+        with pytest.raises(EncodingError, match=rf"^invalid snapshot: {field_}: expected int in "):
+            from_plain(Ranged, plain)
+        with pytest.raises(EncodingError):
+            to_plain(Ranged(**{"bpr": 3, "level": 1, "words": [0], field_: value}))
+
+
+def test_range_marker_errors() -> None:
+    with pytest.raises(ValueError):
+        Range(5, 4)
+
+    @dataclass
+    class Empty:
+        x: Annotated[int, Width(4), Range(100, 200)]
+
+    with pytest.raises(TypeError, match="no valid value"):
+        from_plain(Empty, {"x": 1})
+
+    @dataclass
+    class OnStr:
+        s: Annotated[str, Range(0, 1)]
+
+    with pytest.raises(TypeError, match="Range marker on non-int"):
+        from_plain(OnStr, {"s": ""})
+
+
+def test_int_bounds_lists_every_int_with_its_declared_range() -> None:
+    plain = {"bpr": 4, "level": 9, "words": [1, 2], "free": -5}
+    assert int_bounds(Ranged, plain) == [
+        (("bpr",), 3, 7),
+        (("level",), 1, 255),
+        (("words", 0), 0, 2**32 - 1),
+        (("words", 1), 0, 2**32 - 1),
+        (("free",), -(2**63), 2**64 - 1),
+    ]

@@ -188,7 +188,7 @@ CASES: list[tuple[Callable[[Path], None], type[errors.SnapshotError], str, bool]
     (_newer_minor, errors.VersionMismatchError, "version", True),
     (_no_vcpus, errors.EncodingError, "vCPU", True),
     (_register_too_wide, errors.EncodingError, "vcpus[0].pc", True),
-    (_page_size_changed, errors.IncompatibleError, "RAM layout", True),
+    (_page_size_changed, errors.IncompatibleError, "page size", True),
     (_ram_base_changed, errors.IncompatibleError, "RAM layout", True),
     (_memory_truncated, errors.MemoryFileMismatchError, "length", False),
     (_memory_changed, errors.MemoryFileMismatchError, "digest", False),
@@ -272,3 +272,131 @@ def test_damage_never_touches_the_other_snapshots(snaps: Path) -> None:
     assert {k: v for k, v in after.items() if k != "top.snap"} == {k: v for k, v in before.items() if k != "top.snap"}
     assert MicroVM.load_snapshot(snaps / "base", "copy").clock > 0
     assert os.path.exists(snaps / "other.snap")
+
+
+# --- mmap restore: the O(1) pair check (issue 15 item 3) ---------------------------------------
+def _base_from_another_vm(d: Path) -> None:
+    shutil.copyfile(d / "other.mem", d / "base.mem")
+
+
+def _base_is_an_unfinished_temp(d: Path) -> None:
+    """The image written, the trailer not yet: what a `.base.mem.tmp-*` holds mid-save."""
+    from snapshot.memfile import TRAILER_SIZE
+
+    data = (d / "base.mem").read_bytes()
+    (d / "base.mem").write_bytes(data[:-TRAILER_SIZE] + bytes(TRAILER_SIZE))
+
+
+def _base_is_holes(d: Path) -> None:
+    size = (d / "base.mem").stat().st_size
+    (d / "base.mem").unlink()
+    with open(d / "base.mem", "wb") as f:
+        f.truncate(size)
+
+
+def _base_staged_from_another_save(d: Path) -> None:
+    """A staged file left by another save of `base`, named for the digest base.snap records
+    (the loader prefers it): it holds another VM's image."""
+    from snapshot.commit import recorded_memory
+
+    info = recorded_memory(read_state_file(d / "base.snap")[1])
+    shutil.copyfile(d / "other.mem", d / f".base.mem.staged-{info.digest}")
+
+
+@pytest.mark.parametrize(
+    "damage", [_base_from_another_vm, _base_is_an_unfinished_temp, _base_is_holes, _base_staged_from_another_save]
+)
+def test_mmap_without_a_digest_pass_refuses_a_memory_file_that_is_not_the_recorded_one(snaps: Path, damage) -> None:  # type: ignore[no-untyped-def]
+    damage(snaps)
+    err = _error_of(lambda: MicroVM.load_snapshot(snaps / "top", "mmap"))  # verify_memory defaults to off
+    assert type(err) is errors.MemoryFileMismatchError, err
+    assert "base.mem" in str(err)
+
+
+def _memory_page_size(d: Path) -> None:
+    def change(data: dict[str, Any]) -> None:
+        data["memory"]["page_size"] = 512
+        data["vm"]["page_size"] = 512
+
+    rewrite_state(d / "base.snap", change)
+
+
+def test_a_memory_file_with_another_page_size_is_refused(snaps: Path) -> None:
+    """512-byte pages recorded beside a 4096-byte-page VM: refused by decode, by describe,
+    and by the memory file's own trailer."""
+    rewrite_state(d := snaps / "base.snap", set_field("memory", "page_size", value=512))
+    for backend in ("copy", "mmap"):
+        err = _error_of(lambda: MicroVM.load_snapshot(snaps / "base", backend))
+        assert type(err) is errors.IncompatibleError and "page size 512" in str(err)
+    assert type(_error_of(lambda: describe(d, schema=MACHINE))) is errors.IncompatibleError
+    _memory_page_size(snaps)  # state consistent with itself: the machine and the trailer refuse it
+    assert type(_error_of(lambda: MicroVM.load_snapshot(snaps / "base", "mmap"))) is errors.IncompatibleError
+    from snapshot.chain import verify
+
+    assert not verify(snaps / "base").ok
+
+
+def test_a_16_gib_claim_beside_a_small_file_is_refused_before_allocating(snaps: Path) -> None:
+    import tracemalloc
+
+    size = 16 << 30
+
+    def claim(data: dict[str, Any]) -> None:
+        data["vm"]["ram_size"] = data["vm"]["config"]["mem_size"] = data["memory"]["length"] = size
+
+    rewrite_state(snaps / "base.snap", claim)
+    tracemalloc.start()
+    try:
+        for backend in ("copy", "mmap"):
+            err = _error_of(lambda: MicroVM.load_snapshot(snaps / "base", backend))
+            assert type(err) is errors.MemoryFileMismatchError and "length" in str(err)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20  # RAM was never allocated
+
+
+def test_describe_of_an_lz4_snapshot_recording_file_size_0_is_an_encoding_error(tmp_path: Path) -> None:
+    vm = MicroVM(CONFIG)
+    vm.run(10_000)
+    vm.save_snapshot(tmp_path / "z", compress="lz4")
+    rewrite_state(tmp_path / "z.snap", set_field("memory", "file_size", value=0))
+    err = _error_of(lambda: describe(tmp_path / "z", schema=MACHINE))
+    assert type(err) is errors.EncodingError and "data.memory" in str(err)
+    assert main(["describe", str(tmp_path / "z.snap")]) == 2
+
+
+@pytest.mark.parametrize(("damage", "expected", "words", "_"), CASES, ids=IDS)
+def test_messages_name_files_never_fds(snaps: Path, damage, expected, words, _) -> None:  # type: ignore[no-untyped-def]
+    import re
+
+    damage(snaps)
+    for call in (
+        lambda: MicroVM.load_snapshot(snaps / "top", "copy"),
+        lambda: MicroVM.load_snapshot(snaps / "top", "mmap", verify_memory=True),
+    ):
+        try:
+            call()
+        except errors.SnapshotError as err:
+            assert not re.search(r"\bfd \d", str(err)), err
+
+
+def test_describe_escapes_what_the_state_file_says(snaps: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A crafted parent name cannot send terminal escapes or add rows to describe's table."""
+    evil = "base.snap\x1b[2J\x1b]0;owned\x07\nkind             full\u202e\x7f"
+    rewrite_state(snaps / "top.snap", set_field("parent", "state_name", value=evil))
+    assert main(["describe", str(snaps / "top.snap")]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out and "\u202e" not in out and "\x7f" not in out
+    assert sum(line.startswith("kind") for line in out.splitlines()) == 1
+    row = next(line for line in out.splitlines() if line.startswith("parent.state_name"))
+    assert r"base.snap\x1b[2J\x1b]0;owned\x07\nkind             full\u202e\x7f" in row
+
+
+def test_cli_restore_mmap_checks_contents_only_with_verify_memory(snaps: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _memory_changed(snaps)  # a flipped byte inside the image: the O(1) check cannot see it
+    assert main(["restore", str(snaps / "top.snap"), "--mem-backend", "mmap", "--max-instructions", "1000"]) != 2
+    capsys.readouterr()
+    code = main(["restore", str(snaps / "top.snap"), "--mem-backend", "mmap", "--verify-memory", "--max-instructions", "1000"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "digest" in err[0] and "top.mem" in err[0]

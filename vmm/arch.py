@@ -10,6 +10,7 @@ PSTATE_M_MASK = 0xF  # M[3:0]: exception level and SP selection
 PSTATE_EL0T = 0x0
 PSTATE_EL1T = 0x4
 PSTATE_EL1H = 0x5
+PSTATE_NRW = 1 << 4  # M[4]: 1 = AArch32 (DDI 0487 C5.2.18 SPSR_EL1.M[4])
 PSTATE_F = 1 << 6
 PSTATE_I = 1 << 7
 PSTATE_A = 1 << 8

@@ -31,10 +31,10 @@ import numpy as np
 from snapshot import frames
 from snapshot.commit import commit_pair, resolve_memory_file
 from snapshot.envelope import CRC_SIZE
-from snapshot.errors import EncodingError, IncompatibleError
-from snapshot.links import Link, ParentLink, close_chain, open_chain, snapshot_paths
+from snapshot.errors import EncodingError, IncompatibleError, InvalidPathError, resolve_path
+from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, dependants, open_chain, snapshot_paths
 from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
-from snapshot.memory import check_compression, read_memory, write_memory
+from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
 from snapshot.progress import ProgressBars, progress_bars
 from vmm.config import VmConfig
@@ -54,12 +54,50 @@ _NO_BARS = progress_bars(enabled=False)
 
 @dataclass
 class Lineage:
-    """The snapshot a VM was last saved to or restored from: the base of its next diff."""
+    """The snapshot a VM was last saved to or restored from: the base of its next diff.
+    `chain`: the resolved state paths of that snapshot's chain, full base first, this snapshot
+    last (what a diff saved now would depend on)."""
 
     state_path: Path
     state_crc: int
     memory: MemFileInfo
     memory_path: Path | None = None  # where its memory file was (None: unknown)
+    chain: tuple[Path, ...] = ()  # its chain's state files, base first (resolved)
+
+    def links(self) -> tuple[Path, ...]:
+        """`chain`, or this snapshot alone if the chain was not recorded."""
+        return self.chain or (resolve_path(self.state_path),)
+
+
+def _check_destination(snap: Path, kind: str, lineage: Lineage | None) -> None:
+    """Refuse, before anything is written, a save that would make a snapshot unrestorable: a
+    diff to the name of any link of this VM's chain (it would replace a base it depends on:
+    the chain loops or breaks), any save over a snapshot that a diff in its directory or in
+    this VM's chain is taken over (that diff's parent digest would no longer match), or a diff
+    past MAX_CHAIN links (it could not be restored)."""
+    if os.path.lexists(snap):
+        found = dependants(snap)
+        if found:
+            raise InvalidPathError(
+                snap, f"is the base of the diff {found[0].name} ({len(found)} in all): replacing it would make "
+                "that diff unrestorable; save under another name, or remove the diff first"
+            )
+    if lineage is None:
+        return
+    target = resolve_path(snap)
+    chain = lineage.links()
+    if kind == DIFF and target in chain:
+        raise InvalidPathError(
+            snap, f"is a link of this VM's snapshot chain ({len(chain)} snapshots, ending at {chain[-1].name}): "
+            "a diff saved there would replace a snapshot it depends on; save it under another name or as a full snapshot"
+        )
+    if kind == FULL and target in chain[:-1]:
+        raise InvalidPathError(
+            snap, f"is a base of {chain[-1].name} in this VM's snapshot chain: overwriting it would break that diff; "
+            "save under another name"
+        )
+    if kind == DIFF and len(chain) >= MAX_CHAIN:
+        raise IncompatibleError(f"a diff chain holds at most {MAX_CHAIN} snapshots; save a full snapshot")
 
 
 @dataclass
@@ -126,6 +164,7 @@ def save_snapshot(
     if mem_path is not None:
         mem = Path(mem_path)
     lineage: Lineage | None = vm.lineage  # type: ignore[assignment]
+    _check_destination(snap, kind, lineage)
     t0 = time.perf_counter()
     ram = vm.memory.view()
     parent: ParentLink | None = None
@@ -159,7 +198,8 @@ def save_snapshot(
         info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
-    vm.lineage = Lineage(snap, _state_crc(snap), info, mem)
+    base = lineage.links() if kind == DIFF and lineage is not None else ()
+    vm.lineage = Lineage(snap, _state_crc(snap), info, memory_path=mem, chain=base + (resolve_path(snap),))
     return SaveReport(
         state_path=snap,
         memory_path=mem,
@@ -271,7 +311,8 @@ def open_snapshot(
         if mem_path is not None and os.path.realpath(top_pair.memory_path) != os.path.realpath(recorded):
             verify = True  # not the file the state records: only its digest ties it to the state
         ram = _lay_chain(chain, config.mem_size, mem_backend, verify, progress_bars, snap.name)
-        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory, top_pair.memory_path)
+        links = tuple(resolve_path(link.pair.paths.state) for link in chain)
+        lineage = Lineage(top_pair.paths.state, _state_crc(top_pair.paths.state), top.memory, top_pair.memory_path, links)
         return OpenedSnapshot(config, ram, top, lineage)
     finally:
         close_chain(chain)
@@ -280,7 +321,11 @@ def open_snapshot(
 def _lay_chain(
     chain: list[Link], size: int, mem_backend: str, verify: bool, bars: ProgressBars | None, name: str
 ) -> np.ndarray:
-    """RAM of `size` bytes holding the chain's base with every diff laid over it."""
+    """RAM of `size` bytes holding the chain's base with every diff laid over it. Every memory
+    file's size and identity are checked before RAM is allocated (a 16 GiB claim beside a small
+    file allocates nothing)."""
+    for link in chain:
+        check_memory_file(link.pair)
     first = chain[0]
     base_info = first.core.memory
     work = sum(extent_bytes(link.core.memory) for link in chain)
@@ -290,13 +335,15 @@ def _lay_chain(
     source: frames.Source = "mmap" if mem_backend == "mmap" else "stream"
     with (bars or _NO_BARS)(work, f"restoring {name}") as advance:
         if lazy:
-            ram = map_private(first.pair.memory_fd, size, info=base_info, verify_digest=verify, progress=advance)
+            ram = map_private(
+                first.pair.memory_fd, size, info=base_info, verify_digest=verify, progress=advance, name=first.pair.memory_path
+            )
         elif base_info.format == LZ4:
             ram = np.zeros(size, dtype=np.uint8)  # ZERO frames stay untouched pages
             read_memory(first.pair, ram, verify, source=source, zeroed=True, progress=advance)
         else:
             ram = np.empty(size, dtype=np.uint8)
-            read_into(first.pair.memory_fd, ram, base_info, verify, progress=advance)
+            read_into(first.pair.memory_fd, ram, base_info, verify, progress=advance, name=first.pair.memory_path)
         for older, newer in zip(chain, chain[1:]):
             read_memory(newer.pair, ram, verify, parent=older.core.memory, source=source, progress=advance)
     return ram

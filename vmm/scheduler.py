@@ -29,10 +29,19 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Protocol, Sequence
+from typing import TYPE_CHECKING, Annotated, Callable, Protocol, Sequence
+
+from snapshot.plain import Range
+from vmm.config import MAX_QUANTUM
 
 from vmm.psci import complete_pending_power_on
 from vmm.vcpu import ExitKind, PowerState, SliceExit
+
+# Ours: the latest virtual time (ns) a VM may reach or a snapshot may record, ~146 years.
+# Virtual time is the generic timer's count (CNTPCT = clock, CNTVCT = clock - CNTVOFF, 64-bit
+# registers); this bound keeps the clock plus any round and deadline arithmetic inside a
+# signed 64-bit value, where the C hooks and Unicorn's instruction counts compute.
+MAX_CLOCK = 1 << 62
 
 if TYPE_CHECKING:
     from vmm.fault import FaultReport
@@ -59,14 +68,16 @@ class StopReason(str, enum.Enum):
 @dataclass
 class RunResult:
     """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU);
-    `retired[i]` is the instructions vCPU i actually executed in this call (less than
-    `instructions` while it waited or was off; a slice that faulted counts whole)."""
+    `retired` is the instructions the vCPUs executed in all (less than `instructions` x vCPUs
+    while vCPUs wait or are off; a faulting slice counts whole, as in `Vcpu.run_slice`), and
+    `retired_per_vcpu[i]` vCPU i's share of it."""
 
     reason: StopReason
     instructions: int
     detail: str = ""
     fault: FaultReport | None = None
-    retired: list[int] = field(default_factory=list)
+    retired: int = 0
+    retired_per_vcpu: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -97,8 +108,8 @@ class InterruptSource(Protocol):
 class SchedulerState:
     """Scheduler position, as plain data."""
 
-    clock: int  # virtual ns since boot
-    quantum: int
+    clock: Annotated[int, Range(0, MAX_CLOCK)]  # virtual ns since boot
+    quantum: Annotated[int, Range(1, MAX_QUANTUM)]
     stopped: str | None  # StopReason value once final
     stop_detail: str = ""
 
@@ -114,6 +125,7 @@ class Scheduler:
         self.stopped: StopReason | None = None
         self.stop_detail = ""
         self.fault: FaultReport | None = None
+        self.retired = 0  # instructions executed by all vCPUs since this scheduler was made
 
     def _next_round_end(self) -> int:
         end = (self.clock // self.quantum + 1) * self.quantum
@@ -163,6 +175,7 @@ class Scheduler:
             stop = end if deadline is None else min(deadline, end)
             ex = v.run_slice(stop - now, now)
             now += v.executed
+            self.retired += v.executed
             v.retired += v.executed
             if ex is not None and ex.kind is not ExitKind.REPLAN:
                 if ex.kind is not ExitKind.WAIT or irq is None:
@@ -198,17 +211,20 @@ class Scheduler:
 
         `interrupted` is polled at every round end: once it returns True the run stops there
         (StopReason.INTERRUPTED), a pause point like a budget's end."""
+        retired = self.retired
+        per_vcpu = [v.retired for v in self.vcpus]
+        result = self._run(max_instructions, interrupted)
+        result.retired = self.retired - retired
+        result.retired_per_vcpu = [v.retired - before for v, before in zip(self.vcpus, per_vcpu)]
+        return result
+
+    def _run(self, max_instructions: int | None, interrupted: Callable[[], bool] | None) -> RunResult:
         if max_instructions is not None and max_instructions < 0:
             raise ValueError("max_instructions must be >= 0")
         start = self.clock
-        retired0 = [v.retired for v in self.vcpus]
         if self.stopped is not None:
-            return RunResult(self.stopped, 0, self.stop_detail, self.fault, [0] * len(self.vcpus))
-        result = self._run(start, None if max_instructions is None else start + max_instructions, interrupted)
-        result.retired = [v.retired - before for v, before in zip(self.vcpus, retired0)]
-        return result
-
-    def _run(self, start: int, target: int | None, interrupted: Callable[[], bool] | None) -> RunResult:
+            return RunResult(self.stopped, 0, self.stop_detail, self.fault)
+        target = None if max_instructions is None else start + max_instructions
         while True:
             if target is not None and self.clock >= target:
                 return RunResult(StopReason.BUDGET, self.clock - start)

@@ -185,6 +185,21 @@ class VcpuState:
     pending_entry: U64 = 0  # CPU_ON entry point while ON_PENDING
     pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
 
+    def __post_init__(self) -> None:
+        """ValueError (EncodingError when decoded) for a state this machine cannot be in: PSTATE
+        at an exception level other than EL0t/EL1t/EL1h (no EL2, EL3 or AArch32 here) or a
+        system register that is not one of SAVED_SYSREGS."""
+        mode = self.pstate & (arch.PSTATE_M_MASK | arch.PSTATE_NRW)
+        if mode not in _VALID_PSTATE_MODES:
+            raise ValueError(f"pstate {self.pstate:#x}: M[4:0] = {mode:#x} is not EL0t, EL1t or EL1h")
+        unknown = next((key for key in self.sysregs if key not in _SAVED_SYSREG_KEYS), None)
+        if unknown is not None:
+            raise ValueError(f"sysregs: {unknown[:40]!r} is not a saved system register")
+
+
+_VALID_PSTATE_MODES = frozenset({arch.PSTATE_EL0T, arch.PSTATE_EL1T, arch.PSTATE_EL1H})
+_SAVED_SYSREG_KEYS = frozenset(r.key for r in SAVED_SYSREGS)
+
 
 @dataclass(frozen=True)
 class VcpuCheckpoint:

@@ -17,6 +17,7 @@ BENCHMARKS = {
     "compress": "raw vs lz4 memory files on a 1 GiB guest: save and restore time, size, 1 vs 2 threads",
     "reset": "in-process reset to a point at 16 and 1,024 dirty pages on a 1 GiB guest vs load_snapshot",
     "api": "API server: guest rounds in the background vs direct, pause latency vs one round, GET / while running",
+    "fanout": "experiments/s of a fan-out: 1 and 2 local workers, 2 Ray actors; encrypted vs plain 1 GiB save",
     "faults": "reliability campaign: kills during save/rebase, mutated files, disk faults, hostile guests; counts per category",
 }
 

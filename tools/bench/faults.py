@@ -16,6 +16,9 @@
 - cli: hostile paths and files for every input of the command (snapshot folder, MMDS data,
   console input, guest images, ELF headers, JSON bombs) and unwritable stdout: one line, exit
   2, nothing written, in CASE_SECONDS (tools.faults.cli_input).
+- saves: every save (full, diff) to every link of chains of up to 4 snapshots, from the run's
+  VM and from VMs restored from each link: refused or done, no snapshot left unrestorable
+  (tools.faults.saves).
 
 Every category prints trials, survived, lost_data, wrong_exception, hangs and violations;
 all but trials and survived must be 0. `--quick` runs CI-like sizes.
@@ -26,14 +29,14 @@ import random
 import tempfile
 from pathlib import Path
 
-from tools.faults import cli_input, crash, disk, hostile, mutate, scenarios, signals
+from tools.faults import cli_input, crash, disk, hostile, mutate, saves, scenarios, signals
 from tools.faults.corpus import build_corpus, scratch_directory
 from tools.faults.outcome import Tally, Verdict
 
 SEED = 20_240_808
-FILE_CASE_SECONDS = 20.0  # generous wall-time bound on one mutated-file case (load, describe, verify)
-FULL = {"kills": 26, "rebase_kills": 15, "faults_per_call": 4, "enospc_sizes": 6, "files": 10_000, "jumps": 140, "soups": 120, "signals": 40, "signal_cli": 12, "cli": 400}
-QUICK = {"kills": 3, "rebase_kills": 2, "faults_per_call": 1, "enospc_sizes": 2, "files": 300, "jumps": 14, "soups": 10, "signals": 4, "signal_cli": 2, "cli": 30}
+FILE_CASE_SECONDS = 5.0  # wall-time bound on one mutated-file case (load, describe, verify); the slowest takes ~1 s on a loaded 2-core machine
+FULL = {"kills": 26, "rebase_kills": 15, "faults_per_call": 4, "enospc_sizes": 6, "files": 10_000, "jumps": 140, "soups": 120, "chain_links": 4, "signals": 40, "signal_cli": 12, "cli": 400}
+QUICK = {"kills": 3, "rebase_kills": 2, "faults_per_call": 1, "enospc_sizes": 2, "files": 300, "jumps": 14, "soups": 10, "chain_links": 2, "signals": 4, "signal_cli": 2, "cli": 30}
 SOUP_BUDGET = 20_000  # instructions per random program
 
 
@@ -109,6 +112,13 @@ def _cli(d: Path, sizes: dict[str, int], rng: random.Random) -> Tally:
     return tally
 
 
+def _saves(d: Path, max_links: int) -> Tally:
+    tally = Tally()
+    for plan in saves.plans(max_links):
+        tally.add(saves.run_trial(d, *plan))
+    return tally
+
+
 def _show(name: str, tally: Tally) -> None:
     f = tally.figures()
     counts = "  ".join(f"{v.value} {f[v.value]}" for v in Verdict)
@@ -139,6 +149,8 @@ def run(quick: bool = False) -> dict[str, object]:
         _show("files", tallies["files"])
         tallies["hostile"] = _hostile(scratch / "guest", sizes, rng)
         _show("hostile", tallies["hostile"])
+        tallies["saves"] = _saves(scratch / "saves", sizes["chain_links"])
+        _show("saves", tallies["saves"])
         tallies["signals"] = _signals(root / "signals", sizes, rng)
         _show("signals", tallies["signals"])
         tallies["cli"] = _cli(scratch / "cli", sizes, rng)

@@ -7,13 +7,25 @@ accidental (what a disk, a copy or a user can do; must never load as different d
   bitflip, overwrite, truncate (at every region boundary: msgpack fields, CRC trailer, memory
   runs and pages), append, extend (a hole past the end), swap (a file of another snapshot),
   odd-file (empty, directory, FIFO, symlink to /dev/zero, dangling or looping symlink,
-  missing)
+  missing), mismatch (a memory file that is not the recorded one but has its size or name:
+  an unfinished temp, a file of holes, the bare image, another snapshot's staged file, a hole
+  punched into recorded data)
 forged (a valid CRC-64 over a body built to be hostile; may load if it happens to be valid):
   field (a value of the decoded state replaced by an edge value or another type, a field
   dropped or an unknown one added), huge-length (a msgpack header declaring ~4 G items or
   bytes), header (wrong magic, architecture or version), bomb (deep nesting, container
   floods, wide maps, huge strings, extension types, non-str keys, random bytes), cut (the
   body truncated, CRC recomputed)
+forged and refused (each must fail with the typed error named, never load):
+  link (a chain that loops, a NUL in the parent name, a parent digest that disagrees with
+  its link, a missing parent), range (an int just outside the range its state dataclass
+  declares, found from snapshot.plain's markers: every field's neighbours), claim (16 GiB of
+  RAM claimed beside a small raw file, or by an 80-byte lz4 file of 4 KiB frames: refused
+  within LOAD_MEMORY_BOUND, measured); range also sets ints that declare no range to
+  hostile magnitudes, which must be refused or load and run within the same bounds
+
+Memory-file families whose damage the O(1) pair check can see (MMAP_CHECKED) are also loaded
+with the mmap backend without a digest pass: it must refuse them too.
 
 `run_case` applies a mutation in a fresh directory of hard links (the corpus itself is never
 written) and loads (copy backend, digests verified), describes (with --verify when a memory
@@ -37,21 +49,36 @@ from typing import Any, Callable, Iterator
 import msgpack
 
 from snapshot.commit import recorded_memory
-from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, MAX_DECODED_CONTAINERS, MAX_STATE_FILE_SIZE, crc64, read_state_file
-from snapshot.errors import MemoryFileMismatchError, SnapshotError
-from snapshot.memfile import MemFileInfo
+from snapshot.envelope import CRC_SIZE, MAGIC_AARCH64, MAX_ARRAY_ITEMS, MAX_DECODED_CONTAINERS, MAX_STATE_FILE_SIZE, crc64, read_state_file
+from snapshot.errors import (
+    ChainLoopError,
+    CorruptMemoryFileError,
+    EncodingError,
+    MemoryFileMismatchError,
+    MissingParentError,
+    SnapshotError,
+)
+from snapshot.frames import FOOTER_SIZE
+from snapshot.memfile import TRAILER_SIZE, MemFileInfo
+from snapshot.plain import int_bounds
+from vmm.state import MicrovmState
 from snapshot.describe import describe
 from vmm.persist import MACHINE
+from vmm import sysreg
 from vmm.machine import MicroVM
 from tools.faults.corpus import QUANTUM, Corpus, link_files
 from tools.faults.outcome import Hang, Stopwatch, Trial, Verdict, describe_exception, failed, watchdog
 
-ACCIDENTAL = ("bitflip", "overwrite", "truncate", "append", "extend", "swap", "odd-file")
-FORGED = ("field", "huge-length", "header", "bomb", "cut")
+ACCIDENTAL = ("bitflip", "overwrite", "truncate", "append", "extend", "swap", "odd-file", "mismatch")
+FORGED = ("field", "huge-length", "header", "bomb", "cut", "link", "range", "claim")
 FAMILIES = ACCIDENTAL + FORGED
+# Memory-file damage the mmap backend's O(1) check (size + identity trailer) must refuse.
+MMAP_CHECKED = frozenset({"truncate", "append", "extend", "swap", "odd-file", "mismatch"})
+# A load refused for a claimed size may use at most this much memory (tracemalloc peak).
+LOAD_MEMORY_BOUND = 256 << 20
 # How often each family is drawn, relative to the others: field edits reach every device's
 # restore code, so they get the largest share.
-WEIGHTS = {"field": 6, "bitflip": 2, "truncate": 2}
+WEIGHTS = {"field": 6, "bitflip": 2, "truncate": 2, "range": 2}
 WEIGHTED_FAMILIES = tuple(f for f in FAMILIES for _ in range(WEIGHTS.get(f, 1)))  # draw from this
 # Snapshots that must be checked when a file of snapshot X is mutated: X and every diff over it.
 DEPENDANTS = {"base": ("base", "top"), "top": ("top",), "other": ("other",)}
@@ -127,11 +154,13 @@ def load_info(corpus: Corpus) -> CorpusInfo:
         _key_offsets(state, envelope, bounds)
         page = memory.page_size
         mem_bounds = {0, 1, page, memory.length // 2, memory.length - page, memory.length - 1}
+        if memory.trailer:  # the identity trailer: its start, its fields, its checksum
+            mem_bounds.update(memory.length + k for k in (0, 8, 24, TRAILER_SIZE - 8, TRAILER_SIZE - 1))
         for first, count in memory.runs:
             mem_bounds.update((first * page, (first + count) * page, first * page + 1))
         mem_bounds |= _extent_boundaries(corpus.path(name).with_suffix(".mem"))
         info.snapshots[name] = SnapshotFiles(
-            name, state, envelope, memory, sorted(b for b in bounds if 0 <= b < len(state)), sorted(b for b in mem_bounds if 0 <= b < memory.length)
+            name, state, envelope, memory, sorted(b for b in bounds if 0 <= b < len(state)), sorted(b for b in mem_bounds if 0 <= b < memory.file_length)
         )
     return info
 
@@ -145,6 +174,7 @@ class Mutation:
     which: str
     text: str
     apply: Callable[[Path], None]  # given the case directory
+    refused_with: type[SnapshotError] | None = None  # forged and refused: the error required
 
     @property
     def accidental(self) -> bool:
@@ -197,7 +227,7 @@ def _pack(envelope: Any) -> bytes:
 
 # --- accidental families ----------------------------------------------------------------------
 def _bitflip(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Callable[[Path], None]]:
-    size = len(s.state) if which == "snap" else s.memory.length
+    size = len(s.state) if which == "snap" else s.memory.file_length
     offsets: list[int] = []
     for _ in range(rng.choice((1, 1, 2, 3, 8))):
         if which == "mem" and s.memory.runs and rng.random() < 0.8:  # mostly inside recorded data
@@ -222,7 +252,7 @@ def _bitflip(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Cal
 
 
 def _overwrite(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Callable[[Path], None]]:
-    size = len(s.state) if which == "snap" else s.memory.length
+    size = len(s.state) if which == "snap" else s.memory.file_length
     n = rng.choice((1, 4, 8, 64, 4096))
     offset = rng.randrange(size)
     fill = rng.choice(("zeros", "ones", "random"))
@@ -257,12 +287,12 @@ def _append(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Call
         tail = s.state  # the whole file again
     else:
         tail = b"\x5a" * s.memory.page_size
-    size = len(s.state) if which == "snap" else s.memory.length
+    size = len(s.state) if which == "snap" else s.memory.file_length
     return f"{len(tail)} bytes ({kind}) appended", lambda d: _resize(d / f"{s.name}.{which}", size, tail)
 
 
 def _extend(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Callable[[Path], None]]:
-    size = len(s.state) if which == "snap" else s.memory.length
+    size = len(s.state) if which == "snap" else s.memory.file_length
     extra = rng.choice((1, 4096, 1 << 20, MAX_STATE_FILE_SIZE + 1, 1 << 32))
     return f"extended by a {extra}-byte hole", lambda d: _resize(d / f"{s.name}.{which}", size + extra)
 
@@ -302,6 +332,53 @@ def _odd_file(rng: random.Random, s: SnapshotFiles, which: str) -> tuple[str, Ca
         # "missing": nothing there
 
     return kind, apply
+
+
+def punch_hole(path: Path, offset: int, count: int) -> bool:
+    """Deallocate [offset, offset+count) of the file in place (fallocate PUNCH_HOLE, as
+    `fallocate -p` does); False if the filesystem cannot."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        punch_keep_size = 0x02 | 0x01  # FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE (linux/falloc.h)
+        return libc.fallocate(fd, punch_keep_size, ctypes.c_long(offset), ctypes.c_long(count)) == 0
+    finally:
+        os.close(fd)
+
+
+def _mismatch(rng: random.Random, s: SnapshotFiles, names: list[str]) -> tuple[str, Callable[[Path], None]]:
+    """A memory file of the recorded size (or at the recorded staged name) that is not the
+    recorded file: the identity trailer tells most apart without reading the image; a hole
+    punched into recorded data, the recorded data runs (memfile.has_extra_holes)."""
+    kind = rng.choice(("unfinished", "holes", "bare-image", "foreign-staged", "punched"))
+    donor = rng.choice([n for n in names if n != s.name])
+    page = s.memory.page_size
+    runs = s.memory.runs or ((0, s.memory.length // page),)
+    first, count = rng.choice(runs)
+    punch_at = rng.randrange(first, first + count) * page
+
+    def apply(d: Path) -> None:
+        path = d / f"{s.name}.mem"
+        if kind == "punched":
+            _private_copy(path)
+            punch_hole(path, punch_at, page)
+        elif kind == "unfinished":  # image written, trailer not yet (a temp mid-save)
+            data = path.read_bytes()
+            _write_new(path, data[: s.memory.length] + bytes(len(data) - s.memory.length))
+        elif kind == "holes":
+            size = path.stat().st_size
+            os.unlink(path)
+            with open(path, "wb") as f:
+                f.truncate(size)
+        elif kind == "bare-image":  # as a 1.0 writer would leave it
+            _write_new(path, path.read_bytes()[: s.memory.length])
+        else:  # the loader prefers a staged file named for the recorded digest
+            shutil.copyfile(d / f"{donor}.mem", d / f".{s.name}.mem.staged-{s.memory.digest}")
+
+    shown = {"foreign-staged": f" (from {donor})", "punched": f" at byte {punch_at}"}.get(kind, "")
+    return kind + shown, apply
 
 
 # --- forged families (valid CRC) --------------------------------------------------------------
@@ -415,7 +492,7 @@ def _header(rng: random.Random, s: SnapshotFiles) -> tuple[str, bytes]:
 
 
 def _bomb(rng: random.Random, s: SnapshotFiles) -> tuple[str, bytes]:
-    kind = rng.choice(("deep-arrays", "deep-maps", "container-flood", "wide-map", "long-string", "ext", "int-keys", "random", "nested-declared"))
+    kind = rng.choice(("deep-arrays", "deep-maps", "container-flood", "nested-flood", "wide-map", "long-string", "ext", "int-keys", "random", "nested-declared"))
     header = _pack(s.envelope["header"])
     if kind == "deep-arrays":
         data = b"\x91" * rng.choice((1000, 100_000, 2_000_000)) + b"\xc0"
@@ -424,6 +501,10 @@ def _bomb(rng: random.Random, s: SnapshotFiles) -> tuple[str, bytes]:
     elif kind == "container-flood":
         n = rng.choice((MAX_DECODED_CONTAINERS - 10, MAX_DECODED_CONTAINERS + 10, MAX_STATE_FILE_SIZE - 200))
         data = b"\xdd" + n.to_bytes(4, "big") + b"\x90" * n
+    elif kind == "nested-flood":  # inner arrays short enough to pass the declared-length limit
+        inner = rng.choice((16, 1000, MAX_ARRAY_ITEMS))
+        outer = min(MAX_ARRAY_ITEMS, (MAX_STATE_FILE_SIZE - 200) // (inner + 3))
+        data = b"\xdc" + outer.to_bytes(2, "big") + (b"\xdc" + inner.to_bytes(2, "big") + b"\x90" * inner) * outer
     elif kind == "wide-map":
         n = rng.choice((1000, 200_000))
         data = _pack({f"k{i}": i for i in range(n)})
@@ -450,6 +531,104 @@ def _cut(rng: random.Random, s: SnapshotFiles) -> tuple[str, bytes]:
     return f"body cut at byte {at}", payload[:at]
 
 
+# --- forged and refused: each must fail with the typed error it names -----------------------
+Refused = tuple[str, str, Callable[[Path], None], type[SnapshotError]]  # (snapshot, text, apply, error)
+
+
+def _sealed_edit(s: SnapshotFiles, change: Callable[[dict[str, Any]], None]) -> Callable[[Path], None]:
+    envelope = _copy(s.envelope)
+    change(envelope["data"])
+    blob = seal(_pack(envelope))
+    return lambda d: _write_new(d / f"{s.name}.snap", blob)
+
+
+def _link(rng: random.Random, info: CorpusInfo) -> Refused:
+    """Chain links that cannot be followed (the diff `top` over `base`)."""
+    top = info.snapshots["top"]
+    kind = rng.choice(("self-loop", "loop-via-base", "nul-name", "digest-disagrees", "missing-parent"))
+    if kind == "self-loop":
+        return "top", kind, _sealed_edit(top, lambda d: d["parent"].__setitem__("state_name", "top.snap")), ChainLoopError
+    if kind == "loop-via-base":  # base becomes a diff over top
+        base = info.snapshots["base"]
+
+        def change(d: dict[str, Any]) -> None:
+            d["parent"] = {"state_name": "top.snap", "state_crc": 0, "memory_digest": top.memory.digest}
+            d["memory"].update(kind="diff", parent_digest=top.memory.digest, trailer=True, data_runs=b"")
+            npages = base.memory.length // base.memory.page_size
+            d["memory"]["page_map"] = b"\x01" + bytes((npages + 7) // 8 - 1)
+            d["memory"]["pages_written"] = 1
+
+        return "base", kind, _sealed_edit(base, change), ChainLoopError
+    if kind == "nul-name":
+        name = rng.choice(("base\x00.snap", "\x00", "base.snap\x00../x"))
+        return "top", f"{kind} {name!r}", _sealed_edit(top, lambda d: d["parent"].__setitem__("state_name", name)), EncodingError
+    if kind == "digest-disagrees":
+        digest = rng.choice(("0" * 32, info.snapshots["other"].memory.digest))
+        return "top", kind, _sealed_edit(top, lambda d: d["parent"].__setitem__("memory_digest", digest)), EncodingError
+    name = rng.choice(("gone.snap", "sub/base.snap", "../base.snap"))
+    return "top", f"{kind} {name}", _sealed_edit(top, lambda d: d["parent"].__setitem__("state_name", name)), MissingParentError
+
+
+def _range(rng: random.Random, info: CorpusInfo) -> tuple[str, str, Callable[[Path], None], type[SnapshotError] | None]:
+    """An int of the state set outside its range. A field whose state dataclass declares a
+    range (snapshot.plain markers) gets a value just outside it and must be refused with an
+    EncodingError: every declared limit is probed, new ones included. A field that declares
+    none gets a hostile magnitude and must be refused or load and run, within the time and
+    LOAD_MEMORY_BOUND (a value used as a shift or a size shows up there)."""
+    s = info.snapshots[rng.choice(sorted(info.snapshots))]
+    path, low, high = rng.choice(int_bounds(MicrovmState, s.envelope["data"]))
+    declared = low > -(2**63) or high < 2**64 - 1
+    if declared:
+        candidates = (low - 1, high + 1, high + rng.randrange(1, 2**20), 2**64 - 1, -(2**63))
+    else:
+        candidates = (2**33, 2**62, 2**63, 2**64 - 1, -1, -(2**63))
+    value = rng.choice([v for v in candidates if -(2**63) <= v < 2**64 and (not declared or not low <= v <= high)])
+
+    def change(data: dict[str, Any]) -> None:
+        _get(data, path[:-1])[path[-1]] = value
+
+    shown = f"declared {low}..{high}" if declared else "no declared range"
+    return s.name, f"{'.'.join(map(str, path))} = {value} ({shown})", _sealed_edit(s, change), EncodingError if declared else None
+
+
+def _claim(rng: random.Random, info: CorpusInfo) -> Refused:
+    """16 GiB of RAM claimed beside a small file: refused (length, or the lz4 index the file
+    cannot hold) before RAM or per-frame objects are allocated (LOAD_MEMORY_BOUND)."""
+    s = info.snapshots[rng.choice(("base", "other"))]
+    size = 16 << 30
+    kind = rng.choice(("raw", "lz4-tiny"))
+
+    def change(data: dict[str, Any]) -> None:
+        data["vm"]["ram_size"] = data["vm"]["config"]["mem_size"] = data["memory"]["length"] = size
+        if kind == "lz4-tiny":
+            data["memory"].update(format="lz4", frame_size=s.memory.page_size, file_size=FOOTER_SIZE, trailer=False, data_runs=b"")
+
+    write_state = _sealed_edit(s, change)
+    footer = _lz4_empty_footer(size, s.memory.page_size, s.memory.digest)
+
+    def apply(d: Path) -> None:
+        write_state(d)
+        if kind == "lz4-tiny":
+            _write_new(d / f"{s.name}.mem", footer)
+
+    expected = MemoryFileMismatchError if kind == "raw" else CorruptMemoryFileError
+    return s.name, f"{kind} 16 GiB claim", apply, expected
+
+
+def _lz4_empty_footer(length: int, frame_size: int, digest: str) -> bytes:
+    """A valid frame-format footer declaring no entries (snapshot.frames' layout)."""
+    import struct
+
+    import xxhash
+
+    head = struct.pack("<8sIIQQQQQ16s", b"MVMFRAME", 1, 1, length, frame_size, 0, 0, xxhash.xxh3_64_intdigest(b""), bytes.fromhex(digest))
+    return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
+
+
+_REFUSED: dict[str, Callable[[random.Random, CorpusInfo], Any]] = {"link": _link, "range": _range, "claim": _claim}
+MEASURED = frozenset({"claim", "range"})  # families whose whole check is held to LOAD_MEMORY_BOUND
+
+
 _FORGERS: dict[str, Callable[[random.Random, SnapshotFiles], tuple[str, bytes]]] = {
     "field": _field,
     "huge-length": _huge_length,
@@ -463,8 +642,14 @@ def draw(rng: random.Random, info: CorpusInfo, family: str | None = None) -> Mut
     """A random mutation (of `family`, or any) of a random file of the corpus."""
     family = family or rng.choice(WEIGHTED_FAMILIES)
     names = sorted(info.snapshots)
+    if family in _REFUSED:
+        target, text, apply, error = _REFUSED[family](rng, info)
+        return Mutation(family, target, "snap", text, apply, refused_with=error)
     s = info.snapshots[rng.choice(names)]
-    which = "snap" if family in FORGED else rng.choice(("snap", "mem"))
+    which = "snap" if family in FORGED else "mem" if family == "mismatch" else rng.choice(("snap", "mem"))
+    if family == "mismatch":
+        text, apply = _mismatch(rng, s, names)
+        return Mutation(family, s.name, which, text, apply)
     if family in _FORGERS:
         text, payload = _FORGERS[family](rng, s)
         blob = seal(payload)
@@ -522,17 +707,26 @@ def run_case(info: CorpusInfo, mutation: Mutation, d: Path, limits: CaseLimits =
     try:
         if limits.measure_memory and mutation.which == "snap":
             peak = decode_peak(d / f"{mutation.snapshot}.snap")
+        if mutation.family in MEASURED:  # what refusing (or running) it costs, measured
+            tracemalloc.start()
         checks = Stopwatch()  # what the time bound applies to (not the tracemalloc run)
-        if limits.seconds is None:
-            verdict, detail, outcome = _check(info, mutation, d)
-        else:
-            with watchdog(limits.seconds):
+        try:
+            if limits.seconds is None:
                 verdict, detail, outcome = _check(info, mutation, d)
+            else:
+                with watchdog(limits.seconds):
+                    verdict, detail, outcome = _check(info, mutation, d)
+        finally:
+            if mutation.family in MEASURED:
+                peak = tracemalloc.get_traced_memory()[1]
+                tracemalloc.stop()
+        if mutation.family in MEASURED and verdict is Verdict.SURVIVED and peak > LOAD_MEMORY_BOUND:
+            verdict, detail = Verdict.VIOLATION, f"checking it used {peak} bytes (bound {LOAD_MEMORY_BOUND})"
     except Hang as exc:
         return failed(case, Verdict.HANG, str(exc), seconds=limits.seconds or 0.0, tags=tags)
     finally:
         _make_removable(d)
-    if verdict is Verdict.SURVIVED and peak > DECODE_MEMORY_BOUND:
+    if verdict is Verdict.SURVIVED and mutation.family not in MEASURED and peak > DECODE_MEMORY_BOUND:
         verdict, detail = Verdict.VIOLATION, f"decoding used {peak} bytes (bound {DECODE_MEMORY_BOUND})"
     if limits.seconds is not None and checks.seconds > limits.seconds:  # finished, but too late
         verdict, detail = Verdict.HANG, f"took {checks.seconds:.1f} s (bound {limits.seconds} s)"
@@ -547,6 +741,38 @@ def _make_removable(d: Path) -> None:
             shutil.rmtree(p)
 
 
+def sweep_registers(vm: MicroVM) -> None:
+    """Read every GIC CPU-interface, generic-timer and PL011 register of every vCPU through
+    the device models (as a guest's MRS and loads would): computations on restored values run
+    here even if the guest never reaches them (a priority used as a shift, a FIFO level used as
+    an index). Raises whatever a model raises."""
+    from vmm.devices import gicv3, pl011
+
+    gic = vm.interrupts.gic
+    for index, timer in enumerate(vm.interrupts.timers):
+        for reg in sorted(gicv3._ICC_REGS - {sysreg.ICC_SGI1R_EL1, sysreg.ICC_EOIR1_EL1, sysreg.ICC_DIR_EL1}):
+            gic.sysreg_read(index, reg)
+        for reg in sorted(set(timer._CHANNEL_REGS) | set(timer._OTHER_REGS)):
+            timer.sysreg_read(reg, vm.clock)
+    for offset in range(0, pl011.UARTDMACR + 4, 4):
+        if offset != pl011.UARTDR:  # reading DR pops the FIFO: harmless, but keep the VM as loaded
+            vm.uart.mmio_read(offset, 4, 0)
+
+
+def _mmap_check(path: Path, expected: str) -> tuple[Verdict, str] | None:
+    """The mmap backend without a digest pass must refuse the damage or load the snapshot
+    intact; (verdict, detail) if it did neither."""
+    try:
+        vm = MicroVM.load_snapshot(path, "mmap")
+    except SnapshotError:
+        return None
+    except Exception as exc:
+        return Verdict.WRONG_EXCEPTION, describe_exception(exc)
+    if vm.state_digest() != expected:
+        return Verdict.LOST_DATA, "loads as a different state without an error"
+    return None
+
+
 def _check(info: CorpusInfo, mutation: Mutation, d: Path) -> tuple[Verdict, str, str]:
     """(verdict, detail, outcome) where outcome is 'refused' (SnapshotError), 'intact'
     (loads unchanged) or 'accepted' (a forgery that loads and runs)."""
@@ -556,13 +782,22 @@ def _check(info: CorpusInfo, mutation: Mutation, d: Path) -> tuple[Verdict, str,
         path = d / name
         expected = info.corpus.digests[name]
         load_error: SnapshotError | None = None
+        must_refuse = mutation.refused_with if name == mutation.snapshot else None
+        if mutation.family in MMAP_CHECKED and mutation.which == "mem":
+            found = _mmap_check(path, expected)
+            if found is not None:
+                return found[0], f"mmap load {name}: {found[1]}", outcome
         try:
             vm = MicroVM.load_snapshot(path, "copy")
         except SnapshotError as exc:
             load_error = exc
+            if must_refuse is not None and not isinstance(exc, must_refuse):
+                return Verdict.VIOLATION, f"{name} refused with {describe_exception(exc)}, not {must_refuse.__name__}", outcome
         except Exception as exc:
             return Verdict.WRONG_EXCEPTION, f"load {name}: {describe_exception(exc)}", outcome
         else:
+            if must_refuse is not None:
+                return Verdict.VIOLATION, f"{name} loads; it must be refused with {must_refuse.__name__}", outcome
             if vm.state_digest() == expected:
                 outcome = "intact" if outcome == "refused" else outcome
             elif mutation.accidental:
@@ -570,6 +805,7 @@ def _check(info: CorpusInfo, mutation: Mutation, d: Path) -> tuple[Verdict, str,
             else:
                 outcome = "accepted"
                 try:
+                    sweep_registers(vm)
                     vm.run(ACCEPTED_RUN)
                 except Exception as exc:
                     return Verdict.WRONG_EXCEPTION, f"running accepted {name}: {describe_exception(exc)}", outcome

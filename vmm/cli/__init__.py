@@ -6,7 +6,7 @@ Ctrl-C and SIGTERM stop a running guest at a round end and exit 130/143 with one
 
 Modules: `options` (arguments), `inputs` (files the user names), `output` (stdout, stderr,
 tables, --json), `status` (exit codes), and the commands: `run` (run, restore, serve, dirty-map),
-`snapshots` (describe, verify, rebase), `about` (guests, info, --version, demo), `console`
+`snapshots` (describe, verify, rebase), `about` (guests, info, --version, demo), `fanout` (one snapshot over many inputs), `console`
 (the interactive --console).
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import sys
 from typing import Callable, Sequence
 
 from snapshot.errors import SnapshotError
-from vmm.cli import about, run, snapshots
+from vmm.cli import about, fanout, run, snapshots
 from vmm.cli.options import build_parser
 from vmm.cli.output import GuardedStdout, StdoutError, plug_closed_streams, print_table
 from vmm.cli.status import (
@@ -52,6 +52,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "describe": snapshots.cmd_describe,
     "verify": snapshots.cmd_verify,
     "rebase": snapshots.cmd_rebase,
+    "fanout": fanout.cmd_fanout,
 }
 
 

@@ -88,7 +88,7 @@ def run_console(
     _say(HELP)
     paused = False
     end = None if budget is None else vm.clock + budget
-    result = RunResult(StopReason.BUDGET, 0, retired=[0] * len(vm.vcpus))
+    result = RunResult(StopReason.BUDGET, 0, retired_per_vcpu=[0] * len(vm.vcpus))
     try:
         while True:
             if end is not None and vm.clock >= end:
@@ -110,11 +110,11 @@ def run_console(
             if to_guest:
                 vm.uart.queue_input(to_guest)
                 if result.reason is StopReason.DEADLOCK:
-                    result = RunResult(StopReason.BUDGET, 0, retired=[0] * len(vm.vcpus))
+                    result = RunResult(StopReason.BUDGET, 0, retired_per_vcpu=[0] * len(vm.vcpus))
             for command in commands:
                 if command == "q":
                     _say(f"quit at virtual time {vm.clock:,}")
-                    return RunResult(StopReason.BUDGET, 0, "quit from the console", retired=[0] * len(vm.vcpus))
+                    return RunResult(StopReason.BUDGET, 0, "quit from the console", retired_per_vcpu=[0] * len(vm.vcpus))
                 if command == "p":
                     paused = not paused
                     _say(f"paused at virtual time {vm.clock:,}; Ctrl-] c continues" if paused else "continuing")

@@ -211,7 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--mem-backend",
         choices=("copy", "mmap"),
         default="copy",
-        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily",
+        help="copy: read memory files into RAM (verifies digests); mmap: map the base copy-on-write, lazily "
+        "(checks each memory file's identity in O(1), not its contents)",
+    )
+    p.add_argument(
+        "--verify-memory",
+        action="store_true",
+        help="with --mem-backend mmap: also read every memory file once to check its digest (finds damage inside it)",
     )
     p.add_argument(
         "--mmds",
@@ -299,6 +305,33 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="the snapshot's .snap file (or its name without .snap)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only a broken link; no progress bar")
+
+    p = sub.add_parser(
+        "fanout",
+        help="run one snapshot over many inputs, on local processes or a Ray cluster",
+        description="Run every input of FILE.jsonl (UART bytes, MMDS data, memory writes, registers, a budget, a console "
+        "string to stop at; see vmm/experiments/inputs.py) from SNAPSHOT, each from the same state, and write one result "
+        "per input, in input order, to OUT. Each worker loads the snapshot once and resets between inputs. Results do "
+        "not depend on the engine, the worker count or the order inputs are picked up (wall time and attempts aside).",
+        epilog="exit status:\n  0  every input ran (whatever the guests did: see the results)\n  2  usage error, bad snapshot, bad input line (named)\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("snapshot", metavar="SNAPSHOT", help="the snapshot's .snap file (a diff's chain is found from its parents)")
+    p.add_argument("--inputs", required=True, metavar="FILE.jsonl", help="one JSON input per line")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.jsonl", help="where to write the results")
+    p.add_argument("--engine", choices=("local", "ray"), default="local", help="local: processes on this machine (default); ray: Ray actors")
+    p.add_argument("--workers", type=_positive_int, default=None, metavar="N", help="workers (default: the CPUs of this machine or of the Ray cluster)")
+    p.add_argument("--address", default=None, metavar="ADDR", help="the Ray cluster to join (default: a running session, else a new local one)")
+    p.add_argument(
+        "--transfer",
+        choices=("path", "object-store"),
+        default="path",
+        help="ray: how the snapshot reaches the workers: its path (every node must read it; default) or Ray's object store",
+    )
+    p.add_argument("--budget", type=_positive_int, default=10_000_000, metavar="N", help="instructions of virtual time for an input that names no budget (default 10,000,000)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="K", help="inputs sent to a worker at a time (default 8)")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
 
     p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
     p.add_argument("--max-instructions", type=_positive_int, default=2_000_000_000, metavar="N", help=argparse.SUPPRESS)

@@ -121,9 +121,10 @@ class RunTotals:
 
     def add(self, result: RunResult) -> RunResult:
         self.instructions += result.instructions
-        if len(self.retired) < len(result.retired):
-            self.retired += [0] * (len(result.retired) - len(self.retired))
-        for i, n in enumerate(result.retired):
+        per_vcpu = result.retired_per_vcpu
+        if len(self.retired) < len(per_vcpu):
+            self.retired += [0] * (len(per_vcpu) - len(self.retired))
+        for i, n in enumerate(per_vcpu):
             self.retired[i] += n
         return result
 
@@ -186,10 +187,19 @@ def note(quiet: bool, text: str) -> None:
 _NUMBER = re.compile(r"-?[\d,]+(\.\d+)?")  # a cell printed as a number: right-aligned
 
 
+def printable(text: str) -> str:
+    """`text` with every character that is not printable (controls such as ESC and newline,
+    format characters such as bidi overrides) written as its Python escape (`\x1b`, `\n`,
+    `\u202e`): strings from a file can neither drive the terminal nor fake rows."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 def print_table(rows: Sequence[Sequence[str]], headers: Sequence[str] | None) -> None:
     """Print `rows` as aligned columns (with a header line if given); columns whose every
-    cell is a number are right-aligned."""
-    body = [tuple(r) for r in rows]
+    cell is a number are right-aligned. Cells are shown `printable`."""
+    body = [tuple(printable(c) for c in r) for r in rows]
     all_rows = ([tuple(headers)] if headers else []) + body
     widths = [max(len(r[i]) for r in all_rows) for i in range(len(all_rows[0]))]
     numeric = [bool(body) and all(_NUMBER.fullmatch(r[i]) for r in body) for i in range(len(widths))]

@@ -102,7 +102,7 @@ def _run_to_points(
     """Run to each --snapshot-at point and save there. A point lands on the first round end at
     or after it; points that land on the round end just saved share that snapshot. A point the
     guest never reaches (it stopped first, or --max-instructions ends before) is reported."""
-    result = RunResult(StopReason.BUDGET, 0, retired=[0] * len(vm.vcpus))
+    result = RunResult(StopReason.BUDGET, 0, retired_per_vcpu=[0] * len(vm.vcpus))
     unreached: list[dict[str, object]] = []
     for point in points:
         if args.max_instructions is not None and point > args.max_instructions:
@@ -181,7 +181,13 @@ def cmd_restore(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     console = console_sink(args.json)
     vm = MicroVM.load_snapshot(
-        args.path, args.mem_backend, on_console=console, progress_bars=bars(args), mmds=args.mmds, reseed=args.reseed
+        args.path,
+        args.mem_backend,
+        verify_memory=True if args.verify_memory else None,
+        on_console=console,
+        progress_bars=bars(args),
+        mmds=args.mmds,
+        reseed=args.reseed,
     )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock

@@ -28,7 +28,9 @@ so the trap hook can apply them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated
 
+from snapshot.plain import U64, Width
 from vmm import sysreg
 from vmm.sysreg import SysReg
 
@@ -56,8 +58,8 @@ CNTKCTL_WRITABLE = 0x3FF
 class TimerChannelState:
     """One timer (virtual or physical): CTL holds only ENABLE and IMASK; CVAL is a u64."""
 
-    ctl: int = 0
-    cval: int = 0
+    ctl: Annotated[int, Width(2)] = 0  # CTL_WRITABLE
+    cval: U64 = 0
 
 
 @dataclass
@@ -66,8 +68,8 @@ class TimerState:
 
     virt: TimerChannelState = field(default_factory=TimerChannelState)
     phys: TimerChannelState = field(default_factory=TimerChannelState)
-    cntkctl: int = 0
-    cntvoff: int = 0
+    cntkctl: Annotated[int, Width(10)] = 0  # CNTKCTL_WRITABLE
+    cntvoff: U64 = 0
 
 
 def _copy_state(s: TimerState) -> TimerState:

@@ -58,8 +58,9 @@ Simplifications (all IMPLEMENTATION DEFINED or UNPREDICTABLE territory in IHI 00
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Annotated, Callable, Iterator
 
+from snapshot.plain import U8, U32, U64, MaxLen, Range
 from vmm import sysreg
 from vmm.layout import GICR_STRIDE, MAX_VCPUS
 from vmm.sysreg import SysReg
@@ -180,6 +181,9 @@ _ICC_REGS = frozenset(
 
 
 # --- State ------------------------------------------------------------------------------------
+# Limits declared on the state types are checked when a snapshot is decoded (snapshot.plain).
+_MAX_BANK = max(MAX_SPIS, NUM_PRIVATE)  # INTIDs in the largest bank
+_Bitmap = Annotated[list[U32], MaxLen(_MAX_BANK // 32)]  # GICD/GICR-layout 32-bit words
 @dataclass
 class IrqBankState:
     """Per-INTID state of a contiguous INTID range, as plain data.
@@ -189,12 +193,18 @@ class IrqBankState:
     distributor's SPIs. `priority[i]` is INTID first + i.
     """
 
-    enabled: list[int]
-    pending_latch: list[int]  # edge seen / ISPENDR / SGI; cleared on acknowledge or ICPENDR
-    active: list[int]
-    line_level: list[int]  # input line levels from `set_line`
-    edge: list[int]  # 1 = edge-triggered, 0 = level-sensitive (ICFGR Int_config[1])
-    priority: list[int]
+    enabled: _Bitmap
+    pending_latch: _Bitmap  # edge seen / ISPENDR / SGI; cleared on acknowledge or ICPENDR
+    active: _Bitmap
+    line_level: _Bitmap  # input line levels from `set_line`
+    edge: _Bitmap  # 1 = edge-triggered, 0 = level-sensitive (ICFGR Int_config[1])
+    priority: Annotated[list[U8], MaxLen(_MAX_BANK)]
+
+    def __post_init__(self) -> None:
+        """ValueError for a priority with unimplemented bits set (IHI 0069 4.8: they read as 0)."""
+        if any(p & ~PRIORITY_MASK for p in self.priority):
+            bad = next(p for p in self.priority if p & ~PRIORITY_MASK)
+            raise ValueError(f"priority {bad:#x} sets bits below the {PRIORITY_BITS} implemented ones ({PRIORITY_MASK:#x})")
 
     @classmethod
     def reset(cls, count: int, edge_mask: int = 0) -> IrqBankState:
@@ -212,7 +222,14 @@ class DistributorState:
 
     enable_grp1: bool
     spis: IrqBankState
-    irouter: list[int]
+    irouter: Annotated[list[U64], MaxLen(MAX_SPIS)]
+
+    def __post_init__(self) -> None:
+        """ValueError for a GICD_IROUTER value with bits that are RES0 here (only Aff3..Aff0 and
+        IRM are implemented, IHI 0069 12.9)."""
+        bad = next((r for r in self.irouter if r & ~IROUTER_WRITABLE), None)
+        if bad is not None:
+            raise ValueError(f"irouter value {bad:#x} sets bits outside {IROUTER_WRITABLE:#x}")
 
 
 @dataclass
@@ -231,22 +248,27 @@ class CpuInterfaceState:
     group priorities records the whole stack: the running priority is its lowest set bit.
     """
 
-    pmr: int = 0
-    bpr1: int = BPR1_MIN
+    pmr: U8 = 0
+    bpr1: Annotated[int, Range(BPR1_MIN, 7)] = BPR1_MIN  # ICC_BPR1_EL1.BinaryPoint, 3 bits
     eoimode: bool = False
     igrpen1: bool = False
-    ap1r0: int = 0
+    ap1r0: Annotated[int, Range(0, (1 << (1 << PRIORITY_BITS)) - 1)] = 0  # one bit per group priority
+
+    def __post_init__(self) -> None:
+        """ValueError for a PMR with unimplemented bits set (IHI 0069 4.8)."""
+        if self.pmr & ~PRIORITY_MASK:
+            raise ValueError(f"pmr {self.pmr:#x} sets bits below the {PRIORITY_BITS} implemented ones")
 
 
 @dataclass
 class Gicv3State:
     """The whole GIC as plain data (every int fits in a u64)."""
 
-    num_vcpus: int
-    num_spis: int
+    num_vcpus: Annotated[int, Range(1, MAX_VCPUS)]
+    num_spis: Annotated[int, Range(0, MAX_SPIS)]  # a multiple of 32
     distributor: DistributorState
-    redistributors: list[RedistributorState]
-    cpu_interfaces: list[CpuInterfaceState]
+    redistributors: Annotated[list[RedistributorState], MaxLen(MAX_VCPUS)]
+    cpu_interfaces: Annotated[list[CpuInterfaceState], MaxLen(MAX_VCPUS)]
 
 
 def _assign_bank(dst: IrqBankState, src: IrqBankState) -> None:

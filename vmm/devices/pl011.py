@@ -11,7 +11,9 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from typing import Callable
+from typing import Annotated, Callable
+
+from snapshot.plain import U8, U16, U64, MaxLen, Width
 
 # Register offsets (DDI 0183G table 3-1).
 UARTDR = 0x000
@@ -74,18 +76,20 @@ _RX_TRIGGER = (2, 4, 8, 12, 14)
 class Pl011State:
     """Registers plus FIFO and host-queue contents, as plain data."""
 
-    ibrd: int = 0
-    fbrd: int = 0
-    lcr_h: int = 0
-    cr: int = CR_RESET
-    ifls: int = IFLS_RESET
-    imsc: int = 0
-    ris: int = 0
-    dmacr: int = 0
-    ilpr: int = 0
-    rx_fifo: bytes = b""
+    # Register widths as implemented (DDI 0183G 3.3; the writable bits of _PLAIN_REGS),
+    # checked when a snapshot is decoded (snapshot.plain).
+    ibrd: U16 = 0
+    fbrd: Annotated[int, Width(6)] = 0
+    lcr_h: U8 = 0
+    cr: U16 = CR_RESET
+    ifls: Annotated[int, Width(6)] = IFLS_RESET
+    imsc: Annotated[int, Width(11)] = 0  # INT_ALL
+    ris: Annotated[int, Width(11)] = 0
+    dmacr: Annotated[int, Width(3)] = 0
+    ilpr: U8 = 0
+    rx_fifo: Annotated[bytes, MaxLen(FIFO_DEPTH)] = b""
     host_input: bytes = b""
-    tx_count: int = 0  # bytes the guest has transmitted since boot
+    tx_count: U64 = 0  # bytes the guest has transmitted since boot
 
 
 class Pl011:

@@ -14,22 +14,25 @@ token key), as the API server does; `reseed=N` derives the key from a new seed i
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
+
+from snapshot.plain import MSGPACK_INT_MAX, U32, U64, MaxLen, Range
 
 
 @dataclass
 class MmdsState:
     """Saved MMDS device. Units: bytes for sizes/lengths, guest physical addresses for addrs."""
 
-    version: int  # MMDS protocol version, 1 or 2
+    version: Annotated[int, Range(1, 2)]  # MMDS protocol version, 1 or 2
     data_json: str  # canonical JSON of the data store (a JSON object)
-    data_limit: int  # data store limit in bytes of canonical JSON
-    token_secret: bytes  # 16..64 bytes, keys the token tags
-    token_counter: int  # u64, number of tokens issued so far
-    req_addr: int  # REQ_ADDR register (u64)
-    req_len: int  # REQ_LEN register (u32)
-    resp_addr: int  # RESP_ADDR register (u64)
-    resp_cap: int  # RESP_CAP register (u32)
-    resp_len: int  # RESP_LEN register (u32)
-    status: int  # STATUS register
-    http_status: int  # HTTP_STATUS register
-    irq_status: int  # IRQ_STATUS register; the IRQ line level is `irq_status != 0`
+    data_limit: Annotated[int, Range(2, MSGPACK_INT_MAX)]  # data store limit in bytes of canonical JSON
+    token_secret: Annotated[bytes, MaxLen(64)]  # 16..64 bytes, keys the token tags
+    token_counter: U64  # number of tokens issued so far
+    req_addr: U64  # REQ_ADDR register
+    req_len: U32  # REQ_LEN register
+    resp_addr: U64  # RESP_ADDR register
+    resp_cap: U32  # RESP_CAP register
+    resp_len: U32  # RESP_LEN register
+    status: U32  # STATUS register
+    http_status: U32  # HTTP_STATUS register
+    irq_status: U32  # IRQ_STATUS register; the IRQ line level is `irq_status != 0`
