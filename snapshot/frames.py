@@ -71,6 +71,7 @@ from snapshot.memfile import (
     MemFileInfo,
     Run,
     canonical_runs,
+    nonzero_pages,
     check_length,
     check_parent_info,
     check_ram_size,
@@ -307,9 +308,8 @@ def _write(
                 os.ftruncate(fd, end)
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
-    stored_pages = int(index["payload"][index["style"] != STYLE_ZERO].sum()) // page_size
-    if kind == FULL:
-        info = MemFileInfo(FULL, len(view), page_size, content.hex(), stored_pages)
+    if kind == FULL:  # pages_written: the non-zero pages, as for a raw file (MemFileInfo)
+        info = MemFileInfo(FULL, len(view), page_size, content.hex(), int(np.count_nonzero(nonzero_pages(view, page_size))))
     else:
         assert parent_digest is not None
         info = MemFileInfo.diff(len(view), page_size, content.hex(), runs, parent_digest)
@@ -328,7 +328,7 @@ def write_full(
     """Write all of `ram` as a full lz4 memory file at `dest` (an fd, or a path created mode
     0600): every frame, ZERO ones costing nothing. `ram` must not change during the call.
     The info's digest is the raw full digest of `ram`; pages_written counts the pages of
-    frames that are not ZERO. Does not fsync. MemoryIoError if writing fails. `progress`
+    RAM that are not zero (as for a raw file). Does not fsync. MemoryIoError if writing fails. `progress`
     advances by len(ram) bytes in all."""
     return _write(dest, ram, page_size, FULL, (), None, frame_size, threads, progress)
 

@@ -12,6 +12,7 @@ as plain data and lets a `MachineSchema` check and summarise it where a caller p
 """
 from __future__ import annotations
 
+import errno
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from snapshot.errors import (
     InvalidPathError,
     MissingParentError,
     ParentMismatchError,
+    errno_text,
     SnapshotError,
     resolve_path,
 )
@@ -96,6 +98,28 @@ def snapshot_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     if not p.name or p.name in (".", ".."):
         raise InvalidPathError(str(path), "is not a snapshot name")
     return p.with_name(p.name + STATE_SUFFIX), p.with_name(p.name + MEMORY_SUFFIX)
+
+
+def ensure_directory(path: str | os.PathLike[str]) -> Path:
+    """The folder `path`, created with its parents if missing, ready for snapshots to be
+    written into. InvalidPathError (one line naming it) if it is, or lies under, something
+    that is not a folder (a file, /dev/null, a FIFO), its name is too long, or it cannot be
+    created or written (checked with access(2), which root passes)."""
+    p = Path(path)
+    try:
+        p.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InvalidPathError(p, "exists and is not a folder") from None
+    except NotADirectoryError:
+        raise InvalidPathError(p, "lies under a file, not a folder") from None
+    except OSError as exc:
+        raise InvalidPathError(p, f"cannot create the folder: {errno_text(exc.errno, exc.strerror)}", errno=exc.errno) from None
+    if not p.is_dir():  # e.g. a symlink to a file made between the checks
+        raise InvalidPathError(p, "is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        code = errno.EROFS if os.statvfs(p).f_flag & os.ST_RDONLY else errno.EACCES
+        raise InvalidPathError(p, f"the folder is not writable: {errno_text(code, os.strerror(code))}", errno=code)
+    return p
 
 
 def decode_core(pair: OpenedPair) -> StateCore:

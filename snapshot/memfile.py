@@ -118,8 +118,10 @@ class MemFileInfo:
     """What a state file records about its memory file (plain dataclass: see snapshot.plain).
 
     kind: "full" or "diff". length: file length = RAM size, bytes. page_size: bytes.
-    digest: see the module docstring. pages_written: pages written as data rather than left
-    as holes (full: non-zero pages plus short zero gaps between them; diff: the dirty pages).
+    digest: see the module docstring. pages_written: the pages of RAM whose contents the file
+    carries as data, the same for raw and lz4 files of the same RAM (full: the non-zero pages,
+    `nonzero_pages`; diff: the dirty pages, = the page map's set bits). Bytes actually written
+    differ by format (raw writes short zero gaps too; lz4 compresses): see the SaveReport.
     page_map (diff only): the diff's pages, one bit per page (module docstring); `runs` gives
     them as sorted, non-adjacent (first_page, page_count) runs. A bitmap rather than a run
     list keeps the state file small and bounded (length/page_size/8 bytes) and its encoding
@@ -562,11 +564,9 @@ def write_full(
     """
     view = ram_view(ram, page_size)
     advance = progress or no_progress
-    npages = len(view) // page_size
     digest = _BackgroundDigest(view)
     try:
-        # Per-page "any non-zero" over 8-byte words (page sizes are multiples of 8).
-        nonzero = ram.view(np.uint64).reshape(npages, -1).any(axis=1)
+        nonzero = nonzero_pages(view, page_size)
         runs = _runs_of(nonzero, max(1, MIN_HOLE // page_size))
         with open_dest(dest) as fd:
             try:
@@ -579,7 +579,7 @@ def write_full(
                         done = offset + n
                 advance(len(view) - done)
                 hexdigest = digest.hexdigest()
-                written = sum(count for _, count in runs)
+                written = int(np.count_nonzero(nonzero))  # pages_written: the non-zero pages (MemFileInfo)
                 data_runs = np.asarray(runs, dtype="<u8").reshape(-1, 2).tobytes()
                 info = MemFileInfo(FULL, len(view), page_size, hexdigest, written, trailer=True, data_runs=data_runs)
                 _write_trailer(fd, info)
@@ -588,6 +588,13 @@ def write_full(
     finally:
         digest.hexdigest()  # always join: the thread reads `ram`
     return info
+
+
+def nonzero_pages(view: np.ndarray | memoryview, page_size: int) -> np.ndarray:
+    """Per page of `view` (bytes of whole pages), True if any byte is non-zero (checked over
+    8-byte words: page sizes are multiples of 8)."""
+    words = np.frombuffer(view, dtype=np.uint64)
+    return words.reshape(-1, page_size // 8).any(axis=1)
 
 
 def write_diff(

@@ -62,7 +62,7 @@ def test_built_in_guests_still_get_the_parameter_block(tmp_path) -> None:
 
 
 def test_initrd_that_does_not_fit_is_refused(tmp_path) -> None:
-    with pytest.raises(ImageError, match=r"initrd .* 2097153 bytes; at most 2097152 fit"):
+    with pytest.raises(ImageError, match=r"initrd .* 2,097,153 bytes; at most 2,097,152 are accepted"):
         boot(tmp_path, synthetic_image(image_size=60 * MIB), bytes(2 * MIB + 1))
 
 

@@ -16,3 +16,7 @@ class ImageError(VmmError):
 
 class GuestMemoryError(VmmError):
     """A VMM-side access to guest RAM fell outside RAM."""
+
+
+class HostResourceError(VmmError):
+    """The host cannot give the VM a resource it needs (e.g. address space under ulimit -v)."""

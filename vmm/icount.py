@@ -32,10 +32,11 @@ from __future__ import annotations
 import ctypes
 from typing import Iterable
 
-from unicorn import UC_ARCH_ARM64, UC_HOOK_CODE, UC_HOOK_INSN, UC_MODE_ARM, Uc, UcError
+from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
 from unicorn import arm64_const as a64
 
 from vmm.arch import PSTATE_EL1H_MASKED
+from vmm.engine import new_engine
 
 # A count no field of a fresh engine holds by chance (the probe's needle).
 _PROBE_COUNT = 0x5EED_C0DE_1234_ABCD
@@ -78,7 +79,7 @@ def _scan_limit(base: int) -> int:
 
 def _probe() -> int:
     """Offset of `emu_counter` in the engine struct (see the module docstring)."""
-    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    uc = new_engine()
     base = _handle(uc)
     n_insns = max(_PROBE_INDICES) + 2
     uc.mem_map(_PROBE_BASE, 4096)
@@ -126,8 +127,7 @@ def mrs_steps_past_skip(encodings: Iterable[tuple[int, int, int, int, int]]) -> 
     """
     todo = [enc for enc in dict.fromkeys(encodings) if enc not in _mrs_steps]
     if todo:
-        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)
+        uc = new_engine()
         uc.mem_map(_PROBE_BASE, 4096 * ((8 * len(todo)) // 4096 + 1))
         uc.hook_add(UC_HOOK_INSN, lambda *_: 1, None, 1, 0, a64.UC_ARM64_INS_MRS)
         for i, enc in enumerate(todo):

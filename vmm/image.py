@@ -4,6 +4,10 @@ A Linux arm64 Image is recognised by its 64-byte header (Documentation/arch/arm6
 it is loaded at RAM_BASE + text_offset and occupies `image_size` bytes (BSS included), which
 the initrd and the DTB must stay clear of. `unpack_kernel` turns a gzip or EFI-zboot vmlinuz
 into the raw Image, bounded in memory.
+
+An image file is untrusted input: its kind (regular file) and size are checked before a byte
+is read, and the ELF work is bounded by the program-header table's size and by RAM (loadable
+segments may not overlap, so together they write at most the RAM size).
 """
 from __future__ import annotations
 
@@ -12,13 +16,28 @@ import struct
 import zlib
 from dataclasses import dataclass
 
+import numpy as np
+
 from vmm import layout
 from vmm.errors import ImageError
+from vmm.hostfile import read_bounded
 from vmm.memory import GuestMemory
 
 ELF_MAGIC = b"\x7fELF"
 EM_AARCH64 = 183  # ELF machine number for AArch64 (ELF for the Arm 64-bit Architecture)
 PT_LOAD = 1
+# Linux's binfmt_elf refuses a program-header table larger than ELF_MIN_ALIGN (one 4 KiB
+# page: at most 73 entries of 56 bytes); the same bound here (fs/binfmt_elf.c, load_elf_phdrs).
+MAX_PHDR_TABLE_BYTES = 4096
+
+
+def read_image_file(path: str, *, max_size: int) -> bytes:
+    """The bytes of the image file `path`: a non-empty regular file of at most `max_size`
+    bytes (vmm.hostfile: checked before reading). ImageError names the file."""
+    data = read_bounded(path, max_size=max_size, what="image", why="it must fit in the guest's RAM", error=ImageError)
+    if not data:
+        raise ImageError(f"image {path} is empty")
+    return data
 
 # The arm64 Image header (booting.rst "Call the kernel image"): code0, code1, text_offset,
 # image_size, flags, res2, res3, res4, magic "ARM\x64", res5.
@@ -144,20 +163,32 @@ def _load_elf(memory: GuestMemory, data: bytes, *, limit: int, name: str) -> tup
         elf = ELFFile(io.BytesIO(data))
         if elf.elfclass != 64 or elf["e_machine"] != "EM_AARCH64":
             raise ImageError(f"image {name} is not a 64-bit AArch64 ELF ({elf['e_machine']}, ELF{elf.elfclass})")
-        segments = [s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_memsz"] > 0]
+        table = elf["e_phnum"] * elf["e_phentsize"]
+        if table > MAX_PHDR_TABLE_BYTES:
+            raise ImageError(f"image {name}: program-header table of {elf['e_phnum']} entries ({table} bytes) is larger than {MAX_PHDR_TABLE_BYTES}")
+        segments = sorted(
+            ((s["p_paddr"], s["p_filesz"], s["p_memsz"], s) for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_memsz"] > 0),
+            key=lambda t: t[0],
+        )
         if not segments:
             raise ImageError(f"image {name} has no loadable segments")
-        for seg in segments:
-            pa, filesz, memsz = seg["p_paddr"], seg["p_filesz"], seg["p_memsz"]
+        end = 0
+        for pa, filesz, memsz, _ in segments:  # every check before any segment is read
             if filesz > memsz or not memory.contains(pa, memsz) or pa + memsz > limit:
                 raise ImageError(
                     f"image {name}: segment at {pa:#x} (+{memsz:#x}) does not fit in RAM "
                     f"[{memory.base:#x}, {limit:#x})"
                 )
+            if pa < end:
+                raise ImageError(f"image {name}: segment at {pa:#x} overlaps the one before it")
+            end = pa + memsz
+        for pa, filesz, memsz, seg in segments:
             body = seg.data()
             if len(body) != filesz:
                 raise ImageError(f"image {name}: segment at {pa:#x} is truncated")
-            memory.write(pa, body + bytes(memsz - filesz))
+            memory.write(pa, body)
+            if memsz > filesz:
+                memory.write(pa + filesz, np.zeros(memsz - filesz, dtype=np.uint8))
         entry = elf["e_entry"]
         end = max(s["p_paddr"] + s["p_memsz"] for s in segments)
     except ELFError as e:

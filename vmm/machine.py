@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from dataclasses import asdict
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 import msgpack
@@ -29,12 +29,14 @@ from vmm.devices.mmds.tokens import secret_for_seed
 from vmm.devices.pl011 import Pl011
 from vmm.errors import ConfigError, ImageError
 from vmm.fault import FaultReport, build_report
-from vmm.image import load_image, load_kernel
+from vmm.hostfile import read_bounded
+from vmm.image import load_image, load_kernel, read_image_file
 from vmm.interrupts import Interrupts
 from vmm.memory import GuestMemory
 from vmm.mmio import MmioBus
 from vmm.psci import Psci
 from vmm.scheduler import RunResult, Scheduler, StopReason
+from vmm.signals import DeferredSignals
 from vmm.sysreg_traps import base_sysreg_traps
 from vmm.tlb import DIRTY_PAGE_SIZE, TRANSLATION_REGS, TlbFiller
 from vmm.vcpu import CODE_PAGE_SIZE, FaultInfo, PowerState, Vcpu, VcpuHooks
@@ -66,6 +68,7 @@ class MicroVM:
         self.config = config
         self.memory = GuestMemory(layout.RAM_BASE, config.mem_size, ram)
         self.lineage: object | None = None  # vmm.persist.Lineage of the last save/load
+        self.boots_linux = False  # booted a Linux arm64 Image (set by _boot; host-side fact)
         self.initrd_digest = ""  # xxh3-128 hex of the initrd booted (snapshots record it)
         self._console = bytearray()
         self._on_console = on_console
@@ -131,7 +134,8 @@ class MicroVM:
             entry = load_image(self.memory, spec.binary(), limit=fdt_addr, name=f"guest {cfg.guest}")
             linux, initrd = False, None
         elif cfg.image is not None:
-            loaded = load_kernel(self.memory, _read_input(cfg.image, "image"), limit=fdt_addr, name=cfg.image)
+            data = read_image_file(cfg.image, max_size=self.memory.size)
+            loaded = load_kernel(self.memory, data, limit=fdt_addr, name=cfg.image)
             entry, linux = loaded.entry, loaded.linux
             initrd = self._load_initrd(loaded.end, fdt_addr)
             values = [cfg.params[k] for k in sorted(cfg.params)]
@@ -149,6 +153,7 @@ class MicroVM:
             else b"",
         )
         self.memory.write(fdt_addr, dtb)
+        self.boots_linux = linux
         if linux:  # booting.rst: x0 = DTB, x1..x3 = 0 (reserved for future use)
             self.vcpus[0].reset(entry, x0=fdt_addr)
             return
@@ -163,7 +168,7 @@ class MicroVM:
         if path is None:
             return None
         room = fdt_addr - image_end
-        data = _read_input(path, "initrd", limit=max(room, 0))
+        data = read_bounded(path, max_size=max(room, 0), what="initrd", why="it must fit between the image and the device tree", error=ImageError)
         start = (fdt_addr - len(data)) & ~(layout.PAGE_SIZE - 1)
         if not data or start < image_end:
             what = "empty" if not data else f"{len(data)} bytes; {max(room, 0)} fit between the image and the device tree"
@@ -178,13 +183,21 @@ class MicroVM:
 
         The budget is virtual time in instructions per vCPU, rounded up to the next round
         end (see vmm.scheduler).
+
+        SIGINT and SIGTERM (when their handlers are Python callables, as SIGINT's default is)
+        are deferred while the guest runs (vmm.signals): the VM pauses at the end of the
+        round in progress, then the signal's handler runs here, so Ctrl-C raises
+        KeyboardInterrupt from `run()` with the VM paused at a round end. It can run on, be
+        snapshotted, and continues exactly as a VM that was never interrupted would. A handler
+        that returns instead makes `run()` return StopReason.INTERRUPTED.
         """
-        return self.scheduler.run(max_instructions)
+        with DeferredSignals() as signals:
+            return self.scheduler.run(max_instructions, interrupted=lambda: signals.pending)
 
     def run_until_output(self, pattern: bytes, max_instructions: int | None = None) -> RunResult:
         """Run until the console output written from now on contains `pattern`: stops at the
         end of the round in which it appeared (StopReason.OUTPUT; a pause point like any
-        other), or as `run` does (power-off, fault, budget...)."""
+        other), or as `run` does (power-off, fault, budget; Ctrl-C as in `run`)."""
         if not pattern:
             raise ValueError("pattern must not be empty")
         start = len(self._console)
@@ -195,7 +208,13 @@ class MicroVM:
             pos[0] = max(start, len(self._console) - len(pattern) + 1)
             return found
 
-        return self.scheduler.run(max_instructions, until=seen)
+        return self.run_until(seen, max_instructions)
+
+    def run_until(self, condition: Callable[[], bool], max_instructions: int | None = None) -> RunResult:
+        """Run until the first round end at which `condition()` is true (StopReason.OUTPUT),
+        or as `run` does. `condition` must depend only on guest-visible state."""
+        with DeferredSignals() as signals:
+            return self.scheduler.run(max_instructions, until=condition, interrupted=lambda: signals.pending)
 
     @property
     def clock(self) -> int:
@@ -258,9 +277,14 @@ class MicroVM:
         pages dirtied since this VM's last save or load (needs track_dirty_pages=True).
         `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM
         (2 MiB by default), compressed on `threads` workers. `progress_bars` (snapshot.progress)
-        shows the write. Raises SnapshotError (snapshot.errors) if the save fails."""
+        shows the write. The folder is created if it does not exist. Raises SnapshotError
+        (snapshot.errors) if the save fails."""
+        from snapshot.links import ensure_directory, snapshot_paths
         from vmm import persist
 
+        ensure_directory(snapshot_paths(path)[0].parent)
+        if mem_path is not None:
+            ensure_directory(Path(mem_path).parent)
         return persist.save_snapshot(
             self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars, mem_path=mem_path
         )
@@ -382,21 +406,6 @@ class _HostCodeWrites:
         first, last = offset // CODE_PAGE_SIZE, (offset + length - 1) // CODE_PAGE_SIZE
         for vcpu in self._vcpus:
             vcpu.note_host_write(first, last)
-
-
-def _read_input(path: str, what: str, limit: int | None = None) -> bytes:
-    """The bytes of a regular file given as boot input; ImageError naming it otherwise. With
-    `limit`, a larger file is refused before it is read."""
-    try:
-        st = os.stat(path)  # before opening: opening a FIFO would block
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageError(f"{what} {path} is not a regular file")
-        if limit is not None and st.st_size > limit:
-            raise ImageError(f"{what} {path} is {st.st_size} bytes; at most {limit} fit")
-        with open(path, "rb") as f:
-            return f.read()
-    except OSError as e:
-        raise ImageError(f"cannot read {what} {path}: {e.strerror or e}") from None
 
 
 def _tracking_config(config: VmConfig) -> TrackingConfig:

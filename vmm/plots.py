@@ -26,7 +26,7 @@ FIG_WIDTH_PX, FIG_HEIGHT_PX = FIG_WIDTH_IN * FIG_DPI, FIG_HEIGHT_IN * FIG_DPI
 MAX_COLUMNS = 512  # page bins across the map (the axes are ~800 px wide)
 X_TICKS = 5  # at most X_TICKS + 1 address ticks, at least half as many
 COLORMAP = "magma"  # perceptually uniform; black = clean, bright = every page written
-INSTALL_HINT = "pip install 'microvm-harness[plot]'"
+INSTALL_HINT = "pip install -e '.[plot]' in the microvm-harness checkout (the package is not on PyPI)"
 
 
 class PlotUnavailableError(ImportError):

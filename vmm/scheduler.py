@@ -28,7 +28,7 @@ quantum from boot. When every vCPU waits, virtual time jumps to the next timer d
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Callable, Protocol, Sequence
 
 from snapshot.plain import Range
@@ -58,6 +58,7 @@ class StopReason(str, enum.Enum):
     ALL_OFF = "all_vcpus_off"  # every vCPU powered off with CPU_OFF
     DEADLOCK = "deadlock"  # every vCPU waits and no event is pending
     OUTPUT = "output"  # the console showed what `MicroVM.run_until_output` waited for
+    INTERRUPTED = "interrupted"  # a deferred SIGINT/SIGTERM paused the VM at a round end (it can run on)
 
     @property
     def final(self) -> bool:
@@ -69,13 +70,15 @@ class StopReason(str, enum.Enum):
 class RunResult:
     """Outcome of one `run` call. `instructions` is virtual time elapsed (instructions per vCPU);
     `retired` is the instructions the vCPUs executed in all (less than `instructions` x vCPUs
-    while vCPUs wait or are off; a faulting slice counts whole, as in `Vcpu.run_slice`)."""
+    while vCPUs wait or are off; a faulting slice counts whole, as in `Vcpu.run_slice`), and
+    `retired_per_vcpu[i]` vCPU i's share of it."""
 
     reason: StopReason
     instructions: int
     detail: str = ""
     fault: FaultReport | None = None
     retired: int = 0
+    retired_per_vcpu: list[int] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -174,6 +177,7 @@ class Scheduler:
             ex = v.run_slice(stop - now, now)
             now += v.executed
             self.retired += v.executed
+            v.retired += v.executed
             if ex is not None and ex.kind is not ExitKind.REPLAN:
                 if ex.kind is not ExitKind.WAIT or irq is None:
                     return ex  # stopped, or asleep with no timer of its own to wake it
@@ -203,15 +207,27 @@ class Scheduler:
             summary = getattr(ex.fault, "summary", None)
             self._stop(StopReason.FAULT, summary() if callable(summary) else ex.detail)
 
-    def run(self, max_instructions: int | None = None, until: Callable[[], bool] | None = None) -> RunResult:
+    def run(
+        self,
+        max_instructions: int | None = None,
+        until: Callable[[], bool] | None = None,
+        interrupted: Callable[[], bool] | None = None,
+    ) -> RunResult:
         """Run rounds until the VM stops or `max_instructions` of virtual time have passed,
-        or, with `until`, the first round end at which `until()` is true (StopReason.OUTPUT)."""
+        or, with `until`, the first round end at which `until()` is true (StopReason.OUTPUT).
+
+        `interrupted` is polled at every round end: once it returns True the run stops there
+        (StopReason.INTERRUPTED), a pause point like a budget's end."""
         retired = self.retired
-        result = self._run(max_instructions, until)
+        per_vcpu = [v.retired for v in self.vcpus]
+        result = self._run(max_instructions, until, interrupted)
         result.retired = self.retired - retired
+        result.retired_per_vcpu = [v.retired - before for v, before in zip(self.vcpus, per_vcpu)]
         return result
 
-    def _run(self, max_instructions: int | None, until: Callable[[], bool] | None) -> RunResult:
+    def _run(
+        self, max_instructions: int | None, until: Callable[[], bool] | None, interrupted: Callable[[], bool] | None
+    ) -> RunResult:
         if max_instructions is not None and max_instructions < 0:
             raise ValueError("max_instructions must be >= 0")
         start = self.clock
@@ -221,6 +237,8 @@ class Scheduler:
         while True:
             if target is not None and self.clock >= target:
                 return RunResult(StopReason.BUDGET, self.clock - start)
+            if interrupted is not None and interrupted():
+                return RunResult(StopReason.INTERRUPTED, self.clock - start, "stopped by a signal at a round end")
             self._between_rounds()
             on = [v for v in self.vcpus if v.power is PowerState.ON]
             runnable = [v for v in on if not v.waiting]

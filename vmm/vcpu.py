@@ -30,7 +30,6 @@ from typing import TYPE_CHECKING, Annotated, Callable, Literal
 
 import numpy as np
 from unicorn import (
-    UC_ARCH_ARM64,
     UC_HOOK_BLOCK,
     UC_HOOK_INSN,
     UC_HOOK_INTR,
@@ -42,7 +41,6 @@ from unicorn import (
     UC_MEM_FETCH_UNMAPPED,
     UC_MEM_WRITE_PROT,
     UC_MEM_WRITE_UNMAPPED,
-    UC_MODE_ARM,
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
@@ -57,6 +55,7 @@ from unicorn import arm64_const as a64
 
 from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
+from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm import native_sysreg
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
@@ -68,6 +67,7 @@ if TYPE_CHECKING:
     from vmm.native_fill import NativeFill
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
+
 
 # Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
 # = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
@@ -319,8 +319,7 @@ class Vcpu:
         self._scratch: object | None = None  # a UcContext for drop_translations
         self.stale_code: set[int] = set()  # fetched pages the host wrote since this vCPU last ran
 
-        uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
-        uc.ctl_set_cpu_model(a64.UC_CPU_ARM64_MAX)  # LSE atomics and v8.x features
+        uc = new_engine()
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
         uc.mem_map_ptr(memory.base, memory.size, UC_PROT_ALL, memory.host_address)
         for region in bus.regions:
@@ -363,6 +362,9 @@ class Vcpu:
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
+        # Instructions executed since this object was made, summed by the scheduler: a host-side
+        # statistic (MIPS), not guest state, so not in VcpuState (a restored vCPU counts from 0).
+        self.retired = 0
         self._reset_state = self.save_state()
 
     # --- registers ------------------------------------------------------------------------------

@@ -9,6 +9,13 @@
   full or read-only tmpfs, a file-size limit (tools.faults.disk).
 - hostile: the hostile-guest catalog, wild jumps and random programs, and a bystander VM
   (tools.faults.hostile).
+- signals: SIGINT/SIGTERM at random moments of `vm.run()` (in process) and of `microvm run`
+  with snapshot points (real signals to a subprocess): a pause at a round end that continues
+  like an uninterrupted twin, exit 130/143 with one line, only complete snapshots
+  (tools.faults.signals).
+- cli: hostile paths and files for every input of the command (snapshot folder, MMDS data,
+  console input, guest images, ELF headers, JSON bombs) and unwritable stdout: one line, exit
+  2, nothing written, in CASE_SECONDS (tools.faults.cli_input).
 - saves: every save (full, diff) to every link of chains of up to 4 snapshots, from the run's
   VM and from VMs restored from each link: refused or done, no snapshot left unrestorable
   (tools.faults.saves).
@@ -22,14 +29,14 @@ import random
 import tempfile
 from pathlib import Path
 
-from tools.faults import crash, disk, hostile, mutate, saves, scenarios
+from tools.faults import cli_input, crash, disk, hostile, mutate, saves, scenarios, signals
 from tools.faults.corpus import build_corpus, scratch_directory
 from tools.faults.outcome import Tally, Verdict
 
 SEED = 20_240_808
 FILE_CASE_SECONDS = 5.0  # wall-time bound on one mutated-file case (load, describe, verify); the slowest takes ~1 s on a loaded 2-core machine
-FULL = {"kills": 26, "rebase_kills": 15, "faults_per_call": 4, "enospc_sizes": 6, "files": 10_000, "jumps": 140, "soups": 120, "chain_links": 4}
-QUICK = {"kills": 3, "rebase_kills": 2, "faults_per_call": 1, "enospc_sizes": 2, "files": 300, "jumps": 14, "soups": 10, "chain_links": 2}
+FULL = {"kills": 26, "rebase_kills": 15, "faults_per_call": 4, "enospc_sizes": 6, "files": 10_000, "jumps": 140, "soups": 120, "chain_links": 4, "signals": 40, "signal_cli": 12, "cli": 400}
+QUICK = {"kills": 3, "rebase_kills": 2, "faults_per_call": 1, "enospc_sizes": 2, "files": 300, "jumps": 14, "soups": 10, "chain_links": 2, "signals": 4, "signal_cli": 2, "cli": 30}
 SOUP_BUDGET = 20_000  # instructions per random program
 
 
@@ -87,6 +94,24 @@ def _hostile(d: Path, sizes: dict[str, int], rng: random.Random) -> Tally:
     return tally
 
 
+def _signals(d: Path, sizes: dict[str, int], rng: random.Random) -> Tally:
+    tally = Tally()
+    for _ in range(sizes["signals"]):
+        tally.add(signals.run_inprocess(signals.draw(rng)))
+    for i in range(sizes["signal_cli"]):
+        tally.add(signals.run_cli(signals.draw(rng), d / f"cli-{i}"))
+    return tally
+
+
+def _cli(d: Path, sizes: dict[str, int], rng: random.Random) -> Tally:
+    tally = Tally()
+    for case in cli_input.fixed_cases() + list(cli_input.random_cases(rng, sizes["cli"])):
+        tally.add(cli_input.run_case(case, d))
+    for stdout_case in cli_input.stdout_cases():
+        tally.add(cli_input.run_stdout_case(*stdout_case))
+    return tally
+
+
 def _saves(d: Path, max_links: int) -> Tally:
     tally = Tally()
     for plan in saves.plans(max_links):
@@ -126,11 +151,16 @@ def run(quick: bool = False) -> dict[str, object]:
         _show("hostile", tallies["hostile"])
         tallies["saves"] = _saves(scratch / "saves", sizes["chain_links"])
         _show("saves", tallies["saves"])
+        tallies["signals"] = _signals(root / "signals", sizes, rng)
+        _show("signals", tallies["signals"])
+        tallies["cli"] = _cli(scratch / "cli", sizes, rng)
+        _show("cli", tallies["cli"])
     figures: dict[str, object] = {name: tally.figures() for name, tally in tallies.items()}
     totals = {v.value: sum(t.verdicts[v] for t in tallies.values()) for v in Verdict}
     totals["trials"] = sum(t.trials for t in tallies.values())
     figures["totals"] = totals
     figures["file_case_seconds_bound"] = FILE_CASE_SECONDS
+    figures["cli_case_seconds_bound"] = cli_input.CASE_SECONDS
     figures["decode_memory_bound_bytes"] = mutate.DECODE_MEMORY_BOUND
     figures["all_survived"] = all(t.clean for t in tallies.values())
     print(f"total    trials {totals['trials']:6}  " + "  ".join(f"{v.value} {totals[v.value]}" for v in Verdict))

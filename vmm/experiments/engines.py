@@ -238,7 +238,7 @@ def _ray_session(address: str | None, workers: int | None) -> tuple[bool, int]:
     try:
         import ray
     except ImportError:
-        raise FanoutError("the ray engine needs Ray: pip install 'microvm-harness[ray]'") from None
+        raise FanoutError("the ray engine needs Ray: pip install -e '.[ray]' in the microvm-harness checkout (it is not on PyPI)") from None
     started = False
     if not ray.is_initialized():
         try:

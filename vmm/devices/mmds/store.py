@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from typing import Any
+
+import numpy as np
 
 from vmm.devices.mmds.errors import MmdsConfigError, MmdsDataTooLarge, MmdsInvalidData, MmdsNotFound
 
@@ -74,8 +77,28 @@ def _reject_constant(name: str) -> None:
     raise MmdsInvalidData(f"MMDS JSON contains the non-standard constant {name}")
 
 
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"')  # a JSON string literal (escapes included)
+
+
+def nesting_depth(data: bytes) -> int:
+    """The deepest bracket nesting of JSON text `data`, brackets inside strings not counted;
+    linear and non-recursive (numpy), so it can run before the parser."""
+    bare = np.frombuffer(_JSON_STRING.sub(b'""', data), dtype=np.uint8)
+    step = np.isin(bare, _OPENERS).astype(np.int64) - np.isin(bare, _CLOSERS)
+    return int(np.cumsum(step).max(initial=0))
+
+
+_OPENERS = np.frombuffer(b"[{", dtype=np.uint8)
+_CLOSERS = np.frombuffer(b"]}", dtype=np.uint8)
+
+
 def parse_json(data: bytes | str) -> JsonValue:
-    """Parse canonical or any standard JSON; refuses NaN/Infinity and invalid values."""
+    """Parse canonical or any standard JSON; refuses NaN/Infinity and invalid values. The
+    nesting depth is checked before parsing: the C parser recurses per level, and with a raised
+    recursion limit deep input overflows the C stack instead of raising RecursionError."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise MmdsInvalidData(f"MMDS data nests deeper than {MAX_DEPTH} levels")
     try:
         value = json.loads(data, parse_constant=_reject_constant)
     except (ValueError, RecursionError) as exc:
