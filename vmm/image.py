@@ -190,7 +190,7 @@ def _load_elf(memory: GuestMemory, data: bytes, *, limit: int, name: str) -> tup
             if memsz > filesz:
                 memory.write(pa + filesz, np.zeros(memsz - filesz, dtype=np.uint8))
         entry = elf["e_entry"]
-        end = max(s["p_paddr"] + s["p_memsz"] for s in segments)
+        end = max(pa + memsz for pa, _, memsz, _ in segments)
     except ELFError as e:
         raise ImageError(f"image {name} is not a valid ELF file: {e}") from None
     if not memory.contains(entry, 4):
