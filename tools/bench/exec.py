@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from unicorn import UC_ARCH_ARM64, UC_HOOK_INTR, UC_MODE_ARM, UC_PROT_ALL, Uc
@@ -89,7 +90,7 @@ def _harness(cfg: VmConfig) -> tuple[float, MicroVM]:
     return seconds, vm
 
 
-def _qemu_runner(work: Path, iterations: int) -> tuple[callable, callable] | None:  # type: ignore[valid-type]
+def _qemu_runner(work: Path, iterations: int) -> tuple[Callable[[], float], Callable[[], float]] | None:
     """(full run, start-up-only run) of cbench in QEMU -icount shift=0, each returning seconds,
     or None if QEMU or the cross compiler is missing."""
     qemu = shutil.which("qemu-system-aarch64")
@@ -120,12 +121,14 @@ def _qemu_runner(work: Path, iterations: int) -> tuple[callable, callable] | Non
     return (lambda: run("full.elf")), (lambda: run("empty.elf"))
 
 
-def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
-    iterations = 2_000_000 if quick else 20_000_000
-    mem = 64 * 1024 * 1024
-    cfg = VmConfig(guest="compute", mem_size=mem, params={"iterations": iterations})
-    spec = guests.get("compute")
-    image, params = spec.binary(), spec.resolve_params(cfg.params)
+MEM = 64 * 1024 * 1024  # bytes of guest RAM for both workloads
+
+
+def _workload(guest: str, iterations: int) -> tuple[bytes, list[int], Callable[[], float], list[int]]:
+    """(image, parameter values, a harness case returning CPU seconds, the virtual clock each
+    harness run ended at) for built-in guest `guest` run for `iterations`."""
+    cfg = VmConfig(guest=guest, mem_size=MEM, params={"iterations": iterations})
+    spec = guests.get(guest)
     clock: list[int] = []
 
     def harness() -> float:
@@ -133,11 +136,18 @@ def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
         clock.append(vm.clock)
         return seconds
 
+    return spec.binary(), spec.resolve_params(cfg.params), harness, clock
+
+
+def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
+    iterations = 2_000_000 if quick else 20_000_000
+    image, params, harness, clock = _workload("compute", iterations)
+
     s = interleave(
         {
             "harness": harness,
-            "sliced": lambda: _bare(image, mem, params, DEFAULT_QUANTUM),
-            "free": lambda: _bare(image, mem, params, None),
+            "sliced": lambda: _bare(image, MEM, params, DEFAULT_QUANTUM),
+            "free": lambda: _bare(image, MEM, params, None),
         },
         repeats=repeats,
     )
@@ -155,18 +165,9 @@ def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
 
 def _cbench(figures: dict[str, object], quick: bool, repeats: int) -> None:
     iterations = 200 if quick else 2000
-    mem = 64 * 1024 * 1024
-    cfg = VmConfig(guest="cbench", mem_size=mem, params={"iterations": iterations})
-    spec = guests.get("cbench")
-    image, params = spec.binary(), spec.resolve_params(cfg.params)
-    clock: list[int] = []
+    image, params, harness, clock = _workload("cbench", iterations)
 
-    def harness() -> float:
-        seconds, vm = _harness(cfg)
-        clock.append(vm.clock)
-        return seconds
-
-    cases = {"harness": harness, "free": lambda: _bare(image, mem, params, None)}
+    cases = {"harness": harness, "free": lambda: _bare(image, MEM, params, None)}
     with tempfile.TemporaryDirectory(prefix="microvm-bench-qemu-") as tmp:
         qemu = _qemu_runner(Path(tmp), iterations)
         if qemu is not None:
