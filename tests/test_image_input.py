@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import resource
-import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import guests
+from tools.faults.cli_input import elf_image  # one ELF builder for the tests and the campaign
 from vmm.config import VmConfig
 from vmm.errors import ImageError
 from vmm.image import MAX_PHDR_TABLE_BYTES
@@ -20,18 +20,6 @@ from vmm.machine import MicroVM
 
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 1 << 20
-
-
-def elf_image(segments: list[tuple[int, bytes, int]], entry: int) -> bytes:
-    """A minimal ELF64 AArch64 executable: (physical address, file bytes, memory size) per
-    PT_LOAD segment (ELF-64 Object File Format: Elf64_Ehdr 64 bytes, Elf64_Phdr 56 bytes)."""
-    ehdr = struct.pack("<4s5B7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, bytes(7), 2, 183, 1, entry, 64, 0, 0, 64, 56, len(segments), 0, 0, 0)
-    offset = 64 + 56 * len(segments)
-    phdrs, body = b"", b""
-    for pa, data, memsz in segments:
-        phdrs += struct.pack("<IIQQQQQQ", 1, 7, offset + len(body), pa, pa, len(data), memsz, 0x1000)
-        body += data
-    return ehdr + phdrs + body
 
 
 def _cli(args: list[str], **kw: object) -> subprocess.CompletedProcess[str]:

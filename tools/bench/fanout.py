@@ -25,8 +25,9 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from tools.bench.measure import best_of
 from vmm import MicroVM, VmConfig
 from vmm.experiments import Input, iter_experiments
 from vmm.layout import MIB
@@ -62,13 +63,8 @@ def _rate(snap: Path, n: int, engine: str, workers: int) -> float:
     return best
 
 
-def _best(fn: Any) -> float:
-    times = []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _best(fn: Callable[[], object]) -> float:
+    return best_of(fn, ROUNDS)
 
 
 def _save_and_seal(folder: Path, size: int) -> tuple[float, float]:

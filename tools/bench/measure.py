@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 from dataclasses import dataclass
 from typing import Callable, Mapping
 
@@ -36,6 +37,18 @@ class Samples:
     def spread(self) -> float:
         """(slowest - fastest) / fastest: 0.05 means the rounds agree within 5%."""
         return (max(self.seconds) - self.best) / self.best
+
+
+def best_of(fn: Callable[[], object], rounds: int) -> float:
+    """Wall seconds of the fastest of `rounds` calls of `fn` (the garbage collector runs before
+    each, as in `interleave`)."""
+    times = []
+    for _ in range(rounds):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
 
 
 def interleave(cases: Mapping[str, Case], *, repeats: int = 3, warmup: int = 1) -> dict[str, Samples]:

@@ -20,10 +20,11 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from tools.bench.measure import Samples, machine_load
+from tools.bench.measure import Samples, best_of, machine_load
 from vmm import MicroVM, VmConfig
 from vmm.reset import ResetPoint
 from vmm.layout import GIB, MIB, RAM_BASE
@@ -69,13 +70,8 @@ def _reset_seconds(vm: MicroVM, point: ResetPoint, dirty: int, iterations: int, 
     return samples
 
 
-def _best(fn) -> float:  # type: ignore[no-untyped-def]
-    times = []
-    for _ in range(ROUNDS):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+def _best(fn: Callable[[], object]) -> float:
+    return best_of(fn, ROUNDS)
 
 
 def run(quick: bool = False) -> dict[str, float]:
