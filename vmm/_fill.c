@@ -355,7 +355,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "(n,[NNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
         FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
         FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
         FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
@@ -365,7 +365,10 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
         FIELD(microvm_sysreg_state, native_reads), FIELD(microvm_sysreg_state, tlbis),
         FIELD(microvm_sysreg_state, emu_stop), FIELD(microvm_sysreg_state, reg_pstate),
         FIELD(microvm_sysreg_state, irq_signalled), FIELD(microvm_sysreg_state, stopped),
-        FIELD(microvm_sysreg_state, reserved));
+        FIELD(microvm_sysreg_state, counting), FIELD(microvm_sysreg_state, budget),
+        FIELD(microvm_sysreg_state, base), FIELD(microvm_sysreg_state, cur_start),
+        FIELD(microvm_sysreg_state, cur_len), FIELD(microvm_sysreg_state, tail_pc),
+        FIELD(microvm_sysreg_state, count_error), FIELD(microvm_sysreg_state, halting));
 }
 
 static PyMethodDef methods[] = {

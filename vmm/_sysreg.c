@@ -17,6 +17,9 @@
  * A block hook stops the slice in front of the first block that starts with an IRQ signalled
  * and PSTATE.I clear (the VMM then takes the IRQ there), so an unmask is precise without a
  * per-address code hook (those make Unicorn walk its hook list on every instruction).
+ * The same block hook is the block counter (vmm/block_counter.py has the contract): it charges
+ * each translation block its instruction count before the block runs, and stops in front of
+ * the first block that would overrun the slice's budget.
  * Unicorn entry points (uc_reg_read/write, uc_ctl) come as function pointers from the binding's
  * own library, so this object links against nothing.
  */
@@ -34,7 +37,14 @@ uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
 {
     uint8_t flags = s->table[sysreg_index(cp)];
     if (flags & (SR_PHYS_COUNT | SR_VIRT_COUNT)) {
-        uint64_t now = (uint64_t)s->slice_start + *s->emu_counter - 1;
+        uint64_t now;
+        if (s->counting) {
+            uint64_t pc;
+            s->reg_read(uc, s->reg_pc, &pc); /* Unicorn syncs the PC before a system-register hook */
+            now = (uint64_t)s->slice_start + microvm_counted_at(s, pc) - 1;
+        } else {
+            now = (uint64_t)s->slice_start + *s->emu_counter - 1;
+        }
         if (flags & SR_VIRT_COUNT) {
             now -= s->cntvoff;
         }
@@ -75,18 +85,57 @@ uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
 }
 
 #define PSTATE_I (1u << 7)
+#define INSN_BYTES 4 /* every A64 instruction (DDI 0487 C1.1) */
 
-void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+/* Instructions this emu_start has run up to and including the one at `pc`, which must lie in
+ * the running block (a translation block is one straight run of instructions). */
+uint64_t microvm_counted_at(const microvm_sysreg_state *s, uint64_t pc)
 {
-    (void)address;
-    (void)size;
+    uint64_t index = (pc - s->cur_start) / INSN_BYTES;
+    if (pc < s->cur_start || index >= s->cur_len) {
+        ((microvm_sysreg_state *)s)->count_error = 1;
+    }
+    return s->base + index + 1;
+}
+
+static int irq_stop(void *uc, microvm_sysreg_state *s)
+{
     if (!s->irq_signalled || s->stopped) {
-        return;
+        return 0;
     }
     uint64_t pstate = 0;
     s->reg_read(uc, (int)s->reg_pstate, &pstate);
-    if (!(pstate & PSTATE_I)) {
-        s->stopped = 1;
-        s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    if (pstate & PSTATE_I) {
+        return 0;
     }
+    s->stopped = 1;
+    s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    return 1;
+}
+
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+{
+    if (!s->counting) {
+        irq_stop(uc, s);
+        return;
+    }
+    if (size == 0) { /* Unicorn's stop at the `until` address: nothing runs */
+        return;
+    }
+    uint64_t n = size / INSN_BYTES;
+    s->base += s->cur_len;
+    s->cur_len = 0;
+    if (s->stopped || s->tail_pc || s->halting) {
+        return; /* already stopping: this block does not run */
+    }
+    if (irq_stop(uc, s)) {
+        return;
+    }
+    if (s->base + n > s->budget) {
+        s->tail_pc = address;
+        s->emu_stop(uc);
+        return;
+    }
+    s->cur_start = address;
+    s->cur_len = n;
 }

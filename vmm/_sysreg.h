@@ -45,11 +45,23 @@ typedef struct {
     uint32_t reg_pstate;         /* UC_ARM64_REG_PSTATE */
     uint32_t irq_signalled;      /* set by the VMM whenever it may have changed */
     uint32_t stopped;            /* 1: the block hook stopped the slice */
-    uint32_t reserved;
+    /* The block counter (vmm/block_counter.py): with `counting` set, emu_start runs without
+     * Unicorn's per-instruction count hook (count=0) and the block hook charges each translation
+     * block its instruction count before it runs. A block that does not fit the budget is not
+     * run: the hook stops in front of it and records its address in tail_pc. */
+    uint32_t counting;           /* 1: count per block here; 0: Unicorn's count= does it */
+    uint64_t budget;             /* instructions this emu_start may run */
+    uint64_t base;               /* instructions of the blocks before the running one */
+    uint64_t cur_start;          /* virtual address of the running block */
+    uint64_t cur_len;            /* its instructions (cut short where it was left early) */
+    uint64_t tail_pc;            /* nonzero: the block at this address did not fit the budget */
+    uint32_t count_error;        /* a count was asked for a PC outside the running block */
+    uint32_t halting;            /* a hook asked this emu_start to stop (uc_emu_stop) */
 } microvm_sysreg_state;
 
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
+uint64_t microvm_counted_at(const microvm_sysreg_state *s, uint64_t pc);
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 #endif

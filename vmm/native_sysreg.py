@@ -61,7 +61,14 @@ class SysregState(ctypes.Structure):
         ("reg_pstate", ctypes.c_uint32),
         ("irq_signalled", ctypes.c_uint32),
         ("stopped", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("counting", ctypes.c_uint32),
+        ("budget", ctypes.c_uint64),
+        ("base", ctypes.c_uint64),
+        ("cur_start", ctypes.c_uint64),
+        ("cur_len", ctypes.c_uint64),
+        ("tail_pc", ctypes.c_uint64),
+        ("count_error", ctypes.c_uint32),
+        ("halting", ctypes.c_uint32),
     ]
 
 
