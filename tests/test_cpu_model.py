@@ -48,3 +48,31 @@ def test_features_needing_firmware_are_hidden_and_group0_exists(tmp_path, monkey
     assert field(isar1, 20) != 0  # LRCPC: other features stay as Unicorn's `max` has them
     assert result(vm, 2) == 0
     assert result(vm, 3) == 1023
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_dc_zva_is_shown_prohibited_and_still_zeroes(tmp_path, monkeypatch, native: str) -> None:
+    """DCZID_EL0.DZP = 1 (software then zeroes with stores), BS = 4 (64 bytes), at EL1 and
+    every read; a DC ZVA executed anyway zeroes its 64-byte block."""
+    monkeypatch.setenv(ENV_SWITCH, native)
+    source = "\n".join(
+        [
+            RESULTS_PTR,
+            "mrs x0, dczid_el0",
+            "str x0, [x28, #0]",
+            "mrs x1, dczid_el0",
+            "str x1, [x28, #8]",
+            "mov x2, #-1",
+            "add x3, x28, #64",
+            "stp x2, x2, [x3]",
+            "dc zva, x3",
+            "ldr x4, [x3]",
+            "str x4, [x28, #16]",
+            POWER_OFF,
+        ]
+    )
+    vm = boot(tmp_path, source)
+    assert vm.run(100_000).reason is StopReason.POWER_OFF
+    assert [result(vm, i) for i in range(3)] == [0x14, 0x14, 0]
+    if native == "1" and vm.vcpus[0].native_sysreg is not None:
+        assert vm.vcpus[0].native_sysreg.python_calls == 0  # served in C, no Python call

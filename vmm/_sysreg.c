@@ -33,9 +33,31 @@ static inline uint32_t sysreg_index(const uc_arm64_cp_reg *cp)
     return (cp->op0 & 3) << 14 | (cp->op1 & 7) << 11 | (cp->crn & 15) << 7 | (cp->crm & 15) << 3 | (cp->op2 & 7);
 }
 
+static void step_past(void *uc, uint8_t flags, microvm_sysreg_state *s)
+{
+    if (!(flags & SR_STEPS)) { /* Unicorn leaves the PC on a skipped MRS it does not implement */
+        uint64_t pc;
+        s->reg_read(uc, s->reg_pc, &pc);
+        pc += 4;
+        s->reg_write(uc, s->reg_pc, &pc);
+    }
+}
+
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    uint8_t flags = s->table[sysreg_index(cp)];
+    uint32_t index = sysreg_index(cp);
+    uint8_t flags = s->table[index];
+    if (flags & SR_CONST) {
+        for (uint32_t i = 0; i < s->n_consts && i < MICROVM_MAX_CONSTS; i++) {
+            if (s->const_index[i] == index) {
+                s->reg_write(uc, reg, &s->const_value[i]);
+                step_past(uc, flags, s);
+                s->native_reads += 1;
+                return 1;
+            }
+        }
+        return 0;
+    }
     if (flags & (SR_PHYS_COUNT | SR_VIRT_COUNT)) {
         uint64_t now;
         if (s->counting) {
@@ -49,12 +71,7 @@ uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
             now -= s->cntvoff;
         }
         s->reg_write(uc, reg, &now);
-        if (!(flags & SR_STEPS)) { /* Unicorn leaves the PC on a skipped MRS it does not implement */
-            uint64_t pc;
-            s->reg_read(uc, s->reg_pc, &pc);
-            pc += 4;
-            s->reg_write(uc, s->reg_pc, &pc);
-        }
+        step_past(uc, flags, s);
         s->native_reads += 1;
         return 1;
     }
@@ -74,11 +91,52 @@ uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
     return 0;
 }
 
+/* TLBI VAE1, VAAE1, VALE1, VAALE1 and their IS/OS forms (DDI 0487 C5.5: op1 = 0, CRm = 7
+ * local, 3 inner shareable, 1 outer shareable; op2 = 1, 3, 5, 7): one VA's translations. */
+static int tlbi_by_va(const uc_arm64_cp_reg *cp)
+{
+    return cp->op1 == 0 && (cp->crm == 7 || cp->crm == 3 || cp->crm == 1) && (cp->op2 & 1);
+}
+
+#define TLBI_VA_BITS 44      /* Xt[43:0] = VA[55:12] */
+#define TLBI_VA_SHIFT 12
+#define VA_SIGN_BIT 55       /* VA[63:56] copy VA[55] */
+#define PAGE_4K 4096
+#define UC_PAGE 1024         /* Unicorn's TLB entry: TARGET_PAGE_SIZE on ARM */
+
+/* Drop the translations a TLBI by VA covers: the four 1 KiB entries of its 4 KiB page, when
+ * the record says no entry came from a block or an unknown translation (else all). */
+static void tlbi(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    microvm_tlb_record *r = &s->record;
+    if (tlbi_by_va(cp) && s->cpu != NULL && !r->unknown) {
+        uint64_t xt = 0;
+        s->reg_read(uc, reg, &xt);
+        uint64_t va = (xt & ((1ull << TLBI_VA_BITS) - 1)) << TLBI_VA_SHIFT;
+        if (va >> VA_SIGN_BIT & 1) {
+            va |= ~((1ull << (VA_SIGN_BIT + 1)) - 1);
+        }
+        uint32_t i = 0;
+        while (i < r->n_blocks && (va & r->block_mask[i]) != r->block_va[i]) {
+            i++;
+        }
+        if (i == r->n_blocks) {
+            for (uint64_t off = 0; off < PAGE_4K; off += UC_PAGE) {
+                s->flush_page(s->cpu, va + off);
+            }
+            s->page_tlbis += 1;
+            return;
+        }
+    }
+    s->ctl(uc, s->tlb_flush_ctl);
+    r->unknown = 0;
+    r->n_blocks = 0;
+}
+
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    (void)reg;
     if (cp->op0 == 1 && cp->crn == 8) { /* TLBI: DDI 0487 C5.5 */
-        s->ctl(uc, s->tlb_flush_ctl);
+        tlbi(uc, reg, cp, s);
         s->tlbis += 1;
     }
     return 0;

@@ -268,6 +268,8 @@ class VcpuHooks:
     # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
     sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
     sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
+    # Trapped registers whose reads are constants of the CPU model (served in C where built).
+    sysreg_const: dict[SysReg, int] = field(default_factory=dict)
     # Observed system-register writes: called before the MSR, which then runs natively.
     sysreg_observe: dict[SysReg, Callable[["Vcpu"], None]] = field(default_factory=dict)
     # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
@@ -342,19 +344,22 @@ class Vcpu:
         self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
-        self._mrs_steps = mrs_steps_past_skip(hooks.sysreg_read)  # see _on_mrs
+        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see _on_mrs
         self.native_sysreg: NativeSysreg | None = None
         if native_sysreg.available():  # untrapped system registers never reach Python
             self.native_sysreg = NativeSysreg(
                 reads=hooks.sysreg_read,
                 writes=set(hooks.sysreg_write) | set(hooks.sysreg_observe),
                 steps=self._mrs_steps,
+                consts=hooks.sysreg_const,
                 emu_counter=self._icount.address,
                 on_mrs=self._on_mrs,
                 on_msr=self._on_msr,
                 uc=uc,
             )
             self.native_sysreg.register(uc)
+            if self.native_fill is not None:  # the fill tells the TLBI filter what it installs
+                self.native_fill.state.record = self.native_sysreg.record_address
         else:  # the reference: every access through Python
             uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
             uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
@@ -692,6 +697,8 @@ class Vcpu:
         if result is None:
             return False
         paddr, perms = result
+        if self.native_sysreg is not None:
+            self.native_sysreg.untracked_fill()
         offset = paddr - self.memory.base
         if 0 <= offset < self.memory.size:
             page = offset // CODE_PAGE_SIZE
@@ -810,8 +817,11 @@ class Vcpu:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
         handler = self.hooks.sysreg_read.get(enc)
         if handler is None:
-            return 0
-        value = self._guard(lambda: handler(self))
+            if enc not in self.hooks.sysreg_const:
+                return 0
+            value = self.hooks.sysreg_const[enc]
+        else:
+            value = self._guard(lambda: handler(self))
         self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
         uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
         # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
@@ -981,3 +991,5 @@ class Vcpu:
     def flush_tlb(self) -> None:
         """Drop TLB entries, so every page is filled (and write-checked) again."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self.native_sysreg is not None:
+            self.native_sysreg.tlb_flushed()
