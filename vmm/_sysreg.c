@@ -43,10 +43,27 @@ static void step_past(void *uc, uint8_t flags, microvm_sysreg_state *s)
     }
 }
 
+#define OP1_EL0_ACCESSIBLE 3 /* system-register op1 of the registers EL0 may access (DDI 0487 C5.3) */
+
+/* An EL0 access to a register EL0 may not name is left to Unicorn, which makes it UNDEFINED (it
+ * calls this hook before its own access checks, so serving it would leave the PC on it). */
+static int el0_declines(void *uc, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    if (cp->op1 == OP1_EL0_ACCESSIBLE) {
+        return 0;
+    }
+    uint64_t pstate = 0;
+    s->reg_read(uc, (int)s->reg_pstate, &pstate);
+    return ((pstate >> 2) & 3) == 0;
+}
+
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
     uint32_t index = sysreg_index(cp);
     uint8_t flags = s->table[index];
+    if ((flags & (SR_CONST | SR_READ_PY)) && el0_declines(uc, cp, s)) {
+        return 0;
+    }
     if (flags & SR_CONST) {
         for (uint32_t i = 0; i < s->n_consts && i < MICROVM_MAX_CONSTS; i++) {
             if (s->const_index[i] == index) {
@@ -84,7 +101,7 @@ uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
 
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    if (s->table[sysreg_index(cp)] & SR_WRITE_PY) {
+    if ((s->table[sysreg_index(cp)] & SR_WRITE_PY) && !el0_declines(uc, cp, s)) {
         s->python_calls += 1;
         return s->py_msr(uc, reg, cp, NULL);
     }

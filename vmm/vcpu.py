@@ -813,8 +813,16 @@ class Vcpu:
             return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
         return fetch_word(self, vaddr, el)
 
+    def _el0_declines(self, uc: Uc, op1: int) -> bool:
+        """An EL0 access to a register EL0 may not name (op1 != 3, DDI 0487 C5.3): the hook
+        leaves it to Unicorn, which makes it UNDEFINED (a hook that served it would leave the
+        PC on it: Unicorn calls the hook before its own access checks)."""
+        return op1 != arch.OP1_EL0_ACCESSIBLE and arch.pstate_el(uc.reg_read(_PSTATE)) == 0
+
     def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        if (enc in self.hooks.sysreg_read or enc in self.hooks.sysreg_const) and self._el0_declines(uc, enc[1]):
+            return 0
         handler = self.hooks.sysreg_read.get(enc)
         if handler is None:
             if enc not in self.hooks.sysreg_const:
@@ -832,6 +840,8 @@ class Vcpu:
 
     def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        if (enc in self.hooks.sysreg_observe or enc in self.hooks.sysreg_write) and self._el0_declines(uc, enc[1]):
+            return 0
         observer = self.hooks.sysreg_observe.get(enc)
         if observer is not None:
             self._guard(lambda: observer(self))
