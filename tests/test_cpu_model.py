@@ -48,3 +48,74 @@ def test_features_needing_firmware_are_hidden_and_group0_exists(tmp_path, monkey
     assert field(isar1, 20) != 0  # LRCPC: other features stay as Unicorn's `max` has them
     assert result(vm, 2) == 0
     assert result(vm, 3) == 1023
+
+
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_dc_zva_is_shown_prohibited_and_still_zeroes(tmp_path, monkeypatch, native: str) -> None:
+    """DCZID_EL0.DZP = 1 (software then zeroes with stores), BS = 4 (64 bytes), at EL1 and
+    every read; a DC ZVA executed anyway zeroes its 64-byte block."""
+    monkeypatch.setenv(ENV_SWITCH, native)
+    source = "\n".join(
+        [
+            RESULTS_PTR,
+            "mrs x0, dczid_el0",
+            "str x0, [x28, #0]",
+            "mrs x1, dczid_el0",
+            "str x1, [x28, #8]",
+            "mov x2, #-1",
+            "add x3, x28, #64",
+            "stp x2, x2, [x3]",
+            "dc zva, x3",
+            "ldr x4, [x3]",
+            "str x4, [x28, #16]",
+            POWER_OFF,
+        ]
+    )
+    vm = boot(tmp_path, source)
+    assert vm.run(100_000).reason is StopReason.POWER_OFF
+    assert [result(vm, i) for i in range(3)] == [0x14, 0x14, 0]
+    if native == "1" and vm.vcpus[0].native_sysreg is not None:
+        assert vm.vcpus[0].native_sysreg.python_calls == 0  # served in C, no Python call
+
+
+EL0_READS = ("id_aa64pfr0_el1", "mpidr_el1", "S3_0_C12_C12_0")  # trapped or served by the VMM; ICC_IAR1_EL1
+
+
+@pytest.mark.parametrize("register", EL0_READS)
+@pytest.mark.parametrize("native", ["1", "0"], ids=["native", "python"])
+def test_el0_reads_of_el1_registers_the_vmm_serves_are_undefined(tmp_path, monkeypatch, native: str, register: str) -> None:
+    """Unicorn calls the system-register hook before its own access checks: an EL0 MRS of an
+    EL1 register the VMM serves must still be UNDEFINED (EC 0x00 to EL1), not served (or, as
+    it was, left spinning on the MRS)."""
+    from asm import vector_table
+
+    monkeypatch.setenv(ENV_SWITCH, native)
+    source = "\n".join(
+        [
+            RESULTS_PTR,
+            "adr x0, vectors",
+            "msr vbar_el1, x0",
+            "adr x0, el0",
+            "msr elr_el1, x0",
+            "msr spsr_el1, xzr",  # EL0t, interrupts unmasked
+            "eret",
+            "el0:",
+            "mov x3, #7",
+            f"mrs x3, {register}",
+            "b .",
+            "lower_sync:",
+            "mrs x0, esr_el1",
+            "str x0, [x28, #0]",
+            "mrs x0, elr_el1",
+            "adr x1, el0",
+            "sub x0, x0, x1",
+            "str x0, [x28, #8]",
+            "str x3, [x28, #16]",
+            POWER_OFF,
+            vector_table(lower_sync="lower_sync"),
+        ]
+    )
+    vm = boot(tmp_path, source)
+    assert vm.run(1_000_000).reason is StopReason.POWER_OFF
+    esr, elr_offset, x3 = (result(vm, i) for i in range(3))
+    assert (esr >> 26, elr_offset, x3) == (0x00, 4, 7)  # UNDEFINED at the MRS; x3 untouched

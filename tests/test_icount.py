@@ -91,6 +91,7 @@ def test_every_trapped_mrs_costs_one_instruction(tmp_path) -> None:
 
 
 def test_a_slice_whose_count_does_not_add_up_fails_loudly(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "0")  # Unicorn's count= (tests/test_block_counter.py: the other path)
     vm = boot(tmp_path, "b .", quantum=1_000)
     assert vm.run(1_000).reason is StopReason.BUDGET
     counter = vm.vcpus[0]._icount

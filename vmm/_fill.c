@@ -81,7 +81,34 @@ typedef struct {
     uint64_t stub_base;       /* the VMM stub page's VA (reserved in every address space) */
     uint64_t walk_fills;      /* fills served by the walk */
     uint64_t fetch_fills;     /* fetch fills served here */
+    microvm_tlb_record *record; /* the vCPU's TLB record (vmm/_sysreg.h), or NULL */
 } microvm_fill_state;
+
+/* Record where the entry for `vaddr` came from: a page (shift 12: a TLBI by VA of it drops
+ * it), a block of 2**shift bytes, or no walk at all (shift 64: only a full flush drops it). */
+static void note_fill(microvm_tlb_record *r, uint64_t vaddr, int shift)
+{
+    if (r->unknown || shift == 12) {
+        return;
+    }
+    if (shift >= 64) {
+        r->unknown = 1;
+        return;
+    }
+    uint64_t mask = ~((1ull << shift) - 1);
+    for (uint32_t i = 0; i < r->n_blocks; i++) {
+        if (r->block_mask[i] == mask && r->block_va[i] == (vaddr & mask)) {
+            return;
+        }
+    }
+    if (r->n_blocks == MICROVM_MAX_BLOCKS) {
+        r->unknown = 1;
+        return;
+    }
+    r->block_va[r->n_blocks] = vaddr & mask;
+    r->block_mask[r->n_blocks] = mask;
+    r->n_blocks += 1;
+}
 
 /* AdaptiveController.on_write_fill for `page` of a block, at virtual time `now`. */
 static void on_write_fill(microvm_tracker *t, uint64_t page, int64_t now)
@@ -151,7 +178,7 @@ static void on_write_fill(microvm_tracker *t, uint64_t page, int64_t now)
 
 static const int ips_bits[8] = {32, 36, 40, 42, 44, 48, 52, PA_BITS};
 
-static bool walk(const microvm_fill_state *s, uint64_t va, int type, int el, bool pan, uint64_t *pa_out, int32_t *perms_out)
+static bool walk(const microvm_fill_state *s, uint64_t va, int type, int el, bool pan, uint64_t *pa_out, int32_t *perms_out, int *shift_out)
 {
     uint64_t tcr = s->tcr;
     if (s->sctlr & SCTLR_EE || tcr & TCR_DS) {
@@ -245,6 +272,7 @@ static bool walk(const microvm_fill_state *s, uint64_t va, int type, int el, boo
     }
     *pa_out = pa;
     *perms_out = (r ? UC_PROT_READ : 0) | (w ? UC_PROT_WRITE : 0) | (x ? UC_PROT_EXEC : 0);
+    *shift_out = shift;
     return true;
 }
 
@@ -256,13 +284,14 @@ bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, micro
     uint64_t paddr = vaddr;
     int32_t perms = UC_PROT_READ | UC_PROT_WRITE | UC_PROT_EXEC;
     bool walked = false;
+    int shift = 0;
     if (!s->identity) {
         if (!s->walk || (vaddr & ~0xFFFull) == s->stub_base || (vaddr & ~0xFFFull) == (s->unpriv_page & ~1ull)) {
             return false;
         }
         uint64_t pstate = 0;
         s->reg_read(uc, (int)s->reg_pstate, &pstate);
-        if (!walk(s, vaddr, type, (int)((pstate >> 2) & 3), pstate & PSTATE_PAN, &paddr, &perms)) {
+        if (!walk(s, vaddr, type, (int)((pstate >> 2) & 3), pstate & PSTATE_PAN, &paddr, &perms, &shift)) {
             return false;
         }
         walked = true;
@@ -295,6 +324,9 @@ bool microvm_fill(void *uc, uint64_t vaddr, int type, uc_tlb_entry *entry, micro
     }
     s->fills += 1;
     s->walk_fills += walked;
+    if (s->record != NULL) {
+        note_fill(s->record, vaddr, walked ? shift : 64);
+    }
     entry->paddr = paddr;
     entry->perms = perms;
     return true;
@@ -317,7 +349,7 @@ static PyObject *layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNNNNNNNNNNNNNN]),s:n}",
+        "{s:(n,[NNNNNNNNNNNNN]),s:(n,[NNNNNNNNNNNNNNNNNNNNNN]),s:n}",
         "microvm_tracker", (Py_ssize_t)sizeof(microvm_tracker),
         FIELD(microvm_tracker, dirty), FIELD(microvm_tracker, fine),
         FIELD(microvm_tracker, window_start), FIELD(microvm_tracker, window_faults),
@@ -337,7 +369,7 @@ static PyObject *layout(PyObject *self, PyObject *args)
         FIELD(microvm_fill_state, ttbr1), FIELD(microvm_fill_state, ram),
         FIELD(microvm_fill_state, reg_read), FIELD(microvm_fill_state, unpriv_page),
         FIELD(microvm_fill_state, stub_base), FIELD(microvm_fill_state, walk_fills),
-        FIELD(microvm_fill_state, fetch_fills),
+        FIELD(microvm_fill_state, fetch_fills), FIELD(microvm_fill_state, record),
         "uc_tlb_entry", (Py_ssize_t)sizeof(uc_tlb_entry));
 }
 
@@ -355,7 +387,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "(n,[NNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
         FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
         FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
         FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
@@ -365,7 +397,14 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
         FIELD(microvm_sysreg_state, native_reads), FIELD(microvm_sysreg_state, tlbis),
         FIELD(microvm_sysreg_state, emu_stop), FIELD(microvm_sysreg_state, reg_pstate),
         FIELD(microvm_sysreg_state, irq_signalled), FIELD(microvm_sysreg_state, stopped),
-        FIELD(microvm_sysreg_state, reserved));
+        FIELD(microvm_sysreg_state, counting), FIELD(microvm_sysreg_state, budget),
+        FIELD(microvm_sysreg_state, base), FIELD(microvm_sysreg_state, cur_start),
+        FIELD(microvm_sysreg_state, cur_len), FIELD(microvm_sysreg_state, tail_pc),
+        FIELD(microvm_sysreg_state, count_error), FIELD(microvm_sysreg_state, halting),
+        FIELD(microvm_sysreg_state, n_consts), FIELD(microvm_sysreg_state, const_index),
+        FIELD(microvm_sysreg_state, const_value), FIELD(microvm_sysreg_state, cpu),
+        FIELD(microvm_sysreg_state, flush_page), FIELD(microvm_sysreg_state, page_tlbis),
+        FIELD(microvm_sysreg_state, record));
 }
 
 static PyMethodDef methods[] = {

@@ -17,6 +17,9 @@
  * A block hook stops the slice in front of the first block that starts with an IRQ signalled
  * and PSTATE.I clear (the VMM then takes the IRQ there), so an unmask is precise without a
  * per-address code hook (those make Unicorn walk its hook list on every instruction).
+ * The same block hook is the block counter (vmm/block_counter.py has the contract): it charges
+ * each translation block its instruction count before the block runs, and stops in front of
+ * the first block that would overrun the slice's budget.
  * Unicorn entry points (uc_reg_read/write, uc_ctl) come as function pointers from the binding's
  * own library, so this object links against nothing.
  */
@@ -30,21 +33,62 @@ static inline uint32_t sysreg_index(const uc_arm64_cp_reg *cp)
     return (cp->op0 & 3) << 14 | (cp->op1 & 7) << 11 | (cp->crn & 15) << 7 | (cp->crm & 15) << 3 | (cp->op2 & 7);
 }
 
+static void step_past(void *uc, uint8_t flags, microvm_sysreg_state *s)
+{
+    if (!(flags & SR_STEPS)) { /* Unicorn leaves the PC on a skipped MRS it does not implement */
+        uint64_t pc;
+        s->reg_read(uc, s->reg_pc, &pc);
+        pc += 4;
+        s->reg_write(uc, s->reg_pc, &pc);
+    }
+}
+
+#define OP1_EL0_ACCESSIBLE 3 /* system-register op1 of the registers EL0 may access (DDI 0487 C5.3) */
+
+/* An EL0 access to a register EL0 may not name is left to Unicorn, which makes it UNDEFINED (it
+ * calls this hook before its own access checks, so serving it would leave the PC on it). */
+static int el0_declines(void *uc, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    if (cp->op1 == OP1_EL0_ACCESSIBLE) {
+        return 0;
+    }
+    uint64_t pstate = 0;
+    s->reg_read(uc, (int)s->reg_pstate, &pstate);
+    return ((pstate >> 2) & 3) == 0;
+}
+
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    uint8_t flags = s->table[sysreg_index(cp)];
+    uint32_t index = sysreg_index(cp);
+    uint8_t flags = s->table[index];
+    if ((flags & (SR_CONST | SR_READ_PY)) && el0_declines(uc, cp, s)) {
+        return 0;
+    }
+    if (flags & SR_CONST) {
+        for (uint32_t i = 0; i < s->n_consts && i < MICROVM_MAX_CONSTS; i++) {
+            if (s->const_index[i] == index) {
+                s->reg_write(uc, reg, &s->const_value[i]);
+                step_past(uc, flags, s);
+                s->native_reads += 1;
+                return 1;
+            }
+        }
+        return 0;
+    }
     if (flags & (SR_PHYS_COUNT | SR_VIRT_COUNT)) {
-        uint64_t now = (uint64_t)s->slice_start + *s->emu_counter - 1;
+        uint64_t now;
+        if (s->counting) {
+            uint64_t pc;
+            s->reg_read(uc, s->reg_pc, &pc); /* Unicorn syncs the PC before a system-register hook */
+            now = (uint64_t)s->slice_start + microvm_counted_at(s, pc) - 1;
+        } else {
+            now = (uint64_t)s->slice_start + *s->emu_counter - 1;
+        }
         if (flags & SR_VIRT_COUNT) {
             now -= s->cntvoff;
         }
         s->reg_write(uc, reg, &now);
-        if (!(flags & SR_STEPS)) { /* Unicorn leaves the PC on a skipped MRS it does not implement */
-            uint64_t pc;
-            s->reg_read(uc, s->reg_pc, &pc);
-            pc += 4;
-            s->reg_write(uc, s->reg_pc, &pc);
-        }
+        step_past(uc, flags, s);
         s->native_reads += 1;
         return 1;
     }
@@ -57,36 +101,116 @@ uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysre
 
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    if (s->table[sysreg_index(cp)] & SR_WRITE_PY) {
+    if ((s->table[sysreg_index(cp)] & SR_WRITE_PY) && !el0_declines(uc, cp, s)) {
         s->python_calls += 1;
         return s->py_msr(uc, reg, cp, NULL);
     }
     return 0;
 }
 
+/* TLBI VAE1, VAAE1, VALE1, VAALE1 and their IS/OS forms (DDI 0487 C5.5: op1 = 0, CRm = 7
+ * local, 3 inner shareable, 1 outer shareable; op2 = 1, 3, 5, 7): one VA's translations. */
+static int tlbi_by_va(const uc_arm64_cp_reg *cp)
+{
+    return cp->op1 == 0 && (cp->crm == 7 || cp->crm == 3 || cp->crm == 1) && (cp->op2 & 1);
+}
+
+#define TLBI_VA_BITS 44      /* Xt[43:0] = VA[55:12] */
+#define TLBI_VA_SHIFT 12
+#define VA_SIGN_BIT 55       /* VA[63:56] copy VA[55] */
+#define PAGE_4K 4096
+#define UC_PAGE 1024         /* Unicorn's TLB entry: TARGET_PAGE_SIZE on ARM */
+
+/* Drop the translations a TLBI by VA covers: the four 1 KiB entries of its 4 KiB page, when
+ * the record says no entry came from a block or an unknown translation (else all). */
+static void tlbi(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
+{
+    microvm_tlb_record *r = &s->record;
+    if (tlbi_by_va(cp) && s->cpu != NULL && !r->unknown) {
+        uint64_t xt = 0;
+        s->reg_read(uc, reg, &xt);
+        uint64_t va = (xt & ((1ull << TLBI_VA_BITS) - 1)) << TLBI_VA_SHIFT;
+        if (va >> VA_SIGN_BIT & 1) {
+            va |= ~((1ull << (VA_SIGN_BIT + 1)) - 1);
+        }
+        uint32_t i = 0;
+        while (i < r->n_blocks && (va & r->block_mask[i]) != r->block_va[i]) {
+            i++;
+        }
+        if (i == r->n_blocks) {
+            for (uint64_t off = 0; off < PAGE_4K; off += UC_PAGE) {
+                s->flush_page(s->cpu, va + off);
+            }
+            s->page_tlbis += 1;
+            return;
+        }
+    }
+    s->ctl(uc, s->tlb_flush_ctl);
+    r->unknown = 0;
+    r->n_blocks = 0;
+}
+
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s)
 {
-    (void)reg;
     if (cp->op0 == 1 && cp->crn == 8) { /* TLBI: DDI 0487 C5.5 */
-        s->ctl(uc, s->tlb_flush_ctl);
+        tlbi(uc, reg, cp, s);
         s->tlbis += 1;
     }
     return 0;
 }
 
 #define PSTATE_I (1u << 7)
+#define INSN_BYTES 4 /* every A64 instruction (DDI 0487 C1.1) */
 
-void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+/* Instructions this emu_start has run up to and including the one at `pc`, which must lie in
+ * the running block (a translation block is one straight run of instructions). */
+uint64_t microvm_counted_at(const microvm_sysreg_state *s, uint64_t pc)
 {
-    (void)address;
-    (void)size;
+    uint64_t index = (pc - s->cur_start) / INSN_BYTES;
+    if (pc < s->cur_start || index >= s->cur_len) {
+        ((microvm_sysreg_state *)s)->count_error = 1;
+    }
+    return s->base + index + 1;
+}
+
+static int irq_stop(void *uc, microvm_sysreg_state *s)
+{
     if (!s->irq_signalled || s->stopped) {
-        return;
+        return 0;
     }
     uint64_t pstate = 0;
     s->reg_read(uc, (int)s->reg_pstate, &pstate);
-    if (!(pstate & PSTATE_I)) {
-        s->stopped = 1;
-        s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    if (pstate & PSTATE_I) {
+        return 0;
     }
+    s->stopped = 1;
+    s->emu_stop(uc); /* before the block's first instruction is counted or run */
+    return 1;
+}
+
+void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+{
+    if (!s->counting) {
+        irq_stop(uc, s);
+        return;
+    }
+    if (size == 0) { /* Unicorn's stop at the `until` address: nothing runs */
+        return;
+    }
+    uint64_t n = size / INSN_BYTES;
+    s->base += s->cur_len;
+    s->cur_len = 0;
+    if (s->stopped || s->tail_pc || s->halting) {
+        return; /* already stopping: this block does not run */
+    }
+    if (irq_stop(uc, s)) {
+        return;
+    }
+    if (s->base + n > s->budget) {
+        s->tail_pc = address;
+        s->emu_stop(uc);
+        return;
+    }
+    s->cur_start = address;
+    s->cur_len = n;
 }

@@ -21,7 +21,24 @@ enum {
     SR_PHYS_COUNT = 4,  /* MRS reads the physical count (virtual time) */
     SR_VIRT_COUNT = 8,  /* MRS reads the virtual count (virtual time - CNTVOFF) */
     SR_STEPS = 16,      /* Unicorn steps past this MRS itself when the hook skips it */
+    SR_CONST = 32,      /* MRS reads a constant of the CPU model (consts below) */
 };
+
+#define MICROVM_MAX_CONSTS 8
+#define MICROVM_MAX_BLOCKS 16
+
+/* What the TLB may hold since its last full flush, so that a TLBI by VA can drop just the
+ * page's four 1 KiB entries (vmm/_sysreg.c microvm_sys): the blocks (level 1-2 descriptors)
+ * entries were filled from, or `unknown` when some entry cannot be told page by page (the
+ * MMU off, a fill by the Python walk, more blocks than fit). */
+typedef struct {
+    uint32_t unknown;
+    uint32_t n_blocks;
+    uint64_t block_va[MICROVM_MAX_BLOCKS];   /* a block's first VA */
+    uint64_t block_mask[MICROVM_MAX_BLOCKS]; /* ~(its size - 1) */
+} microvm_tlb_record;
+
+typedef void (*microvm_flush_page_fn)(void *cpu, uint64_t addr);
 
 typedef struct {
     uint8_t *table;              /* 65536 flag bytes */
@@ -45,11 +62,31 @@ typedef struct {
     uint32_t reg_pstate;         /* UC_ARM64_REG_PSTATE */
     uint32_t irq_signalled;      /* set by the VMM whenever it may have changed */
     uint32_t stopped;            /* 1: the block hook stopped the slice */
-    uint32_t reserved;
+    /* The block counter (vmm/block_counter.py): with `counting` set, emu_start runs without
+     * Unicorn's per-instruction count hook (count=0) and the block hook charges each translation
+     * block its instruction count before it runs. A block that does not fit the budget is not
+     * run: the hook stops in front of it and records its address in tail_pc. */
+    uint32_t counting;           /* 1: count per block here; 0: Unicorn's count= does it */
+    uint64_t budget;             /* instructions this emu_start may run */
+    uint64_t base;               /* instructions of the blocks before the running one */
+    uint64_t cur_start;          /* virtual address of the running block */
+    uint64_t cur_len;            /* its instructions (cut short where it was left early) */
+    uint64_t tail_pc;            /* nonzero: the block at this address did not fit the budget */
+    uint32_t count_error;        /* a count was asked for a PC outside the running block */
+    uint32_t halting;            /* a hook asked this emu_start to stop (uc_emu_stop) */
+    uint32_t n_consts;           /* constant reads of the CPU model (SR_CONST), at most 8 */
+    uint32_t const_index[MICROVM_MAX_CONSTS]; /* their table indices */
+    uint64_t const_value[MICROVM_MAX_CONSTS];
+    /* TLBI by VA (see microvm_tlb_record): Unicorn's tlb_flush_page and its CPUState. */
+    void *cpu;                   /* NULL: every TLBI flushes the whole TLB */
+    microvm_flush_page_fn flush_page;
+    uint64_t page_tlbis;         /* TLBIs served by dropping one page's entries */
+    microvm_tlb_record record;
 } microvm_sysreg_state;
 
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
+uint64_t microvm_counted_at(const microvm_sysreg_state *s, uint64_t pc);
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 #endif

@@ -19,6 +19,7 @@ PSTATE_DAIF = PSTATE_D | PSTATE_A | PSTATE_I | PSTATE_F
 PSTATE_IL = 1 << 20  # illegal execution state
 # State on reset / exception entry to EL1: EL1h with D, A, I, F masked.
 PSTATE_EL1H_MASKED = PSTATE_EL1H | PSTATE_DAIF
+OP1_EL0_ACCESSIBLE = 3  # system-register op1 of the registers EL0 may access (DDI 0487 C5.3)
 
 
 def pstate_el(pstate: int) -> int:

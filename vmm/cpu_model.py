@@ -15,6 +15,12 @@ for a guest that follows the architecture's discovery rules (Linux, glibc throug
 | PAuth (QARMA3) | ID_AA64ISAR2_EL1.APA3 [15:12], GPA3 [11:8] | 0 |
 | GICv3 system registers | ID_AA64PFR0_EL1.GIC [27:24] | 1 (the VMM serves ICC_*) |
 | no speculative side channels | ID_AA64PFR0_EL1.CSV2 [59:56], CSV3 [63:60] | 1 (true: Unicorn does not speculate; Linux then needs no KPTI) |
+| DC ZVA | DCZID_EL0.DZP [4] | 1 (prohibited; BS [3:0] = 4, 64-byte blocks) |
+
+DC ZVA is shown prohibited because Unicorn implements it as one byte store through its slow
+store path per byte (about 10% of a Linux boot): Linux's clear_page and memset and glibc's
+memset then zero with ordinary stores, which take the TLB fast path. A DC ZVA executed anyway
+still zeroes its block (a hypervisor trapping it with HCR_EL2.TDZ would fault it instead).
 
 Everything else is `max` as Unicorn reports it (docs/machine.md lists it). The instructions
 themselves are not removed: SVE instructions executed anyway are UNDEFINED (CPTR_EL3.EZ = 0),
@@ -28,6 +34,9 @@ from vmm.vcpu import SysReg, Vcpu, VcpuHooks
 ID_AA64PFR0_EL1: SysReg = (3, 0, 0, 4, 0)
 ID_AA64ISAR1_EL1: SysReg = (3, 0, 0, 6, 1)
 ID_AA64ISAR2_EL1: SysReg = (3, 0, 0, 6, 2)
+DCZID_EL0: SysReg = (3, 3, 0, 0, 7)  # DDI 0487 D17.2.34
+DCZID_DZP = 1 << 4  # DC ZVA prohibited
+DCZID_BS_64_BYTES = 4  # log2 of the block size in 4-byte words
 
 
 def _field(shift: int, width: int = 4) -> int:
@@ -58,3 +67,4 @@ def install_cpu_model(hooks: VcpuHooks) -> None:
     to Unicorn)."""
     for enc in ID_OVERRIDES:
         hooks.sysreg_read[enc] = lambda v, e=enc: id_register_value(v, e)
+    hooks.sysreg_const[DCZID_EL0] = DCZID_DZP | DCZID_BS_64_BYTES

@@ -74,6 +74,7 @@ class FillState(ctypes.Structure):
         ("stub_base", ctypes.c_uint64),
         ("walk_fills", ctypes.c_uint64),
         ("fetch_fills", ctypes.c_uint64),
+        ("record", ctypes.c_void_p),
     ]
 
 

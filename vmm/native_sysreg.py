@@ -23,11 +23,24 @@ from vmm import native_fill, sysreg
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 
-SR_READ_PY, SR_WRITE_PY, SR_PHYS_COUNT, SR_VIRT_COUNT, SR_STEPS = 1, 2, 4, 8, 16
+SR_READ_PY, SR_WRITE_PY, SR_PHYS_COUNT, SR_VIRT_COUNT, SR_STEPS, SR_CONST = 1, 2, 4, 8, 16, 32
+MAX_CONSTS = 8  # MICROVM_MAX_CONSTS in vmm/_sysreg.h
 PMCCNTR_EL0: SysReg = (3, 3, 9, 13, 0)  # the cycle counter: virtual cycles = instructions
 PHYS_COUNTERS = (sysreg.CNTPCT_EL0, sysreg.CNTPCTSS_EL0, PMCCNTR_EL0)
 VIRT_COUNTERS = (sysreg.CNTVCT_EL0, sysreg.CNTVCTSS_EL0)
 TABLE_SIZE = 1 << 16
+MAX_BLOCKS = 16  # MICROVM_MAX_BLOCKS in vmm/_sysreg.h
+
+
+class TlbRecord(ctypes.Structure):
+    """`microvm_tlb_record` in vmm/_sysreg.h."""
+
+    _fields_ = [
+        ("unknown", ctypes.c_uint32),
+        ("n_blocks", ctypes.c_uint32),
+        ("block_va", ctypes.c_uint64 * MAX_BLOCKS),
+        ("block_mask", ctypes.c_uint64 * MAX_BLOCKS),
+    ]
 
 
 class CpReg(ctypes.Structure):
@@ -61,7 +74,21 @@ class SysregState(ctypes.Structure):
         ("reg_pstate", ctypes.c_uint32),
         ("irq_signalled", ctypes.c_uint32),
         ("stopped", ctypes.c_uint32),
-        ("reserved", ctypes.c_uint32),
+        ("counting", ctypes.c_uint32),
+        ("budget", ctypes.c_uint64),
+        ("base", ctypes.c_uint64),
+        ("cur_start", ctypes.c_uint64),
+        ("cur_len", ctypes.c_uint64),
+        ("tail_pc", ctypes.c_uint64),
+        ("count_error", ctypes.c_uint32),
+        ("halting", ctypes.c_uint32),
+        ("n_consts", ctypes.c_uint32),
+        ("const_index", ctypes.c_uint32 * MAX_CONSTS),
+        ("const_value", ctypes.c_uint64 * MAX_CONSTS),
+        ("cpu", ctypes.c_void_p),
+        ("flush_page", ctypes.c_void_p),
+        ("page_tlbis", ctypes.c_uint64),
+        ("record", TlbRecord),
     ]
 
 
@@ -102,6 +129,7 @@ class NativeSysreg:
         reads: Iterable[SysReg],
         writes: Iterable[SysReg],
         steps: frozenset[SysReg],
+        consts: dict[SysReg, int] | None = None,
         emu_counter: int,
         on_mrs: Callable[[Uc, int, object, object], int],
         on_msr: Callable[[Uc, int, object, object], int],
@@ -117,6 +145,11 @@ class NativeSysreg:
         for enc in PHYS_COUNTERS + VIRT_COUNTERS:
             kind = SR_PHYS_COUNT if enc in PHYS_COUNTERS else SR_VIRT_COUNT
             table[_index(enc)] = (table[_index(enc)] & ~SR_READ_PY) | kind | (SR_STEPS if enc in steps else 0)
+        consts = dict(consts or {})
+        if len(consts) > MAX_CONSTS:
+            raise ValueError(f"at most {MAX_CONSTS} constant system-register reads, got {len(consts)}")
+        for enc in consts:
+            table[_index(enc)] = SR_CONST | (SR_STEPS if enc in steps else 0)
         self._table = (ctypes.c_uint8 * TABLE_SIZE).from_buffer(table)
         self._keep = [table]
         # The Python handlers get the same (uc, reg, CpReg, user_data) as from the binding.
@@ -136,6 +169,12 @@ class NativeSysreg:
             emu_stop=fn(uclib.uc_emu_stop),
             reg_pstate=a64.UC_ARM64_REG_PSTATE,
         )
+        cpu, flush_page = _page_flush(uc)
+        self.state.cpu, self.state.flush_page = cpu, flush_page
+        self.state.n_consts = len(consts)
+        for i, (enc, value) in enumerate(consts.items()):
+            self.state.const_index[i] = _index(enc)
+            self.state.const_value[i] = value & 0xFFFF_FFFF_FFFF_FFFF
         self._tlbis_seen = 0
 
     def register(self, uc: Uc) -> None:
@@ -157,18 +196,20 @@ class NativeSysreg:
             )
             if status != 0:
                 raise UcError(status)
-        handle = uc_hook_h()
-        status = uclib.uc_hook_add(
-            uc._uch,
-            ctypes.byref(handle),
-            UC_HOOK_BLOCK,
-            ctypes.c_void_p(addresses["block"]),
-            ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p),
-            ctypes.c_uint64(1),
-            ctypes.c_uint64(0),
-        )
-        if status != 0:
-            raise UcError(status)
+        add_block_hook(uc, self.state)
+
+    def tlb_flushed(self) -> None:
+        """The whole TLB was flushed: the record of what it holds starts empty."""
+        self.state.record.unknown = 0
+        self.state.record.n_blocks = 0
+
+    def untracked_fill(self) -> None:
+        """A fill the record cannot follow (the Python walk): TLBIs flush all until a flush."""
+        self.state.record.unknown = 1
+
+    @property
+    def record_address(self) -> int:
+        return ctypes.addressof(self.state.record)
 
     def set_irq_signalled(self, signalled: bool) -> None:
         self.state.irq_signalled = int(signalled)
@@ -195,3 +236,47 @@ class NativeSysreg:
     @property
     def python_calls(self) -> int:
         return self.state.python_calls
+
+
+def add_block_hook(uc: Uc, state: SysregState) -> None:
+    """Add vmm/_sysreg.c's block hook (the IRQ-unmask stop and the block counter) on `state`,
+    which must outlive `uc`'s runs."""
+    from unicorn.unicorn_py3.unicorn import uc_hook_h, uclib
+
+    handle = uc_hook_h()
+    status = uclib.uc_hook_add(
+        uc._uch,
+        ctypes.byref(handle),
+        UC_HOOK_BLOCK,
+        ctypes.c_void_p(native_fill._fill.sysreg_addresses()["block"]),  # type: ignore[union-attr]
+        ctypes.cast(ctypes.pointer(state), ctypes.c_void_p),
+        ctypes.c_uint64(1),
+        ctypes.c_uint64(0),
+    )
+    if status != 0:
+        raise UcError(status)
+
+
+# tcg_flush_softmmu_tlb_aarch64(uc) is `mov rdi, [rdi + disp32]; jmp tlb_flush`: uc->cpu is
+# at disp32 (x86-64 builds of Unicorn 2.1; anything else and TLBIs flush the whole TLB).
+_LOAD_CPU = b"\x48\x8b\xbf"  # mov rdi, qword [rdi + disp32]
+_JMP = 0xE9
+
+
+def _page_flush(uc: Uc) -> tuple[int | None, int | None]:
+    """(CPUState pointer, address of tlb_flush_page) for dropping one 1 KiB TLB entry, or
+    (None, None) where this build of Unicorn is not laid out as expected."""
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    try:
+        flush_all = ctypes.cast(uclib.tcg_flush_softmmu_tlb_aarch64, ctypes.c_void_p).value
+        flush_page = ctypes.cast(uclib.tlb_flush_page_aarch64, ctypes.c_void_p).value
+    except AttributeError:
+        return None, None
+    code = ctypes.string_at(flush_all, 8)
+    if code[:3] != _LOAD_CPU or code[7] != _JMP:
+        return None, None
+    offset = int.from_bytes(code[3:7], "little", signed=True)
+    handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
+    cpu = ctypes.c_uint64.from_address(handle + offset).value
+    return (cpu or None), (flush_page if cpu else None)

@@ -57,7 +57,8 @@ from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch
 from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
-from vmm import native_sysreg
+from vmm import block_counter, native_sysreg
+from vmm.block_counter import BlockCounter
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 from vmm.native_sysreg import NativeSysreg
 
@@ -267,6 +268,8 @@ class VcpuHooks:
     # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
     sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
     sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
+    # Trapped registers whose reads are constants of the CPU model (served in C where built).
+    sysreg_const: dict[SysReg, int] = field(default_factory=dict)
     # Observed system-register writes: called before the MSR, which then runs natively.
     sysreg_observe: dict[SysReg, Callable[["Vcpu"], None]] = field(default_factory=dict)
     # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
@@ -341,24 +344,32 @@ class Vcpu:
         self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
-        self._mrs_steps = mrs_steps_past_skip(hooks.sysreg_read)  # see _on_mrs
+        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see _on_mrs
         self.native_sysreg: NativeSysreg | None = None
         if native_sysreg.available():  # untrapped system registers never reach Python
             self.native_sysreg = NativeSysreg(
                 reads=hooks.sysreg_read,
                 writes=set(hooks.sysreg_write) | set(hooks.sysreg_observe),
                 steps=self._mrs_steps,
+                consts=hooks.sysreg_const,
                 emu_counter=self._icount.address,
                 on_mrs=self._on_mrs,
                 on_msr=self._on_msr,
                 uc=uc,
             )
             self.native_sysreg.register(uc)
+            if self.native_fill is not None:  # the fill tells the TLBI filter what it installs
+                self.native_fill.state.record = self.native_sysreg.record_address
         else:  # the reference: every access through Python
             uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
             uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
             uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
             uc.hook_add(UC_HOOK_BLOCK, self._on_block)
+        # Slices counted per translation block (vmm/block_counter.py), or by Unicorn's count=.
+        self.counter: BlockCounter | None = None
+        if self.native_sysreg is not None and block_counter.enabled():
+            self.counter = BlockCounter(uc, self.native_sysreg.state, free_until=VMM_STUB_BASE + 8)
+        self._insn_pc: int | None = None  # the instruction an interrupt hook runs for
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
         self.executed = 0  # instructions the last run_slice ran
@@ -424,6 +435,11 @@ class Vcpu:
         """Called from inside a hook: end the current slice after this instruction."""
         if self._exit is None:
             self._exit = SliceExit(kind, detail, fault)
+        self._halt()
+
+    def _halt(self) -> None:
+        if self.counter is not None:
+            self.counter.halt()
         self.uc.emu_stop()
 
     def run_slice(self, count: int, start: int) -> SliceExit | None:
@@ -454,13 +470,15 @@ class Vcpu:
         self._irq_signalled = False  # no unmask stop in the CLREX stub
         if self.native_sysreg is not None:
             self.native_sysreg.set_irq_signalled(False)
-        # CLREX: clear the exclusive monitor. `count=1` and the same `until` as the slice keep
-        # Unicorn's instruction-count hook configured alike in both calls; switching it off
-        # and on between calls costs a retranslation (measured 10-20% of execution speed).
-        uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
+        self._clrex()
         self._refresh_irq()
+        counter = self.counter
+        complete = False
         try:
-            uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
+            if counter is not None:
+                self.pc, complete = counter.run(self.pc, count, start)
+            else:
+                uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
         except UcError as e:
             self.pc = uc.reg_read(_PC)
             self._native_tlbis()
@@ -469,16 +487,20 @@ class Vcpu:
             if self.pending_abort is not None:
                 ex = self._translation_abort(self.pending_abort)
                 if ex is not None and ex.kind is ExitKind.REPLAN:  # retried: it did not run
-                    self.executed = self._icount.counted() - 1
+                    self.executed = (counter.counted_at(self.pc) if counter is not None else self._icount.counted()) - 1
                 return ex
             return self._memory_fault(e)
-        self.pc = uc.reg_read(_PC)
+        if counter is None:
+            self.pc = uc.reg_read(_PC)
         self._native_tlbis()
         if self._hook_error is not None:
             return self._fault(f"VMM error in a device or hook: {self._hook_error!r}")
-        if self.pc == VMM_STUB_BASE + 8 and self._exit is None:
+        if VMM_STUB_BASE <= self.pc < VMM_STUB_BASE + VMM_STUB_SIZE and self._exit is None:
             return self._fault("guest jumped into the VMM stub page")
-        counted = self._icount.counted()
+        if counter is not None:  # what Unicorn's count would read (vmm.icount)
+            counted = count + 1 if complete else counter.ran()
+        else:
+            counted = self._icount.counted()
         if self.native_sysreg is not None and self.native_sysreg.take_stopped() and self._exit is None:
             self._exit = SliceExit(ExitKind.REPLAN, UNMASK_STOP)
         if self._exit is None and counted != count + 1:  # vmm.icount: the stop happens at the hook of count + 1
@@ -490,6 +512,20 @@ class Vcpu:
             # stop comes after the instruction that made it.
             self.executed = counted
         return self._exit
+
+    def _clrex(self) -> None:
+        """Clear the exclusive monitor (DDI 0487 B2.9.5) by running CLREX on the VMM stub page.
+
+        Every call keeps Unicorn's instruction-count hook configured as the slices need it
+        (present with count=, absent with the block counter): switching it off and on between
+        calls costs a retranslation of everything (measured 10-20% of execution speed)."""
+        if self.counter is None:
+            self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
+        else:  # the stub's one block, translated with its stop at the next instruction
+            self.counter.slice_start = 0
+            self.counter.done = 0
+            self.counter._begin(1)
+            self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 4, count=0)
 
     def _wfi(self) -> None:
         """Unicorn ended the slice right after a WFI (it halts emu_start there). The vCPU waits
@@ -512,6 +548,9 @@ class Vcpu:
 
         Instruction k (from 0) of a slice runs at `slice_start` + k.
         """
+        if self.counter is not None:
+            pc = self._insn_pc if self._insn_pc is not None else self.uc.reg_read(_PC)  # synced for system-register hooks
+            return self.slice_start + self.counter.counted_at(pc) - 1
         return self.slice_start + self._icount.counted() - 1
 
     def _fault(self, reason: str, **facts: int | None) -> SliceExit:
@@ -645,7 +684,7 @@ class Vcpu:
             return fn()
         except Exception as e:  # a VMM bug or a device error must not unwind through Unicorn
             self._hook_error = e
-            self.uc.emu_stop()
+            self._halt()
             return 0
 
     def _on_tlb_fill(self, uc: Uc, vaddr: int, access: int, entry: object, _ud: object) -> bool:
@@ -658,6 +697,8 @@ class Vcpu:
         if result is None:
             return False
         paddr, perms = result
+        if self.native_sysreg is not None:
+            self.native_sysreg.untracked_fill()
         offset = paddr - self.memory.base
         if 0 <= offset < self.memory.size:
             page = offset // CODE_PAGE_SIZE
@@ -696,7 +737,14 @@ class Vcpu:
         return False
 
     def _on_interrupt(self, uc: Uc, intno: int, _ud: object) -> None:
-        self._guard(lambda: self._handle_interrupt(intno))
+        if self.counter is not None:  # the exception leaves its block at the raising instruction
+            pc = uc.reg_read(_PC)
+            self._insn_pc = pc - 4 if intno in (EXCP_SWI, EXCP_HVC, EXCP_SMC) else pc
+            self.counter.leave_at(self._insn_pc)
+        try:
+            self._guard(lambda: self._handle_interrupt(intno))
+        finally:
+            self._insn_pc = None
 
     def _handle_interrupt(self, intno: int) -> None:
         uc = self.uc
@@ -719,7 +767,7 @@ class Vcpu:
             self.pc = pc
             self._unmapped = (UC_MEM_FETCH_UNMAPPED, pc)
             if self._memory_fault(None) is not None:  # type: ignore[arg-type]
-                uc.emu_stop()
+                self._halt()
             return
         elif intno == EXCP_UDEF and pc & 3:  # QEMU reports a misaligned PC as UDEF
             ec, iss, ret = arch.EC_PC_ALIGN, 0, pc
@@ -731,13 +779,13 @@ class Vcpu:
         else:
             self.pc = pc
             self._fault(f"unhandled CPU exception {intno}")
-            uc.emu_stop()
+            self._halt()
             return
         far = pc if ec == arch.EC_PC_ALIGN else None  # FAR_EL1 holds the misaligned PC
         if not self.deliver_sync(ec, iss, preferred_return=ret, far=far):
             self.pc = ret
             self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss), far=far)
-            uc.emu_stop()
+            self._halt()
 
     def _alignment_fault(self, pc: int) -> None:
         """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
@@ -755,7 +803,7 @@ class Vcpu:
             self.pc = pc
             what = "write to" if write else "read from"
             self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
-            self.uc.emu_stop()
+            self._halt()
 
     def insn_at(self, vaddr: int, el: int | None = None) -> int | None:
         """The instruction word at virtual address `vaddr` as a fetch at EL `el` (default: the
@@ -765,12 +813,23 @@ class Vcpu:
             return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
         return fetch_word(self, vaddr, el)
 
+    def _el0_declines(self, uc: Uc, op1: int) -> bool:
+        """An EL0 access to a register EL0 may not name (op1 != 3, DDI 0487 C5.3): the hook
+        leaves it to Unicorn, which makes it UNDEFINED (a hook that served it would leave the
+        PC on it: Unicorn calls the hook before its own access checks)."""
+        return op1 != arch.OP1_EL0_ACCESSIBLE and arch.pstate_el(uc.reg_read(_PSTATE)) == 0
+
     def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        if (enc in self.hooks.sysreg_read or enc in self.hooks.sysreg_const) and self._el0_declines(uc, enc[1]):
+            return 0
         handler = self.hooks.sysreg_read.get(enc)
         if handler is None:
-            return 0
-        value = self._guard(lambda: handler(self))
+            if enc not in self.hooks.sysreg_const:
+                return 0
+            value = self.hooks.sysreg_const[enc]
+        else:
+            value = self._guard(lambda: handler(self))
         self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
         uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
         # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
@@ -781,6 +840,8 @@ class Vcpu:
 
     def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
+        if (enc in self.hooks.sysreg_observe or enc in self.hooks.sysreg_write) and self._el0_declines(uc, enc[1]):
+            return 0
         observer = self.hooks.sysreg_observe.get(enc)
         if observer is not None:
             self._guard(lambda: observer(self))
@@ -940,3 +1001,5 @@ class Vcpu:
     def flush_tlb(self) -> None:
         """Drop TLB entries, so every page is filled (and write-checked) again."""
         self.uc.ctl(UC_CTL_TLB_FLUSH, UC_CTL_IO_WRITE)
+        if self.native_sysreg is not None:
+            self.native_sysreg.tlb_flushed()

@@ -4,7 +4,9 @@ Two workloads, both run to their PSCI SYSTEM_OFF:
 - `compute` (hand-written assembly, a register-only loop): the harness (`MicroVM`, the
   deterministic scheduler, every hook installed) vs a bare Unicorn loop sliced with the same
   quantum (`emu_start(count=quantum)`, only what the guest needs: RAM, a UART sink, an HVC
-  hook) vs the bare loop free-running (one `emu_start` without a count);
+  hook) vs the bare loop free-running (one `emu_start` without a count), and free-running
+  with only the block counter's C hook (`blockhook`: the floor of counting per translation
+  block; `harness_vs_raw_blockhook` says how far the harness is from it);
 - `cbench` (C, gcc -O2: linked lists, a matrix multiply, a state machine, CRC-16): the harness
   vs free-running bare Unicorn, and vs QEMU TCG with `-icount shift=0` (exact virtual time, the
   counterpart of this harness's determinism) running the same source linked for QEMU's `virt`
@@ -31,7 +33,7 @@ from unicorn import arm64_const as a64
 
 import guests
 from tools.bench.measure import Samples, add_ratio, interleave, machine_load
-from vmm import MicroVM, StopReason, VmConfig
+from vmm import MicroVM, StopReason, VmConfig, native_sysreg
 from vmm.config import DEFAULT_QUANTUM
 from vmm.layout import RAM_BASE, SYSTEM_OFF, UART0_BASE, UART0_SIZE
 
@@ -66,8 +68,15 @@ def _bare_uc(image: bytes, mem_size: int, params: list[int]) -> Uc:
     return uc
 
 
-def _bare(image: bytes, mem_size: int, params: list[int], quantum: int | None) -> float:
+def _bare(image: bytes, mem_size: int, params: list[int], quantum: int | None, block_hook: bool = False) -> float:
+    """CPU seconds of the bare loop: sliced by `quantum` with count=, or free-running (None);
+    `block_hook`: free-running with the block counter's C hook charging every block (the
+    least any per-block counter costs: vmm/block_counter.py)."""
     uc = _bare_uc(image, mem_size, params)
+    if block_hook:
+        state = native_sysreg.SysregState(counting=1, budget=1 << 62)
+        uc._bench_state = state  # type: ignore[attr-defined]  # alive as long as the engine
+        native_sysreg.add_block_hook(uc, state)
     pc = RAM_BASE
     t0 = time.process_time()
     if quantum is None:
@@ -143,24 +152,30 @@ def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
     iterations = 2_000_000 if quick else 20_000_000
     image, params, harness, clock = _workload("compute", iterations)
 
-    s = interleave(
-        {
-            "harness": harness,
-            "sliced": lambda: _bare(image, MEM, params, DEFAULT_QUANTUM),
-            "free": lambda: _bare(image, MEM, params, None),
-        },
-        repeats=repeats,
-    )
+    cases = {
+        "harness": harness,
+        "sliced": lambda: _bare(image, MEM, params, DEFAULT_QUANTUM),
+        "free": lambda: _bare(image, MEM, params, None),
+    }
+    names = [("harness", "harness_mips"), ("sliced", "raw_sliced_mips"), ("free", "raw_free_mips")]
+    if native_sysreg.available():
+        cases["blockhook"] = lambda: _bare(image, MEM, params, None, block_hook=True)
+        names.append(("blockhook", "raw_blockhook_mips"))
+    s = interleave(cases, repeats=repeats)
     instructions = clock[-1]
     figures.update(instructions=instructions, quantum=DEFAULT_QUANTUM)
-    for name, key in (("harness", "harness_mips"), ("sliced", "raw_sliced_mips"), ("free", "raw_free_mips")):
+    for name, key in names:
         figures[key] = round(instructions / s[name].best / 1e6, 1)
     add_ratio(figures, "harness_vs_raw_sliced", s["harness"], s["sliced"], 3)
     add_ratio(figures, "harness_vs_raw_free", s["harness"], s["free"], 3)
     print(f"compute, {iterations:,} iterations = {instructions:,} instructions")
-    for name in ("harness", "sliced", "free"):
-        print(f"  {name:8} {s[name].best:7.3f} s  {instructions / s[name].best / 1e6:8.1f} M instr/s  spread {s[name].spread:.1%}")
+    for name, _ in names:
+        print(f"  {name:9} {s[name].best:7.3f} s  {instructions / s[name].best / 1e6:8.1f} M instr/s  spread {s[name].spread:.1%}")
     print(f"  harness/sliced {figures['harness_vs_raw_sliced']}   harness/free {figures['harness_vs_raw_free']}")
+    if "blockhook" in s:  # how far the harness is from the floor of counting per block
+        add_ratio(figures, "harness_vs_raw_blockhook", s["harness"], s["blockhook"], 3)
+        add_ratio(figures, "raw_blockhook_vs_raw_free", s["blockhook"], s["free"], 3)
+        print(f"  harness/blockhook {figures['harness_vs_raw_blockhook']}   blockhook/free {figures['raw_blockhook_vs_raw_free']}")
 
 
 def _cbench(figures: dict[str, object], quick: bool, repeats: int) -> None:
