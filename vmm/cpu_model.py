@@ -22,10 +22,10 @@ and PAC instructions in the hint space are NOPs, as with the keys disabled.
 """
 from __future__ import annotations
 
+from vmm.syndrome import ID_AA64PFR0_EL1
 from vmm.vcpu import SysReg, Vcpu, VcpuHooks
 
 # ID registers (DDI 0487 D17.2): encodings (op0, op1, CRn, CRm, op2).
-ID_AA64PFR0_EL1: SysReg = (3, 0, 0, 4, 0)
 ID_AA64ISAR1_EL1: SysReg = (3, 0, 0, 6, 1)
 ID_AA64ISAR2_EL1: SysReg = (3, 0, 0, 6, 2)
 
