@@ -17,7 +17,8 @@ for a guest that follows the architecture's discovery rules (Linux, glibc throug
 | no speculative side channels | ID_AA64PFR0_EL1.CSV2 [59:56], CSV3 [63:60] | 1 (true: Unicorn does not speculate; Linux then needs no KPTI) |
 
 Everything else is `max` as Unicorn reports it (docs/machine.md lists it). The instructions
-themselves are not removed: SVE instructions executed anyway are UNDEFINED (CPTR_EL3.EZ = 0),
+themselves are not removed: SVE instructions executed anyway are UNDEFINED (EC 0x00: Unicorn
+traps them to EL3, CPTR_EL3.EZ = 0, and vmm.syndrome reports EC 0x19 only when SVE is shown),
 and PAC instructions in the hint space are NOPs, as with the keys disabled.
 """
 from __future__ import annotations
