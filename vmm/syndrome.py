@@ -25,11 +25,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vmm import arch
+from vmm.sysreg import SysReg, to_cp_tuple
 
 if TYPE_CHECKING:
     from vmm.vcpu import Vcpu
-
-SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 
 # --- ISS fields (DDI 0487 D17.2.37 ESR_EL1; the exception classes are vmm.arch's) --------------------
 ISS_COND_AARCH64 = 0x1E << 20  # CV = 1, COND = 0b1110: what EC 0x01..0x07 report from AArch64
@@ -119,7 +118,9 @@ def undef_syndrome(insn: int | None, ctl: TrapControls) -> tuple[int, int]:
     if insn & INSN_SYSTEM_MASK != INSN_SYSTEM:
         return arch.EC_UNKNOWN, 0
     read = bool(insn >> 21 & 1)
-    op0, op1, crn, crm, op2, rt = (insn >> 19) & 3, (insn >> 16) & 7, (insn >> 12) & 0xF, (insn >> 8) & 0xF, (insn >> 5) & 7, insn & 31
+    # MSR/MRS/SYS/SYSL fields (C5.1.2): L [21], op0 [20:19], op1 [18:16], CRn [15:12], CRm [11:8], op2 [7:5], Rt [4:0]
+    op0, op1, crn, crm, op2 = (insn >> 19) & 3, (insn >> 16) & 7, (insn >> 12) & 0xF, (insn >> 8) & 0xF, (insn >> 5) & 7
+    rt = insn & 31
     reg: SysReg = (op0, op1, crn, crm, op2)
     if reg == ZCR_EL1:
         return _sve_syndrome(el, ctl)
@@ -192,8 +193,6 @@ def read_trap_controls(vcpu: "Vcpu") -> TrapControls:
     """The vCPU's current `TrapControls`; ID_AA64PFR0_EL1 as the guest reads it (through the
     CPU model's trap when one is installed)."""
     from unicorn import arm64_const as a64
-
-    from vmm.sysreg import to_cp_tuple
 
     read_pfr0 = vcpu.hooks.sysreg_read.get(ID_AA64PFR0_EL1)
     pfr0 = read_pfr0(vcpu) if read_pfr0 is not None else vcpu.uc.reg_read(a64.UC_ARM64_REG_CP_REG, to_cp_tuple(ID_AA64PFR0_EL1))
