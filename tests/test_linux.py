@@ -13,7 +13,7 @@ import pytest
 
 import xxhash
 
-from tools.linux import find_assets
+from tools.linux import cache_dir, find_assets
 from vmm import MicroVM, StopReason, VmConfig
 from vmm.layout import MIB
 
@@ -27,18 +27,19 @@ PROMPT = b"# "
 DIRTY_PAGES_AFTER_ECHO_MAX = 256  # 1 MiB: an `echo` at the prompt writes a few dozen pages
 
 
-def _config(vcpus: int) -> VmConfig:
-    assets = find_assets()
+def _config(vcpus: int, kernel: str = "stable") -> VmConfig:
+    assets = find_assets(cache_dir(kernel))
     if assets is None:
-        pytest.skip("Linux assets not fetched: run `python -m tools.linux fetch` (Debian arm64 kernel + busybox via apt)")
+        option = "" if kernel == "stable" else f" --kernel {kernel}"
+        pytest.skip(f"Linux assets not fetched: run `python -m tools.linux fetch{option}` (Debian arm64 kernel + busybox via apt)")
     return VmConfig(
         image=str(assets.image), initrd=str(assets.initrd), cmdline=CMDLINE, mem_size=MEM, vcpus=vcpus,
         track_dirty_pages=True,
     )
 
 
-def boot_to_prompt(vcpus: int) -> MicroVM:
-    vm = MicroVM(_config(vcpus))
+def boot_to_prompt(vcpus: int, kernel: str = "stable") -> MicroVM:
+    vm = MicroVM(_config(vcpus, kernel))
     result = vm.run_until_output(PROMPT, BOOT_BUDGET)
     assert result.reason is StopReason.OUTPUT, (result, vm.console_output[-2000:])
     return vm
@@ -56,6 +57,7 @@ def type_command(vm: MicroVM, command: bytes, expect: bytes) -> bytes:
 
 
 ANSWER = b"42\r\n"
+KERNEL_TROUBLE = (b"Oops", b"BUG", b"Kernel panic", b"Unable to handle", b"Internal error")
 
 
 @dataclass
@@ -107,7 +109,7 @@ def test_boots_to_the_prompt_and_answers(at_prompt: AtPrompt) -> None:
     assert cpus in at_prompt.console
     assert at_prompt.one.startswith(b"echo one\r\none\r\n")
     assert at_prompt.answer.startswith(b"echo $((6*7))\r\n42\r\n")
-    for bad in (b"Oops", b"BUG", b"Kernel panic", b"Unable to handle", b"Internal error"):
+    for bad in KERNEL_TROUBLE:
         assert bad not in at_prompt.console
 
 
@@ -186,3 +188,20 @@ def test_four_vcpus_boot_answer_and_power_off() -> None:
     vm.uart.queue_input(b"poweroff -f\n")
     assert vm.run(COMMAND_BUDGET).reason is StopReason.POWER_OFF
     assert b"reboot: Power down" in vm.console_output
+
+
+@pytest.mark.parametrize("vcpus", [1, pytest.param(2, marks=pytest.mark.slow)])
+def test_the_backports_kernel_boots_answers_and_powers_off(vcpus: int) -> None:
+    """Debian's backports kernel (6.12 on bookworm; `python -m tools.linux fetch --kernel
+    backports`, not fetched by CI) on the same machine and initramfs."""
+    vm = boot_to_prompt(vcpus, "backports")
+    assets = find_assets(cache_dir("backports"))
+    assert assets is not None
+    release = assets.kernel_package.split("=")[0].removeprefix("linux-image-").removesuffix("-unsigned")
+    assert f"Linux version {release} ".encode() in vm.console_output
+    assert ANSWER in type_command(vm, b"echo $((6*7))", ANSWER)
+    assert vm.vcpus_on == vcpus
+    vm.uart.queue_input(b"poweroff -f\n")
+    assert vm.run(COMMAND_BUDGET).reason is StopReason.POWER_OFF
+    for bad in KERNEL_TROUBLE:
+        assert bad not in vm.console_output

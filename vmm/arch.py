@@ -48,10 +48,12 @@ ESR_EC_SHIFT = 26
 ESR_IL = 1 << 25  # 32-bit instruction
 EC_UNKNOWN = 0x00
 EC_WFX = 0x01
+EC_ILLEGAL_STATE = 0x0E
 EC_SVC64 = 0x15
 EC_HVC64 = 0x16
 EC_SMC64 = 0x17
 EC_SYSREG = 0x18
+EC_SVE = 0x19  # SVE access trapped by CPACR_EL1.ZEN
 EC_IABT_LOWER = 0x20
 EC_IABT_CURRENT = 0x21
 EC_PC_ALIGN = 0x22
@@ -66,7 +68,9 @@ EC_NAMES: dict[int, str] = {
     EC_SVC64: "SVC instruction",
     EC_HVC64: "HVC instruction",
     EC_SMC64: "SMC instruction",
+    EC_ILLEGAL_STATE: "illegal execution state",
     EC_SYSREG: "trapped system register access",
+    EC_SVE: "trapped SVE access",
     EC_IABT_LOWER: "instruction abort from a lower exception level",
     EC_IABT_CURRENT: "instruction abort without a change in exception level",
     EC_PC_ALIGN: "PC alignment fault",

@@ -23,15 +23,16 @@ memset then zero with ordinary stores, which take the TLB fast path. A DC ZVA ex
 still zeroes its block (a hypervisor trapping it with HCR_EL2.TDZ would fault it instead).
 
 Everything else is `max` as Unicorn reports it (docs/machine.md lists it). The instructions
-themselves are not removed: SVE instructions executed anyway are UNDEFINED (CPTR_EL3.EZ = 0),
+themselves are not removed: SVE instructions executed anyway are UNDEFINED (EC 0x00: Unicorn
+traps them to EL3, CPTR_EL3.EZ = 0, and vmm.syndrome reports EC 0x19 only when SVE is shown),
 and PAC instructions in the hint space are NOPs, as with the keys disabled.
 """
 from __future__ import annotations
 
+from vmm.syndrome import ID_AA64PFR0_EL1
 from vmm.vcpu import SysReg, Vcpu, VcpuHooks
 
 # ID registers (DDI 0487 D17.2): encodings (op0, op1, CRn, CRm, op2).
-ID_AA64PFR0_EL1: SysReg = (3, 0, 0, 4, 0)
 ID_AA64ISAR1_EL1: SysReg = (3, 0, 0, 6, 1)
 ID_AA64ISAR2_EL1: SysReg = (3, 0, 0, 6, 2)
 DCZID_EL0: SysReg = (3, 3, 0, 0, 7)  # DDI 0487 D17.2.34

@@ -54,7 +54,7 @@ from unicorn import (
 from unicorn import arm64_const as a64
 
 from snapshot.plain import U32, U64, Len, MaxLen, Width
-from vmm import arch
+from vmm import arch, syndrome
 from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm import block_counter, native_sysreg
@@ -771,8 +771,9 @@ class Vcpu:
             return
         elif intno == EXCP_UDEF and pc & 3:  # QEMU reports a misaligned PC as UDEF
             ec, iss, ret = arch.EC_PC_ALIGN, 0, pc
-        elif intno == EXCP_UDEF:
-            ec, iss, ret = arch.EC_UNKNOWN, 0, pc
+        elif intno == EXCP_UDEF:  # QEMU's syndrome is not exposed: decode it (vmm.syndrome)
+            ec, iss = syndrome.undef_syndrome(self.insn_at(pc), syndrome.read_trap_controls(self))
+            ret = pc
         elif intno == EXCP_DATA_ABORT:
             self._alignment_fault(pc)
             return

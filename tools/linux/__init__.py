@@ -5,6 +5,8 @@ apt (`dpkg --add-architecture arm64`, `apt-get download`, `dpkg-deb -x`), extrac
 raw arm64 Image (from a raw, gzip or EFI-zboot vmlinuz) and packs busybox into a cpio newc
 initramfs with Debian's `cpio` tool. Results go to `cache_dir()` (default
 ~/.cache/microvm-harness/linux, or $MICROVM_LINUX_CACHE). Idempotent: a second call reuses them.
+`fetch(kernel="backports")` takes the kernel from the host release's backports suite (6.12 on
+bookworm) through a private apt configuration, into the `backports` subfolder.
 """
 from tools.linux.assets import (
     AssetError,

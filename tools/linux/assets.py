@@ -18,6 +18,15 @@ INITRD_NAME = "initramfs.cpio"
 STAMP_NAME = "packages.txt"  # the package versions the assets came from
 CACHE_ENV = "MICROVM_LINUX_CACHE"
 
+# Which kernel: "stable" is the release's own (6.1 on bookworm), from the system's apt sources;
+# "backports" is <codename>-backports' (6.12 on bookworm), read through a temporary apt
+# configuration that lists only that suite, so the system's apt setup is left alone.
+# Each kernel's assets live in their own folder under cache_dir() ("stable": cache_dir() itself).
+KERNELS = ("stable", "backports")
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
+OS_RELEASE = Path("/etc/os-release")
+
 # The applets linked in /bin (busybox --install needs an arm64 host to run busybox itself).
 APPLETS = (
     "sh", "ash", "cat", "cttyhack", "date", "dmesg", "echo", "env", "false", "grep", "halt", "hostname",
@@ -54,10 +63,14 @@ class LinuxAssets:
         return image_header(self.image)
 
 
-def cache_dir() -> Path:
-    """Where the assets live: $MICROVM_LINUX_CACHE or ~/.cache/microvm-harness/linux."""
+def cache_dir(kernel: str = "stable") -> Path:
+    """Where the assets of `kernel` (one of KERNELS) live: $MICROVM_LINUX_CACHE or
+    ~/.cache/microvm-harness/linux, and its `backports` subfolder for that kernel."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: one of {', '.join(KERNELS)}")
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else Path.home() / ".cache" / "microvm-harness" / "linux"
+    base = Path(env) if env else Path.home() / ".cache" / "microvm-harness" / "linux"
+    return base if kernel == "stable" else base / kernel
 
 
 def image_header(path: Path) -> Arm64Header:
@@ -99,10 +112,42 @@ def _ensure_arm64() -> None:
     _run(["apt-get", "update", "-q"], "apt-get update")
 
 
-def kernel_package() -> str:
+def codename() -> str:
+    """The Debian release this host runs (VERSION_CODENAME in /etc/os-release, e.g. bookworm)."""
+    try:
+        lines = OS_RELEASE.read_text(errors="replace").splitlines()[:100]
+    except OSError as e:
+        raise AssetError(f"{OS_RELEASE}: {e.strerror}") from None
+    for line in lines:
+        key, _, value = line.partition("=")
+        if key == "VERSION_CODENAME" and value.strip('"').isalnum():
+            return value.strip('"')
+    raise AssetError(f"{OS_RELEASE}: no VERSION_CODENAME (not a Debian release?)")
+
+
+def backports_apt(workdir: Path) -> list[str]:
+    """apt options for a private configuration in `workdir` whose only source is the host
+    release's backports suite; its package lists are fetched here (apt-get update)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    sources = workdir / "sources.list"
+    sources.write_text(f"deb [signed-by={DEBIAN_KEYRING}] {DEBIAN_MIRROR} {codename()}-backports main\n")
+    for d in ("lists/partial", "cache/archives/partial"):
+        (workdir / d).mkdir(parents=True, exist_ok=True)
+    options = [
+        "-o", f"Dir::Etc::SourceList={sources}",
+        "-o", f"Dir::Etc::SourceParts={workdir / 'sources.list.d'}",  # absent: no other sources
+        "-o", f"Dir::State::Lists={workdir / 'lists'}",
+        "-o", f"Dir::Cache={workdir / 'cache'}",
+    ]
+    _run(["apt-get", *options, "update", "-q"], "apt-get update (backports)")
+    return options
+
+
+def kernel_package(apt: list[str] | None = None) -> str:
     """The unsigned arm64 image of the ABI Debian's linux-image-arm64 points at now, found
-    with apt-cache (e.g. linux-image-6.1.0-57-arm64-unsigned)."""
-    deps = _run(["apt-cache", "depends", KERNEL_META], "resolving the kernel package")
+    with apt-cache (e.g. linux-image-6.1.0-57-arm64-unsigned); `apt`: extra apt options
+    (backports_apt)."""
+    deps = _run(["apt-cache", *(apt or []), "depends", KERNEL_META], "resolving the kernel package")
     for line in deps.splitlines():
         line = line.strip()
         if line.startswith("Depends: linux-image-"):
@@ -115,9 +160,9 @@ def _version(deb: Path) -> str:
     return _run(["dpkg-deb", "-W", "--showformat=${Package}=${Version}", str(deb)], f"reading {deb.name}").strip()
 
 
-def _download(package: str, into: Path) -> Path:
+def _download(package: str, into: Path, apt: list[str] | None = None) -> Path:
     before = set(into.iterdir())
-    _run(["apt-get", "download", "-q", package], f"downloading {package}", cwd=into)
+    _run(["apt-get", *(apt or []), "download", "-q", package], f"downloading {package}", cwd=into)
     new = [p for p in into.iterdir() if p not in before and p.suffix == ".deb"]
     if len(new) != 1:
         raise AssetError(f"downloading {package}: expected one .deb, found {len(new)}")
@@ -154,18 +199,21 @@ def build_initramfs(busybox: Path, out: Path) -> None:
              "packing the initramfs with cpio", cwd=root, stdin=listing)
 
 
-def fetch(directory: str | os.PathLike[str] | None = None) -> LinuxAssets:
-    """Prepare the assets in `directory` (default cache_dir()) unless they are there already."""
-    d = Path(directory) if directory is not None else cache_dir()
+def fetch(directory: str | os.PathLike[str] | None = None, kernel: str = "stable") -> LinuxAssets:
+    """Prepare the assets of `kernel` (one of KERNELS) in `directory` (default
+    cache_dir(kernel)) unless they are there already."""
+    d = Path(directory) if directory is not None else cache_dir(kernel)  # checks `kernel`
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel {kernel!r}: one of {', '.join(KERNELS)}")
     found = find_assets(d)
     if found is not None:
         return found
     d.mkdir(parents=True, exist_ok=True)
     _ensure_arm64()
-    kernel = kernel_package()
     with tempfile.TemporaryDirectory(dir=d) as tmp:
         work = Path(tmp)
-        kdeb = _download(f"{kernel}:arm64", work)
+        apt = backports_apt(work / "apt") if kernel == "backports" else None
+        kdeb = _download(f"{kernel_package(apt)}:arm64", work, apt)
         bdeb = _download(BUSYBOX, work)
         _run(["dpkg-deb", "-x", str(kdeb), str(work / "k")], f"unpacking {kdeb.name}")
         _run(["dpkg-deb", "-x", str(bdeb), str(work / "b")], f"unpacking {bdeb.name}")
