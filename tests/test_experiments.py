@@ -323,3 +323,21 @@ def test_a_diff_chain_travels_through_the_object_store(ray_session, tmp_path) ->
     local = run_experiments(tmp_path / "b" / "top.snap", inputs, workers=1)
     assert [r.outcome() for r in via_store] == [r.outcome() for r in local]
     assert via_store[1].console == "K1"  # "x" was echoed before the diff; a restored console starts empty
+
+
+def test_an_unreachable_ray_address_is_refused_within_the_timeout(monkeypatch) -> None:
+    """ray.init retries an address nobody answers at for minutes; the fan-out refuses it first,
+    before ray.init is called."""
+    import time
+
+    import vmm.experiments.engines as engines
+
+    ray = pytest.importorskip("ray")
+    monkeypatch.setattr(engines, "RAY_CONNECT_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: pytest.fail(f"ray.init was called: {kw}"))
+    for address, words in (("127.0.0.1:1", "cannot reach Ray at 127.0.0.1:1"), ("ray://127.0.0.1:1", "waited up to 1 s")):
+        t0 = time.monotonic()
+        with pytest.raises(engines.FanoutError, match=words):
+            engines._ray_session(address, None)
+        assert time.monotonic() - t0 < 5

@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import shutil
 import signal
+import socket
 import tempfile
 import threading
 import weakref
@@ -232,6 +233,25 @@ class RayPool:
             self._ray.kill(a)
 
 
+RAY_CONNECT_TIMEOUT_S = 10.0  # seconds to reach a cluster's address before giving up
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse, within RAY_CONNECT_TIMEOUT_S, a "host:port" (or "ray://host:port") nobody
+    answers at: ray.init itself retries an unreachable address for minutes. "auto" and
+    "local" pass."""
+    timeout = RAY_CONNECT_TIMEOUT_S
+    target = address.removeprefix("ray://")
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        return  # "auto", "local": Ray finds the session itself
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as e:
+        raise FanoutError(f"cannot reach Ray at {address}: {e.strerror or e} (waited up to {timeout:g} s)") from None
+
+
 def _ray_session(address: str | None, workers: int | None) -> tuple[bool, int]:
     """Connect to Ray (`address`, or the running session, or a new local one); (whether this
     call started it, the cluster's CPUs)."""
@@ -243,6 +263,7 @@ def _ray_session(address: str | None, workers: int | None) -> tuple[bool, int]:
     if not ray.is_initialized():
         try:
             if address is not None:
+                _check_reachable(address)
                 ray.init(address=address, logging_level="WARNING", log_to_driver=False)
             else:
                 ray.init(num_cpus=workers, logging_level="WARNING", log_to_driver=False, include_dashboard=False)
