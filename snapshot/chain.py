@@ -41,18 +41,9 @@ from snapshot.errors import (
     resolve_path,
 )
 from snapshot.frames import DEFAULT_FRAME_SIZE
-from snapshot.memfile import (
-    DIFF,
-    FULL,
-    RAW,
-    MemFileInfo,
-    check_identity,
-    data_extents,
-    extent_bytes,
-    extents_digest,
-    io_chunks,
-    pread_exact,
-)
+from snapshot.fileio import data_extents, io_chunks, pread_exact
+from snapshot.memfile import check_identity
+from snapshot.meminfo import DIFF, FULL, RAW, MemFileInfo, extent_bytes, extents_digest
 from snapshot.links import (
     MAX_CHAIN,
     PARENT_FIELD,

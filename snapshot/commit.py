@@ -94,7 +94,8 @@ from snapshot.errors import (
     open_regular_readonly,
     show_path,
 )
-from snapshot.memfile import DIFF, FILE_MODE, MemFileInfo, pwrite_all
+from snapshot.fileio import FILE_MODE, pwrite_all
+from snapshot.meminfo import DIFF, MemFileInfo
 from snapshot.plain import from_plain
 
 STATE_SUFFIX = ".snap"  # squib: state file `<id>.snap`

@@ -8,7 +8,7 @@ from typing import Any
 from snapshot.commit import open_pair
 from snapshot.errors import SnapshotError
 from snapshot.links import MachineSchema, decode_core, snapshot_paths
-from snapshot.memfile import LZ4, extent_bytes
+from snapshot.meminfo import LZ4, extent_bytes
 from snapshot.memory import memory_digest
 from snapshot.progress import ProgressBars, progress_bars as make_progress_bars
 

@@ -62,26 +62,21 @@ from snapshot.errors import (
     MemoryIoError,
     from_os_error,
 )
-from snapshot.memfile import (
+from snapshot.fileio import FileRef, check_length, open_dest, open_source, pread_exact, pwrite_all
+from snapshot.meminfo import (
     DEFAULT_PAGE_SIZE,
     DIFF,
     FULL,
     LZ4,
-    FileRef,
     MemFileInfo,
     Run,
     canonical_runs,
     nonzero_pages,
-    check_length,
     check_parent_info,
     check_ram_size,
     digest_hasher,
     digest_regions,
     extents_digest,
-    open_dest,
-    open_source,
-    pread_exact,
-    pwrite_all,
     ram_view,
 )
 from snapshot.progress import Progress, no_progress

@@ -30,7 +30,7 @@ from snapshot.errors import (
     SnapshotError,
     resolve_path,
 )
-from snapshot.memfile import DIFF, MemFileInfo, check_digest_text
+from snapshot.meminfo import DIFF, MemFileInfo, check_digest_text
 from snapshot.plain import U32, U64, MaxLen, from_plain
 
 MAX_CHAIN = 64  # ours: the longest diff chain followed when loading

@@ -8,7 +8,8 @@ import numpy as np
 
 from snapshot import frames
 from snapshot.commit import OpenedPair
-from snapshot.memfile import FULL, LZ4, MemFileInfo, Run, check_identity, compute_digest, read_into, write_diff, write_full
+from snapshot.memfile import check_identity, compute_digest, read_into, write_diff, write_full
+from snapshot.meminfo import FULL, LZ4, MemFileInfo, Run
 from snapshot.progress import Progress
 
 

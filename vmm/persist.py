@@ -33,7 +33,8 @@ from snapshot.commit import commit_pair, resolve_memory_file
 from snapshot.envelope import CRC_SIZE
 from snapshot.errors import EncodingError, IncompatibleError, InvalidPathError, resolve_path
 from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, dependants, open_chain, snapshot_paths
-from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
+from snapshot.memfile import map_private, read_into
+from snapshot.meminfo import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes
 from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
 from snapshot.progress import ProgressBars, progress_bars
