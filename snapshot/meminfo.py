@@ -39,6 +39,9 @@ FULL: Literal["full"] = "full"
 DIFF: Literal["diff"] = "diff"
 RAW: Literal["raw"] = "raw"  # format of snapshot.memfile's files: the raw image
 LZ4: Literal["lz4"] = "lz4"  # format of snapshot.frames' files: LZ4 frames + index + footer
+# snapshot.frames' container with every frame stored uncompressed: what an encrypted snapshot
+# saved without compression writes (an encrypted memory file is always a frames container)
+FRAMES: Literal["frames"] = "frames"
 DEFAULT_PAGE_SIZE = 4096  # bytes; AArch64 4 KiB translation granule
 MIN_PAGE_SIZE = 512  # bytes; smallest page size accepted (a power of two)
 # Ours: a full file leaves a hole only for zero gaps of at least this many bytes; shorter gaps
@@ -90,9 +93,11 @@ class MemFileInfo:
     list keeps the state file small and bounded (length/page_size/8 bytes) and its encoding
     cheap however scattered the dirty pages are.
     parent_digest (diff only): digest of the image the diff must be laid over.
-    format: "raw" (this module's layout) or "lz4" (snapshot.frames: the same extents, cut
-    into frames of `frame_size` bytes of RAM, in a file of `file_size` bytes). The digest is
-    the same for both formats: it covers what the file records, not how it is stored.
+    format: "raw" (snapshot.memfile's layout), "lz4" (snapshot.frames: the same extents, cut
+    into frames of `frame_size` bytes of RAM, in a file of `file_size` bytes) or "frames" (the
+    same container, frames stored uncompressed). The digest is the same for every format: it
+    covers what the file records, not how it is stored.
+    encryption_id: set for an encrypted (sealed) file, always lz4 or frames (snapshot.crypto).
     """
 
     kind: Literal["full", "diff"]
@@ -102,13 +107,16 @@ class MemFileInfo:
     pages_written: U64
     page_map: Annotated[bytes, MaxLen(MAX_PAGE_MAP_BYTES)] = b""
     parent_digest: str | None = None
-    format: Literal["raw", "lz4"] = RAW
-    frame_size: U64 = 0  # lz4 only: bytes of RAM per frame, a multiple of page_size
-    file_size: Optional[U64] = None  # lz4 only: bytes of the file (raw files: file_length)
+    format: Literal["raw", "lz4", "frames"] = RAW
+    frame_size: U64 = 0  # lz4/frames only: bytes of RAM per frame, a multiple of page_size
+    file_size: Optional[U64] = None  # lz4/frames only: bytes of the file (raw files: file_length)
     trailer: bool = False  # raw only: the file ends with the identity trailer (state format 1.1)
     # raw full only: the page runs written as data, le64 first page || le64 page count each, in
     # order (the rest of the image was left as holes); empty: not recorded (1.0 files)
     data_runs: Annotated[bytes, MaxLen(MAX_DATA_RUNS_BYTES)] = b""
+    # encrypted files only (format 1.2): the memory file's file id (snapshot.crypto) as 32 hex
+    # characters; "" = not encrypted. Not secret: it is in the file's clear header too.
+    encryption_id: Annotated[str, MaxLen(DIGEST_HEX_CHARS)] = ""
 
     def __post_init__(self) -> None:
         check_page_size(self.page_size)
@@ -118,8 +126,12 @@ class MemFileInfo:
             self.frame_size <= 0 or self.frame_size % self.page_size or not self.file_size or self.trailer
         ):
             raise ValueError(
-                "a compressed memory file needs a frame size (whole pages), a positive file size and no raw trailer"
+                "a frames memory file needs a frame size (whole pages), a positive file size and no raw trailer"
             )
+        if self.encryption_id:
+            check_digest_text("encryption_id", self.encryption_id)
+            if self.format == RAW:
+                raise ValueError("an encrypted memory file is a frames container, not raw")
         if self.length <= 0 or self.length % self.page_size:
             raise ValueError(f"length {self.length} is not a positive multiple of the page size")
         if self.data_runs and (self.format != RAW or self.kind != FULL or len(self.data_runs) % 16):
@@ -145,6 +157,16 @@ class MemFileInfo:
         pages = int(np.count_nonzero(mask))
         page_map = np.packbits(mask, bitorder="little").tobytes()
         return cls(DIFF, length, page_size, digest, pages, page_map, parent_digest)
+
+    @property
+    def framed(self) -> bool:
+        """Whether the file is a snapshot.frames container (lz4 or frames), not a raw image."""
+        return self.format != RAW
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether the file's frames are sealed (snapshot.crypto): reading it needs the key."""
+        return bool(self.encryption_id)
 
     @property
     def file_length(self) -> int:
