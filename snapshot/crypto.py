@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from snapshot.errors import InvalidPathError, SnapshotError, SnapshotIoError, from_os_error, open_regular_readonly
+from snapshot.errors import InvalidPathError, SnapshotError, SnapshotIoError, from_os_error, open_regular_readonly, show_path
 
 KEY_SIZE = 32  # AES-256
 FILE_ID_SIZE = 16
@@ -100,7 +100,9 @@ def load_key_file(path: str | os.PathLike[str]) -> bytes:
     line break). Refuses a non-regular file and reads at most MAX_KEY_FILE_BYTES + 1 bytes."""
     try:
         fd = open_regular_readonly(path)
-    except (InvalidPathError, SnapshotIoError) as e:
+    except InvalidPathError as e:
+        raise KeyFileError(f"key file {show_path(path)}: {e.reason}") from None
+    except SnapshotIoError as e:
         raise KeyFileError(f"key file: {e}") from None
     try:
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
