@@ -248,13 +248,14 @@ def _gather(view: memoryview, frame: Frame) -> memoryview | bytes:
     return b"".join(view[offset : offset + n] for offset, n in frame.segments)
 
 
-def _encode(view: memoryview, frame: Frame, compress: bool) -> tuple[int, memoryview | bytes, int]:
+def _encode(view: memoryview, frame: Frame, compress: bool, checksummed: bool = True) -> tuple[int, memoryview | bytes, int]:
     """(style, stored bytes, checksum) of one frame: ZERO if its payload is all zeros, LZ4 if
-    `compress` and that is smaller than the payload, RAW otherwise."""
+    `compress` and that is smaller than the payload, RAW otherwise. The checksum is 0 unless
+    `checksummed` (a sealed frame has none)."""
     payload = _gather(view, frame)
     if not np.frombuffer(payload, np.uint64).any():  # payloads are whole pages: 8-byte words
         return STYLE_ZERO, b"", 0
-    checksum = xxhash.xxh3_64_intdigest(payload)
+    checksum = xxhash.xxh3_64_intdigest(payload) if checksummed else 0
     if compress:
         packed = lz4.block.compress(payload, store_size=False)
         if len(packed) < len(payload):
@@ -292,7 +293,7 @@ def _write(
     index["payload"] = [f.size for f in layout]
 
     def encode(item: tuple[int, Frame]) -> tuple[int, memoryview | bytes, int]:
-        encoded = _encode(view, item[1], compress)
+        encoded = _encode(view, item[1], compress, sealer is None)
         return encoded if sealer is None else _seal(sealer, encoded, item[0], len(layout))
 
     offset = 0

@@ -1,5 +1,5 @@
-"""snapshot.crypto (the sealing scheme for encrypted snapshots, not yet wired into the file
-formats): round trips, never a repeated (key, nonce), and each failure its own typed error."""
+"""snapshot.crypto (the sealing scheme of encrypted snapshots; its wiring into the formats is
+tests/test_encryption.py's): round trips, never a repeated (key, nonce), and each failure its own typed error."""
 from __future__ import annotations
 
 import os
