@@ -24,6 +24,14 @@ input. Here any frame is located from the index alone and verified by its own ch
 the footer binds the file to its state file through the content digest, which is defined as
 for a raw file (snapshot.memfile), so a chain may mix formats.
 
+Encrypted files (a `sealer` given to the writers, a `key` to the readers; snapshot.crypto,
+docs/snapshot-format.md section 8) put the 42-byte sealed file header before the frame data and
+store each present frame sealed as item i of the entry count, with its style in the associated
+data (so TAG_SIZE more bytes each; a ZERO frame stores its tag alone) and checksum 0; format
+"frames" is this container with compression off (every frame RAW or ZERO). Sealing runs on the
+workers and is deterministic for a given file id, so encrypted output is bit-identical whatever
+the number of threads too.
+
 Determinism: each frame is compressed alone with fixed settings and written in frame order, so
 the file is bit-identical whatever the number of threads. Readers decode frames in parallel
 from pread (`source="stream"`) or from a read-only mmap of the file (`source="mmap"`); both
