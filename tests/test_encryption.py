@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from format_reader import FormatError, read_snapshot
+from test_experiments import ray_session  # noqa: F401 (the session's local Ray instance)
 from snapshot import commit, frames, links
 from snapshot.crypto import HEADER_SIZE, TAG_SIZE, KeyFileError, MissingKeyError, Sealer, TamperedError, WrongKeyError
 from snapshot.describe import describe
@@ -333,3 +334,16 @@ def test_fanout_with_a_key_gives_the_results_without(tmp_path, capsys) -> None:
     got = [json.loads(line) for line in out.read_text().splitlines()]
     assert [g["console"] for g in got] == [p["console"] for p in plain[:2]]
     assert not list(tmp_path.glob("**/*.key*")) and KEY not in b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and p != key_file)
+
+
+@pytest.mark.slow
+def test_ray_actors_get_the_key_in_memory(ray_session, tmp_path) -> None:
+    vm = MicroVM(VmConfig(guest="echo", mem_size=32 * MIB, quantum=2_000))
+    vm.run(200_000)
+    vm.save_snapshot(tmp_path / "plain")
+    vm.save_snapshot(tmp_path / "enc", key=KEY)
+    inputs = [Input(id=f"u{i}", uart=b"ray%d" % i, budget=40_000) for i in range(3)]
+    plain = [r.outcome() for r in run_experiments(tmp_path / "plain.snap", inputs, workers=1)]
+    for transfer in ("path", "object-store"):
+        got = run_experiments(tmp_path / "enc.snap", inputs, engine="ray", workers=2, transfer=transfer, key=KEY, batch_size=1)
+        assert [r.outcome() for r in got] == plain, transfer
