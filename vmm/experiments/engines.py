@@ -165,11 +165,12 @@ def _translated(future: cf.Future[Any], lost: type[BaseException] | tuple[type[B
 
 
 # --- ray --------------------------------------------------------------------------------------
-def chain_files(snapshot: str | os.PathLike[str]) -> tuple[dict[str, bytes], str]:
+def chain_files(snapshot: str | os.PathLike[str], key: bytes | None = None) -> tuple[dict[str, bytes], str]:
     """Every file of the snapshot's chain as {path relative to their common folder: contents},
-    and the top state file's relative path: what an actor needs to rebuild the chain."""
+    and the top state file's relative path: what an actor needs to rebuild the chain. An
+    encrypted chain's files travel as they are, encrypted (`key` opens them here)."""
     snap, _ = snapshot_paths(snapshot)
-    chain = open_chain(snap)
+    chain = open_chain(snap, key=key)
     try:
         paths = [p for link in chain for p in (link.pair.paths.state, link.pair.memory_path)]
     finally:
@@ -218,7 +219,7 @@ class RayPool:
         env = {CRASH_ENV: os.environ[CRASH_ENV]} if CRASH_ENV in os.environ else {}
         self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, runtime_env={"env_vars": env} if env else None)(_RayWorker)
         if transfer == "object-store":
-            files, top = chain_files(snapshot)
+            files, top = chain_files(snapshot, key.value)
             self._args: tuple[Any, ...] = (ray.put(files), top, budget, key)
         else:
             self._args = (str(Path(snapshot).resolve()), "", budget, key)
