@@ -183,6 +183,14 @@ class Sealer:
             raise ValueError(f"item {index} of {count}")
         return self._aead.encrypt(self._nonce(index), plaintext, self._aad(kind, index, count))
 
+    def seal_into(
+        self, plaintext: bytes | bytearray | memoryview, index: int, count: int, kind: bytes, out: memoryview
+    ) -> None:
+        """`seal`, written into `out` (exactly len(plaintext) + TAG_SIZE writable bytes)."""
+        if not 0 <= index < count:
+            raise ValueError(f"item {index} of {count}")
+        self._aead.encrypt_into(self._nonce(index), plaintext, self._aad(kind, index, count), out)
+
     def open_item(
         self, sealed: bytes | bytearray | memoryview, index: int, count: int, kind: bytes = KIND_FRAME
     ) -> bytes:

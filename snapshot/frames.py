@@ -51,13 +51,14 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple, Sequence, TypeVar
 
 import lz4.block
 import numpy as np
@@ -256,27 +257,56 @@ def _gather(view: memoryview, frame: Frame) -> memoryview | bytes:
     return b"".join(view[offset : offset + n] for offset, n in frame.segments)
 
 
-def _encode(view: memoryview, frame: Frame, compress: bool, checksummed: bool = True) -> tuple[int, memoryview | bytes, int]:
-    """(style, stored bytes, checksum) of one frame: ZERO if its payload is all zeros, LZ4 if
-    `compress` and that is smaller than the payload, RAW otherwise. The checksum is 0 unless
-    `checksummed` (a sealed frame has none)."""
+class _Encoded(NamedTuple):
+    """One frame as written: style, stored bytes, checksum, the non-zero pages of its payload,
+    and the pooled buffer `stored` lives in (sealed frames; returned once written)."""
+
+    style: int
+    stored: memoryview | bytes
+    checksum: int
+    nonzero: int
+    buffer: bytearray | None = None
+
+
+def _encode(view: memoryview, frame: Frame, compress: bool, page_size: int, checksummed: bool = True) -> _Encoded:
+    """One frame: ZERO if its payload is all zeros, LZ4 if `compress` and that is smaller than
+    the payload, RAW otherwise. The checksum is 0 unless `checksummed` (a sealed frame has
+    none). The zero check counts the payload's non-zero pages on the way (one pass)."""
     payload = _gather(view, frame)
-    if not np.frombuffer(payload, np.uint64).any():  # payloads are whole pages: 8-byte words
-        return STYLE_ZERO, b"", 0
+    nonzero = int(np.count_nonzero(nonzero_pages(payload, page_size)))  # payloads are whole pages
+    if not nonzero:
+        return _Encoded(STYLE_ZERO, b"", 0, 0)
     checksum = xxhash.xxh3_64_intdigest(payload) if checksummed else 0
     if compress:
         packed = lz4.block.compress(payload, store_size=False)
         if len(packed) < len(payload):
-            return STYLE_LZ4, packed, checksum
-    return STYLE_RAW, payload, checksum
+            return _Encoded(STYLE_LZ4, packed, checksum, nonzero)
+    return _Encoded(STYLE_RAW, payload, checksum, nonzero)
 
 
-def _seal(sealer: Sealer, encoded: tuple[int, memoryview | bytes, int], index: int, count: int) -> tuple[int, bytes, int]:
-    """An encoded frame sealed as item `index` of `count` (its style in the associated data);
-    its checksum becomes 0: the GCM tag authenticates it, and a clear XXH3 of the plaintext
-    would let a guessed payload be confirmed."""
-    style, stored, _ = encoded
-    return style, sealer.seal(stored, index, count, frame_kind(style)), 0
+class _SealPool:
+    """Output buffers for sealed frames, reused once written (sealing into fresh bytes would
+    fault in a new page for every 4 KiB of the file)."""
+
+    def __init__(self, sealer: Sealer, frame_size: int) -> None:
+        self.sealer, self._size = sealer, frame_size + TAG_SIZE
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def seal(self, encoded: _Encoded, index: int, count: int) -> _Encoded:
+        """`encoded` sealed as item `index` of `count` (its style in the associated data); its
+        checksum becomes 0: the GCM tag authenticates it, and a clear XXH3 of the plaintext
+        would let a guessed payload be confirmed."""
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            buf = bytearray(self._size)
+        out = memoryview(buf)[: len(encoded.stored) + TAG_SIZE]
+        self.sealer.seal_into(encoded.stored, index, count, frame_kind(encoded.style), out)
+        return _Encoded(encoded.style, out, 0, encoded.nonzero, buf)
+
+    def release(self, encoded: _Encoded) -> None:
+        if encoded.buffer is not None:
+            self._free.put(encoded.buffer)
 
 
 def _write(
@@ -300,22 +330,29 @@ def _write(
     index["frame"] = [f.number for f in layout]
     index["payload"] = [f.size for f in layout]
 
-    def encode(item: tuple[int, Frame]) -> tuple[int, memoryview | bytes, int]:
-        encoded = _encode(view, item[1], compress, sealer is None)
-        return encoded if sealer is None else _seal(sealer, encoded, item[0], len(layout))
+    pool = _SealPool(sealer, frame_size) if sealer is not None else None
+
+    def encode(item: tuple[int, Frame]) -> _Encoded:
+        encoded = _encode(view, item[1], compress, page_size, pool is None)
+        return encoded if pool is None else pool.seal(encoded, item[0], len(layout))
 
     offset = 0
+    nonzero = 0
     with _Workers(threads) as workers, open_dest(dest) as fd:
         digest = workers.submit(extents_digest, ram, kind, page_size, runs, parent_digest)
         try:
             if sealer is not None:
                 pwrite_all(fd, sealer.header, 0)
                 offset = HEADER_SIZE
-            for i, (style, stored, checksum) in enumerate(workers.ordered(encode, enumerate(layout))):
+            for i, encoded in enumerate(workers.ordered(encode, enumerate(layout))):
+                style, stored, checksum = encoded.style, encoded.stored, encoded.checksum
                 pwrite_all(fd, stored, offset)
                 index[i]["offset"], index[i]["stored"] = offset, len(stored)
                 index[i]["style"], index[i]["checksum"] = style, checksum
                 offset += len(stored)
+                nonzero += encoded.nonzero
+                if pool is not None:
+                    pool.release(encoded)
                 advance(layout[i].size)
             content = bytes.fromhex(digest.result())
             blob = index.tobytes()
@@ -331,7 +368,7 @@ def _write(
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
     if kind == FULL:  # pages_written: the non-zero pages, as for a raw file (MemFileInfo)
-        info = MemFileInfo(FULL, len(view), page_size, content.hex(), int(np.count_nonzero(nonzero_pages(view, page_size))))
+        info = MemFileInfo(FULL, len(view), page_size, content.hex(), nonzero)
     else:
         assert parent_digest is not None
         info = MemFileInfo.diff(len(view), page_size, content.hex(), runs, parent_digest)
