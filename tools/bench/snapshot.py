@@ -135,11 +135,14 @@ def run(quick: bool = False) -> dict[str, object]:
         diffs = iter(range(1_000_000))
 
         def diff_save() -> float:
-            for old in d.glob("diff-*"):  # untimed: a base with a diff over it cannot be replaced
+            for old in (*d.glob("diff-*"), *d.glob("base-*")):  # untimed: the last round's pair
                 old.unlink()
-            vm.save_snapshot(d / "base")  # untimed: a fresh base, then exactly 1% dirty
+            n = next(diffs)
+            # untimed: a fresh base, then exactly 1% dirty. A new name each round: the base of
+            # the VM's current chain (if the previous save was a diff) cannot be overwritten.
+            vm.save_snapshot(d / f"base-{n}")
             _dirty_pages(vm, target, rng)
-            return _timed(lambda: vm.save_snapshot(d / f"diff-{next(diffs)}", "diff"))
+            return _timed(lambda: vm.save_snapshot(d / f"diff-{n}", "diff"))
 
         def floor() -> float:
             pages = np.sort(rng.choice(size // PAGE, target, replace=False))
