@@ -347,3 +347,18 @@ def test_ray_actors_get_the_key_in_memory(ray_session, tmp_path) -> None:
     for transfer in ("path", "object-store"):
         got = run_experiments(tmp_path / "enc.snap", inputs, engine="ray", workers=2, transfer=transfer, key=KEY, batch_size=1)
         assert [r.outcome() for r in got] == plain, transfer
+
+
+def test_rebase_of_an_encrypted_chain_writes_an_encrypted_full_snapshot(saved, tmp_path) -> None:
+    from snapshot.chain import rebase, verify
+
+    d = saved["lz4"]
+    with pytest.raises(MissingKeyError, match="lz4-full.snap"):
+        rebase(d / "lz4-full", [d / "lz4-diff"], tmp_path / "merged")
+    report = rebase(d / "lz4-full", [d / "lz4-diff"], tmp_path / "merged", key=KEY)
+    assert report.memory.encrypted and report.memory.kind == "full"
+    merged = MicroVM.load_snapshot(tmp_path / "merged", key=KEY)
+    assert merged.state_digest() == MicroVM.load_snapshot(d / "plain-diff").state_digest()
+    assert verify(tmp_path / "merged", schema=MACHINE, key=KEY).ok
+    with pytest.raises(MissingKeyError):
+        verify(tmp_path / "merged")
