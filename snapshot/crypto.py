@@ -189,7 +189,7 @@ class Sealer:
         """`seal`, written into `out` (exactly len(plaintext) + TAG_SIZE writable bytes)."""
         if not 0 <= index < count:
             raise ValueError(f"item {index} of {count}")
-        if not hasattr(self._aead, "encrypt_into"):  # cryptography before encrypt_into (46)
+        if not hasattr(self._aead, "encrypt_into"):  # a cryptography release without encrypt_into
             out[:] = self.seal(plaintext, index, count, kind)
             return
         self._aead.encrypt_into(self._nonce(index), plaintext, self._aad(kind, index, count), out)
