@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 
 from snapshot.commit import MEMORY_FIELD, OpenedPair, commit_pair, open_pair
+from snapshot.crypto import KeyFileError, MissingKeyError, WrongKeyError
 from snapshot.errors import (
     BrokenLinkError,
     IncompatibleError,
@@ -41,18 +42,9 @@ from snapshot.errors import (
     resolve_path,
 )
 from snapshot.frames import DEFAULT_FRAME_SIZE
-from snapshot.memfile import (
-    DIFF,
-    FULL,
-    RAW,
-    MemFileInfo,
-    check_identity,
-    data_extents,
-    extent_bytes,
-    extents_digest,
-    io_chunks,
-    pread_exact,
-)
+from snapshot.fileio import data_extents, io_chunks, pread_exact
+from snapshot.memfile import check_identity
+from snapshot.meminfo import DIFF, FULL, RAW, MemFileInfo, extent_bytes, extents_digest
 from snapshot.links import (
     MAX_CHAIN,
     PARENT_FIELD,
@@ -133,14 +125,17 @@ def _copy_raw(pair: OpenedPair, ram: np.ndarray, info: MemFileInfo, zeroed: bool
         raise MemoryFileMismatchError(where, "digest", found, info.digest)
 
 
-def _open_inputs(stack: ExitStack, paths: Sequence[Path]) -> list[tuple[OpenedPair, StateCore]]:
+_KEY_ERRORS = (MissingKeyError, WrongKeyError, KeyFileError)  # the caller's key, not a broken link
+
+
+def _open_inputs(stack: ExitStack, paths: Sequence[Path], key: bytes | None) -> list[tuple[OpenedPair, StateCore]]:
     """Each snapshot opened and decoded (held open by `stack`), every link checked first."""
     links: list[tuple[OpenedPair, StateCore]] = []
     for path in paths:
         try:
-            pair = stack.enter_context(open_pair(path))
+            pair = stack.enter_context(open_pair(path, key=key))
             links.append((pair, decode_core(pair)))
-        except InvalidPathError:
+        except (InvalidPathError, *_KEY_ERRORS):
             raise  # names the path already
         except SnapshotError as exc:
             raise BrokenLinkError(path, str(exc)) from exc
@@ -166,6 +161,7 @@ def rebase(
     frame_size: int = DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress_bars: ProgressBars | None = None,
+    key: bytes | None = None,
 ) -> RebaseReport:
     """Merge the chain `base` <- diffs[0] <- ... <- diffs[-1] into the full snapshot `out`
     (`<out>.snap` + `<out>.mem`, raw or compress="lz4"), which restores to the same state as
@@ -173,7 +169,8 @@ def rebase(
     it otherwise, before any memory is read); every memory file's digest is checked
     (MemoryFileMismatchError / CorruptMemoryFileError). `out` must not be one of the inputs
     (InvalidPathError). The commit is crash-safe: a failure leaves any previous `out` intact.
-    `progress_bars` shows the bytes read and written."""
+    `progress_bars` shows the bytes read and written. `key`: opens encrypted inputs, and
+    encrypts `out` with it (MissingKeyError / WrongKeyError naming an input it does not open)."""
     inputs = [snapshot_paths(p)[0] for p in (base, *diffs)]
     out_snap, out_mem = snapshot_paths(out)
     if any(resolve_path(out_snap) == resolve_path(p) for p in inputs):
@@ -182,7 +179,7 @@ def rebase(
         raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")
     t0 = time.perf_counter()
     with ExitStack() as stack:
-        links = _open_inputs(stack, inputs)
+        links = _open_inputs(stack, inputs, key)
         top = links[-1][1]
         check_compression(compress, top.ram.page_size, frame_size)
         length = top.ram.ram_size
@@ -199,20 +196,25 @@ def rebase(
                 parent = info
 
             def write_mem(fd: int) -> MemFileInfo:
-                return write_memory(fd, ram, FULL, top.ram.page_size, compress=compress, frame_size=frame_size, threads=threads, progress=advance)
+                return write_memory(
+                    fd, ram, FULL, top.ram.page_size, compress=compress, frame_size=frame_size, threads=threads, progress=advance, key=key
+                )
 
-            memory = commit_pair(out_snap, out_mem, write_mem, lambda info: {**top.data, MEMORY_FIELD: to_plain(info), PARENT_FIELD: None})
+            def state_for(info: MemFileInfo) -> dict[str, object]:
+                return {**top.data, MEMORY_FIELD: to_plain(info), PARENT_FIELD: None}
+
+            memory = commit_pair(out_snap, out_mem, write_mem, state_for, key=key)
     return RebaseReport(out_snap, out_mem, len(links), memory, time.perf_counter() - t0)
 
 
 # --- verify -----------------------------------------------------------------------------------
 def _check_link(
-    path: Path, child: tuple[Path, StateCore] | None, schema: MachineSchema | None, bars: ProgressBars
+    path: Path, child: tuple[Path, StateCore] | None, schema: MachineSchema | None, bars: ProgressBars, key: bytes | None
 ) -> StateCore:
     """Check the snapshot at `path` (state file, its machine state if `schema` is given, pair
     digest) and, if `child` is given, that `child` is a diff over it. Raises the SnapshotError
     found."""
-    with open_pair(path) as pair:
+    with open_pair(path, key=key) as pair:
         state = decode_core(pair)
         if schema is not None:
             schema.check(pair.data)
@@ -231,12 +233,18 @@ def _check_link(
 
 
 def verify(
-    path: str | os.PathLike[str], *, schema: MachineSchema | None = None, progress_bars: ProgressBars | None = None
+    path: str | os.PathLike[str],
+    *,
+    schema: MachineSchema | None = None,
+    progress_bars: ProgressBars | None = None,
+    key: bytes | None = None,
 ) -> VerifyReport:
     """Check the snapshot at `path` and its chain back to the full base (module docstring);
     with a `schema`, also that each state is one that machine can restore.
-    InvalidPathError if `path` itself does not exist; every other problem is reported as the
-    report's `broken` link (the first one found, walking from `path` towards the base)."""
+    InvalidPathError if `path` itself does not exist; MissingKeyError / WrongKeyError if an
+    encrypted link cannot be opened with `key` (a full check needs it; tampering found with it
+    is a broken link); every other problem is reported as the report's `broken` link (the
+    first one found, walking from `path` towards the base)."""
     current = snapshot_paths(path)[0]
     if not current.exists():
         raise InvalidPathError(current, "no such snapshot")
@@ -249,7 +257,9 @@ def verify(
             broken = BrokenLinkError(current, f"diff chain longer than {MAX_CHAIN} snapshots")
             return VerifyReport(Path(path), checked, broken)
         try:
-            state = _check_link(current, child, schema, bars)
+            state = _check_link(current, child, schema, bars, key)
+        except _KEY_ERRORS:
+            raise
         except SnapshotError as exc:
             reason = str(exc) if child is None else f"as the parent of {child[0].name}: {exc}"
             return VerifyReport(Path(path), checked, BrokenLinkError(current, reason))

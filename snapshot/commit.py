@@ -75,7 +75,7 @@ import re
 import secrets
 import stat
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -94,8 +94,10 @@ from snapshot.errors import (
     open_regular_readonly,
     show_path,
 )
-from snapshot.memfile import DIFF, FILE_MODE, MemFileInfo, pwrite_all
+from snapshot.fileio import FILE_MODE, pwrite_all
+from snapshot.meminfo import DIFF, MemFileInfo
 from snapshot.plain import from_plain
+from snapshot.sealedstate import is_sealed_state, open_state, seal_state
 
 STATE_SUFFIX = ".snap"  # squib: state file `<id>.snap`
 MEMORY_SUFFIX = ".mem"  # squib: memory file `<id>.mem`
@@ -402,9 +404,12 @@ def commit_pair(
     dest_mem: str | os.PathLike[str],
     write_mem: Callable[[int], MemFileInfo],
     state_for: Callable[[MemFileInfo], dict[str, Any]],
+    *,
+    key: bytes | None = None,
 ) -> MemFileInfo:
     """Save a snapshot pair crash-safely (protocol in the module docstring) and return the
-    memory file's info.
+    memory file's info. With `key` the state is sealed (snapshot.sealedstate), and `write_mem`
+    must write an encrypted memory file (IncompatibleError otherwise).
 
     `write_mem(fd)` writes the memory file to an empty, writable fd (e.g. memfile.write_full)
     and returns its MemFileInfo. `state_for(info)` returns the state's plain data, recording
@@ -423,7 +428,7 @@ def commit_pair(
         except (OSError, SnapshotError) as exc:
             reason = f"recovering an earlier commit: {_describe(exc)}"
             raise AtomicCommitFailedError(paths.state, reason, errno=_errno_of(exc)) from exc
-        return _commit(state_fd, memory_fd, paths, previous, write_mem, state_for)
+        return _commit(state_fd, memory_fd, paths, previous, write_mem, state_for, key)
 
 
 def _commit(
@@ -433,6 +438,7 @@ def _commit(
     previous: MemFileInfo | None,
     write_mem: Callable[[int], MemFileInfo],
     state_for: Callable[[MemFileInfo], dict[str, Any]],
+    key: bytes | None,
 ) -> MemFileInfo:
     """Steps 3-7 of the protocol, under the exclusive locks. The memory file's temp and
     staged names are in its own directory (`memory_fd`), the state file's in `state_fd`'s."""
@@ -462,6 +468,10 @@ def _commit(
         data = {k: v for k, v in state_for(info).items() if k != MEMORY_FILE_FIELD}
         if paths.memory_file is not None:
             data[MEMORY_FILE_FIELD] = paths.memory_file
+        if key is not None:
+            if not info.encrypted:
+                raise IncompatibleError("an encrypted snapshot needs an encrypted memory file")
+            data = seal_state(data, key, show_path(paths.state))
         blob = encode_state(data)
         if recorded_memory(decode_state(blob)[1]) != info:
             raise IncompatibleError(
@@ -519,6 +529,9 @@ class OpenedPair:
     memory: MemFileInfo
     memory_path: Path
     memory_fd: int
+    key: bytes | None = field(default=None, repr=False)  # an encrypted snapshot's, to read its memory file
+    encrypted: bool = False  # the state is sealed (snapshot.sealedstate)
+    sealed: bool = False  # ... and was not opened: `data` holds only its clear fields
 
     def close(self) -> None:
         if self.memory_fd >= 0:
@@ -554,7 +567,13 @@ def _open_memory(paths: SnapshotPaths, info: MemFileInfo) -> tuple[Path, int]:
     return paths.memory, open_regular_readonly(paths.memory, MemoryIoError)
 
 
-def open_pair(state_path: str | os.PathLike[str], memory_path: str | os.PathLike[str] | None = None) -> OpenedPair:
+def open_pair(
+    state_path: str | os.PathLike[str],
+    memory_path: str | os.PathLike[str] | None = None,
+    *,
+    key: bytes | None = None,
+    sealed_ok: bool = False,
+) -> OpenedPair:
     """Open the snapshot whose state file is `state_path`: read and check the state file, find
     its memory file (the name it records, by the loader rule in the module docstring; or
     `memory_path` if given, e.g. a memory file moved elsewhere: the caller must then verify
@@ -566,11 +585,19 @@ def open_pair(state_path: str | os.PathLike[str], memory_path: str | os.PathLike
     point, and the memory file is opened while that state file is still in place (checked by
     its identity before and after; a commit that renamed a new one over it in between makes
     the open start again, at most OPEN_ATTEMPTS times, then SnapshotIoError). The pair opened
-    is one committed snapshot, the previous or the new one."""
+    is one committed snapshot, the previous or the new one.
+
+    An encrypted snapshot's state is opened with `key` (snapshot.sealedstate: MissingKeyError,
+    WrongKeyError, TamperedError naming the state file); with `sealed_ok` and no key it is left
+    sealed (`pair.sealed`: `data` holds only the clear fields, for describe). The key is kept
+    in the pair (not shown by its repr) to read the memory file."""
     paths = SnapshotPaths.for_state(state_path)
     for _ in range(OPEN_ATTEMPTS):
         before = _state_identity(paths.state)
         header, data = read_state_file(paths.state)
+        encrypted = is_sealed_state(data)
+        if encrypted and not (key is None and sealed_ok):
+            data = open_state(data, key, show_path(paths.state))
         info = recorded_memory(data)
         paths = SnapshotPaths.for_state(paths.state, recorded_memory_file(data))
         if memory_path is not None:
@@ -578,7 +605,7 @@ def open_pair(state_path: str | os.PathLike[str], memory_path: str | os.PathLike
         else:
             found, fd = _open_memory(paths, info)
         if before is not None and _state_identity(paths.state) == before:
-            return OpenedPair(paths, header, data, info, found, fd)
+            return OpenedPair(paths, header, data, info, found, fd, key, encrypted, encrypted and key is None and sealed_ok)
         os.close(fd)
     raise SnapshotIoError(f"{show_path(paths.state)} kept being replaced while it was opened ({OPEN_ATTEMPTS} attempts)")
 

@@ -1,8 +1,9 @@
-"""AES-256-GCM sealing of snapshot files: the cryptographic core of encryption at rest.
+"""AES-256-GCM sealing of snapshot files: encryption at rest (`key=` on save and load,
+`--encrypt-key-file` on the CLI).
 
-NOT YET WIRED INTO THE FORMATS: no state or memory file is written or read encrypted yet
-(issue 19, part 2). This module is the sealing scheme that wiring will use, tested on its own
-(tests/test_crypto.py); docs/snapshot-format.md describes no encrypted layout until then.
+Wired into the formats by snapshot.sealedstate (the state file's machine state, sealed as item 0
+of 1) and snapshot.frames (an encrypted memory file is always a frames container whose every
+frame is sealed); docs/snapshot-format.md gives the byte layout.
 
 Scheme (AES-256-GCM from `cryptography`, NIST SP 800-38D):
 - The user's key is 32 bytes (`load_key_file`: a file of 32 raw bytes or 64 hex digits).
@@ -13,7 +14,8 @@ Scheme (AES-256-GCM from `cryptography`, NIST SP 800-38D):
   of its file) is sealed with nonce = 4 zero bytes || le64(index): unique within the file key,
   as each index is sealed once per file. Nonces therefore never repeat for a key.
 - The associated data binds an item to its file, kind, place and count:
-  AAD_DOMAIN || file_id || kind || le64(index) || le64(count). A frame moved to another index,
+  AAD_DOMAIN || file_id || kind || le64(index) || le64(count), where kind is KIND_STATE (b"S")
+  for a state payload and KIND_FRAME + the frame's style byte (b"F" + u8) for a memory frame. A frame moved to another index,
   swapped with another, taken from another file, or a file cut short fails its tag.
 - The header (HEADER_MAGIC, version, a key check, file_id) goes in clear before the items.
   The key check is HKDF-SHA256(key, info=KEY_CHECK_INFO), 16 bytes: it tells a wrong key
@@ -33,7 +35,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from snapshot.errors import InvalidPathError, SnapshotError, SnapshotIoError, from_os_error, open_regular_readonly
+from snapshot.errors import InvalidPathError, SnapshotError, SnapshotIoError, from_os_error, open_regular_readonly, show_path
 
 KEY_SIZE = 32  # AES-256
 FILE_ID_SIZE = 16
@@ -46,7 +48,7 @@ FILE_KEY_INFO = b"microvm-harness/snapshot-file-key/v1"
 KEY_CHECK_INFO = b"microvm-harness/key-check/v1"
 AAD_DOMAIN = b"microvm-harness/sealed/v1\x00"
 KIND_STATE = b"S"
-KIND_FRAME = b"F"
+KIND_FRAME = b"F"  # followed by the frame's style byte (frame_kind)
 MAX_KEY_FILE_BYTES = 2 * KEY_SIZE + 2  # 64 hex digits and a line break
 _HEADER = struct.Struct(f"<8sH{KEY_CHECK_SIZE}s{FILE_ID_SIZE}s")
 HEADER_SIZE = _HEADER.size
@@ -98,7 +100,9 @@ def load_key_file(path: str | os.PathLike[str]) -> bytes:
     line break). Refuses a non-regular file and reads at most MAX_KEY_FILE_BYTES + 1 bytes."""
     try:
         fd = open_regular_readonly(path)
-    except (InvalidPathError, SnapshotIoError) as e:
+    except InvalidPathError as e:
+        raise KeyFileError(f"key file {show_path(path)}: {e.reason}") from None
+    except SnapshotIoError as e:
         raise KeyFileError(f"key file: {e}") from None
     try:
         data = os.read(fd, MAX_KEY_FILE_BYTES + 1)
@@ -115,6 +119,12 @@ def load_key_file(path: str | os.PathLike[str]) -> bytes:
         except (UnicodeDecodeError, ValueError):
             pass
     raise KeyFileError(f"key file {os.fsdecode(path)!r}: expected {KEY_SIZE} raw bytes or {2 * KEY_SIZE} hex digits")
+
+
+def frame_kind(style: int) -> bytes:
+    """The AAD kind of a memory frame stored in `style` (snapshot.frames' STYLE_*): the style
+    is bound to the frame, so a reader told another style (a changed clear index) fails."""
+    return KIND_FRAME + bytes([style])
 
 
 def is_sealed(prefix: bytes | memoryview) -> bool:
@@ -166,17 +176,30 @@ class Sealer:
     def _nonce(index: int) -> bytes:
         return bytes(4) + _U64.pack(index)
 
-    def seal(self, plaintext: bytes | memoryview, index: int, count: int, kind: bytes = KIND_FRAME) -> bytes:
+    def seal(self, plaintext: bytes | bytearray | memoryview, index: int, count: int, kind: bytes = KIND_FRAME) -> bytes:
         """Item `index` of `count` in this file, encrypted, with its tag (len + TAG_SIZE bytes).
         Each index must be sealed once per file (the nonce is the index)."""
         if not 0 <= index < count:
             raise ValueError(f"item {index} of {count}")
-        return self._aead.encrypt(self._nonce(index), bytes(plaintext), self._aad(kind, index, count))
+        return self._aead.encrypt(self._nonce(index), plaintext, self._aad(kind, index, count))
 
-    def open_item(self, sealed: bytes | memoryview, index: int, count: int, kind: bytes = KIND_FRAME) -> bytes:
+    def seal_into(
+        self, plaintext: bytes | bytearray | memoryview, index: int, count: int, kind: bytes, out: memoryview
+    ) -> None:
+        """`seal`, written into `out` (exactly len(plaintext) + TAG_SIZE writable bytes)."""
+        if not 0 <= index < count:
+            raise ValueError(f"item {index} of {count}")
+        if not hasattr(self._aead, "encrypt_into"):  # a cryptography release without encrypt_into
+            out[:] = self.seal(plaintext, index, count, kind)
+            return
+        self._aead.encrypt_into(self._nonce(index), plaintext, self._aad(kind, index, count), out)
+
+    def open_item(
+        self, sealed: bytes | bytearray | memoryview, index: int, count: int, kind: bytes = KIND_FRAME
+    ) -> bytes:
         """The plaintext of item `index` of `count`; TamperedError naming it if it fails."""
         try:
-            return self._aead.decrypt(self._nonce(index), bytes(sealed), self._aad(kind, index, count))
+            return self._aead.decrypt(self._nonce(index), sealed, self._aad(kind, index, count))
         except InvalidTag:
             what = "the state payload" if kind == KIND_STATE else f"frame {index} of {count}"
             raise TamperedError(self.where, what) from None

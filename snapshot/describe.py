@@ -6,9 +6,10 @@ from dataclasses import asdict
 from typing import Any
 
 from snapshot.commit import open_pair
-from snapshot.errors import SnapshotError
+from snapshot.crypto import MissingKeyError
+from snapshot.errors import SnapshotError, show_path
 from snapshot.links import MachineSchema, decode_core, snapshot_paths
-from snapshot.memfile import LZ4, extent_bytes
+from snapshot.meminfo import LZ4, extent_bytes
 from snapshot.memory import memory_digest
 from snapshot.progress import ProgressBars, progress_bars as make_progress_bars
 
@@ -19,15 +20,22 @@ def describe(
     verify: bool = False,
     schema: MachineSchema | None = None,
     progress_bars: ProgressBars | None = None,
+    key: bytes | None = None,
 ) -> dict[str, Any]:
     """The envelope, memory-file and chain facts of the snapshot at `path`, plus
     `schema.summary(...)` of its machine state when a `schema` is given (which also checks that
     state). Reads the memory file only with `verify` (`pair_ok`; shown by `progress_bars`).
-    Raises SnapshotError for a bad file."""
+    Raises SnapshotError for a bad file.
+
+    An encrypted snapshot (`encrypted`: True) is opened with `key`; without it only the clear
+    facts are shown (kind, format, sizes, digests, parent: snapshot.sealedstate), the machine
+    summary is left out, `needs_key` says so, and `verify` raises MissingKeyError."""
     snap, _ = snapshot_paths(path)
-    with open_pair(snap) as pair:
+    with open_pair(snap, key=key, sealed_ok=True) as pair:
         core = decode_core(pair)
-        if schema is not None:
+        if verify and pair.sealed:
+            raise MissingKeyError(show_path(snap))
+        if schema is not None and not pair.sealed:
             schema.check(pair.data)
         info = core.memory
         out: dict[str, Any] = {
@@ -37,7 +45,8 @@ def describe(
             "crc_ok": True,
             "kind": info.kind,
             "memory_size": core.ram.ram_size,
-            **(schema.summary(pair.data) if schema is not None else {}),
+            "encrypted": pair.encrypted,
+            **(schema.summary(pair.data) if schema is not None and not pair.sealed else {}),
             "memory_file": str(pair.memory_path),
             "memory_file_size": os.fstat(pair.memory_fd).st_size,
             "memory_digest": info.digest,
@@ -49,6 +58,8 @@ def describe(
             "parent": asdict(core.parent) if core.parent else None,
             "pair_ok": None,
         }
+        if pair.sealed:
+            out["needs_key"] = "the machine state (vCPUs, devices, MMDS data, config) and verify need the key"
         if verify:
             try:
                 bars = progress_bars or make_progress_bars(enabled=False)

@@ -38,7 +38,7 @@ from snapshot.errors import (
 from snapshot.plain import U16, U64, from_plain, to_plain
 
 MAGIC_AARCH64 = 0x0710_1984_AAAA_0000  # squib: SNAPSHOT_MAGIC_AARCH64
-SNAPSHOT_VERSION = (1, 1, 0)  # squib: SNAPSHOT_VERSION, the state-file format version (1.1: memory_file, raw trailer)
+SNAPSHOT_VERSION = (1, 2, 0)  # squib: SNAPSHOT_VERSION, the state-file format version (1.1: memory_file, raw trailer; 1.2: encryption)
 MAX_STATE_FILE_SIZE = 10_000_000  # squib: SNAPSHOT_DESERIALIZATION_BYTES_LIMIT, in bytes
 CRC_SIZE = 8  # squib: 8-byte little-endian CRC-64 trailer
 # Ours: caps on what one state file may declare. The state tree's longest array is a GIC
@@ -98,8 +98,9 @@ class _TooManyContainers(Exception):
     pass
 
 
-def _unpack(payload: memoryview) -> Any:
-    """msgpack-decode untrusted `payload` within fixed bounds; EncodingError on any failure."""
+def unpack_bounded(payload: memoryview) -> Any:
+    """msgpack-decode untrusted `payload` within fixed bounds (module docstring); EncodingError
+    on any failure. Also decodes an encrypted state's opened payload (snapshot.sealedstate)."""
     budget = [MAX_DECODED_CONTAINERS]
 
     def count(container: Any) -> Any:
@@ -160,7 +161,7 @@ def decode_state(
     if stored != computed:
         raise CrcMismatchError(stored, computed)
 
-    top = _unpack(payload)
+    top = unpack_bounded(payload)
     if type(top) is not dict:
         raise EncodingError(f"expected a map at the top level, got {type(top).__name__}")
     for key in _ENVELOPE_KEYS:

@@ -24,6 +24,14 @@ input. Here any frame is located from the index alone and verified by its own ch
 the footer binds the file to its state file through the content digest, which is defined as
 for a raw file (snapshot.memfile), so a chain may mix formats.
 
+Encrypted files (a `sealer` given to the writers, a `key` to the readers; snapshot.crypto,
+docs/snapshot-format.md section 8) put the 42-byte sealed file header before the frame data and
+store each present frame sealed as item i of the entry count, with its style in the associated
+data (so TAG_SIZE more bytes each; a ZERO frame stores its tag alone) and checksum 0; format
+"frames" is this container with compression off (every frame RAW or ZERO). Sealing runs on the
+workers and is deterministic for a given file id, so encrypted output is bit-identical whatever
+the number of threads too.
+
 Determinism: each frame is compressed alone with fixed settings and written in frame order, so
 the file is bit-identical whatever the number of threads. Readers decode frames in parallel
 from pread (`source="stream"`) or from a read-only mmap of the file (`source="mmap"`); both
@@ -43,45 +51,44 @@ from __future__ import annotations
 
 import mmap
 import os
+import queue
 import struct
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Literal, Sequence, TypeVar
+from typing import Callable, Iterable, Iterator, Literal, NamedTuple, Sequence, TypeVar
 
 import lz4.block
 import numpy as np
 import xxhash
 
+from snapshot.crypto import HEADER_SIZE, TAG_SIZE, MissingKeyError, Sealer, frame_kind
 from snapshot.errors import (
     CorruptMemoryFileError,
     IncompatibleError,
     MemoryFileMismatchError,
     MemoryIoError,
     from_os_error,
+    show_path,
 )
-from snapshot.memfile import (
+from snapshot.fileio import FileRef, check_length, open_dest, open_source, pread_exact, pwrite_all
+from snapshot.meminfo import (
     DEFAULT_PAGE_SIZE,
     DIFF,
+    FRAMES,
     FULL,
     LZ4,
-    FileRef,
     MemFileInfo,
     Run,
     canonical_runs,
     nonzero_pages,
-    check_length,
     check_parent_info,
     check_ram_size,
     digest_hasher,
     digest_regions,
     extents_digest,
-    open_dest,
-    open_source,
-    pread_exact,
-    pwrite_all,
     ram_view,
 )
 from snapshot.progress import Progress, no_progress
@@ -250,17 +257,56 @@ def _gather(view: memoryview, frame: Frame) -> memoryview | bytes:
     return b"".join(view[offset : offset + n] for offset, n in frame.segments)
 
 
-def _encode(view: memoryview, frame: Frame) -> tuple[int, memoryview | bytes, int]:
-    """(style, stored bytes, checksum) of one frame: ZERO if its payload is all zeros, LZ4 if
-    that is smaller than the payload, RAW otherwise."""
+class _Encoded(NamedTuple):
+    """One frame as written: style, stored bytes, checksum, the non-zero pages of its payload,
+    and the pooled buffer `stored` lives in (sealed frames; returned once written)."""
+
+    style: int
+    stored: memoryview | bytes
+    checksum: int
+    nonzero: int
+    buffer: bytearray | None = None
+
+
+def _encode(view: memoryview, frame: Frame, compress: bool, page_size: int, checksummed: bool = True) -> _Encoded:
+    """One frame: ZERO if its payload is all zeros, LZ4 if `compress` and that is smaller than
+    the payload, RAW otherwise. The checksum is 0 unless `checksummed` (a sealed frame has
+    none). The zero check counts the payload's non-zero pages on the way (one pass)."""
     payload = _gather(view, frame)
-    if not np.frombuffer(payload, np.uint64).any():  # payloads are whole pages: 8-byte words
-        return STYLE_ZERO, b"", 0
-    checksum = xxhash.xxh3_64_intdigest(payload)
-    packed = lz4.block.compress(payload, store_size=False)
-    if len(packed) < len(payload):
-        return STYLE_LZ4, packed, checksum
-    return STYLE_RAW, payload, checksum
+    nonzero = int(np.count_nonzero(nonzero_pages(payload, page_size)))  # payloads are whole pages
+    if not nonzero:
+        return _Encoded(STYLE_ZERO, b"", 0, 0)
+    checksum = xxhash.xxh3_64_intdigest(payload) if checksummed else 0
+    if compress:
+        packed = lz4.block.compress(payload, store_size=False)
+        if len(packed) < len(payload):
+            return _Encoded(STYLE_LZ4, packed, checksum, nonzero)
+    return _Encoded(STYLE_RAW, payload, checksum, nonzero)
+
+
+class _SealPool:
+    """Output buffers for sealed frames, reused once written (sealing into fresh bytes would
+    fault in a new page for every 4 KiB of the file)."""
+
+    def __init__(self, sealer: Sealer, frame_size: int) -> None:
+        self.sealer, self._size = sealer, frame_size + TAG_SIZE
+        self._free: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
+
+    def seal(self, encoded: _Encoded, index: int, count: int) -> _Encoded:
+        """`encoded` sealed as item `index` of `count` (its style in the associated data); its
+        checksum becomes 0: the GCM tag authenticates it, and a clear XXH3 of the plaintext
+        would let a guessed payload be confirmed."""
+        try:
+            buf = self._free.get_nowait()
+        except queue.Empty:
+            buf = bytearray(self._size)
+        out = memoryview(buf)[: len(encoded.stored) + TAG_SIZE]
+        self.sealer.seal_into(encoded.stored, index, count, frame_kind(encoded.style), out)
+        return _Encoded(encoded.style, out, 0, encoded.nonzero, buf)
+
+    def release(self, encoded: _Encoded) -> None:
+        if encoded.buffer is not None:
+            self._free.put(encoded.buffer)
 
 
 def _write(
@@ -273,6 +319,8 @@ def _write(
     frame_size: int,
     threads: int | None,
     progress: Progress | None,
+    compress: bool,
+    sealer: Sealer | None,
 ) -> MemFileInfo:
     view = ram_view(ram, page_size)
     check_frame_size(frame_size, page_size)
@@ -282,18 +330,29 @@ def _write(
     index["frame"] = [f.number for f in layout]
     index["payload"] = [f.size for f in layout]
 
-    def encode(frame: Frame) -> tuple[int, memoryview | bytes, int]:
-        return _encode(view, frame)
+    pool = _SealPool(sealer, frame_size) if sealer is not None else None
+
+    def encode(item: tuple[int, Frame]) -> _Encoded:
+        encoded = _encode(view, item[1], compress, page_size, pool is None)
+        return encoded if pool is None else pool.seal(encoded, item[0], len(layout))
 
     offset = 0
+    nonzero = 0
     with _Workers(threads) as workers, open_dest(dest) as fd:
         digest = workers.submit(extents_digest, ram, kind, page_size, runs, parent_digest)
         try:
-            for i, (style, stored, checksum) in enumerate(workers.ordered(encode, layout)):
+            if sealer is not None:
+                pwrite_all(fd, sealer.header, 0)
+                offset = HEADER_SIZE
+            for i, encoded in enumerate(workers.ordered(encode, enumerate(layout))):
+                style, stored, checksum = encoded.style, encoded.stored, encoded.checksum
                 pwrite_all(fd, stored, offset)
                 index[i]["offset"], index[i]["stored"] = offset, len(stored)
                 index[i]["style"], index[i]["checksum"] = style, checksum
                 offset += len(stored)
+                nonzero += encoded.nonzero
+                if pool is not None:
+                    pool.release(encoded)
                 advance(layout[i].size)
             content = bytes.fromhex(digest.result())
             blob = index.tobytes()
@@ -309,11 +368,14 @@ def _write(
         except OSError as exc:
             raise from_os_error(exc, "writing", dest, MemoryIoError) from exc
     if kind == FULL:  # pages_written: the non-zero pages, as for a raw file (MemFileInfo)
-        info = MemFileInfo(FULL, len(view), page_size, content.hex(), int(np.count_nonzero(nonzero_pages(view, page_size))))
+        info = MemFileInfo(FULL, len(view), page_size, content.hex(), nonzero)
     else:
         assert parent_digest is not None
         info = MemFileInfo.diff(len(view), page_size, content.hex(), runs, parent_digest)
-    return replace(info, format=LZ4, frame_size=frame_size, file_size=end, trailer=False)
+    encryption_id = sealer.file_id.hex() if sealer is not None else ""
+    return replace(
+        info, format=LZ4 if compress else FRAMES, frame_size=frame_size, file_size=end, trailer=False, encryption_id=encryption_id
+    )
 
 
 def write_full(
@@ -324,13 +386,17 @@ def write_full(
     frame_size: int = DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress: Progress | None = None,
+    compress: bool = True,
+    sealer: Sealer | None = None,
 ) -> MemFileInfo:
     """Write all of `ram` as a full lz4 memory file at `dest` (an fd, or a path created mode
     0600): every frame, ZERO ones costing nothing. `ram` must not change during the call.
     The info's digest is the raw full digest of `ram`; pages_written counts the pages of
     RAM that are not zero (as for a raw file). Does not fsync. MemoryIoError if writing fails. `progress`
-    advances by len(ram) bytes in all."""
-    return _write(dest, ram, page_size, FULL, (), None, frame_size, threads, progress)
+    advances by len(ram) bytes in all. `compress=False`: every frame RAW or ZERO (format
+    "frames"). `sealer` (a new file's, snapshot.crypto): encrypt, each frame sealed on the
+    workers (the file id is recorded as encryption_id)."""
+    return _write(dest, ram, page_size, FULL, (), None, frame_size, threads, progress, compress, sealer)
 
 
 def write_diff(
@@ -343,13 +409,15 @@ def write_diff(
     frame_size: int = DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress: Progress | None = None,
+    compress: bool = True,
+    sealer: Sealer | None = None,
 ) -> MemFileInfo:
     """Write the dirty page `runs` of `ram` as a diff lz4 memory file at `dest`: only frames
     holding dirty pages, each holding only those pages. Same info (digest, page map, parent) as
     memfile.write_diff would record, plus the format fields. `progress` advances by the bytes
-    of the runs."""
+    of the runs; `compress` and `sealer` as for write_full."""
     canon = canonical_runs(runs, len(ram_view(ram, page_size)) // page_size)
-    return _write(dest, ram, page_size, DIFF, canon, parent_digest, frame_size, threads, progress)
+    return _write(dest, ram, page_size, DIFF, canon, parent_digest, frame_size, threads, progress, compress, sealer)
 
 
 # --- readers ----------------------------------------------------------------------------------
@@ -359,12 +427,28 @@ class _Index:
 
     entries: np.ndarray
     frames: list[Frame]
+    sealer: Sealer | None = None  # an encrypted file's, opened with the key
 
 
 def _check_lz4(info: MemFileInfo) -> None:
-    if info.format != LZ4:
+    if not info.framed:
         raise IncompatibleError(f"the memory file is {info.format}, not lz4: read it with snapshot.memfile")
     check_frame_size(info.frame_size, info.page_size)
+
+
+def _open_sealer(fd: int, where: FileRef, info: MemFileInfo, key: bytes | None) -> Sealer | None:
+    """The encrypted file's sealer, from its clear header (MissingKeyError, WrongKeyError,
+    TamperedError naming it); MemoryFileMismatchError if its file id is not the recorded one.
+    None for a file that is not encrypted (a key given then is not needed)."""
+    if not info.encrypted:
+        return None
+    name = show_path(where)
+    if key is None:
+        raise MissingKeyError(name)
+    sealer = Sealer.open(key, _pread(fd, where, 0, HEADER_SIZE), name)
+    if sealer.file_id.hex() != info.encryption_id:
+        raise MemoryFileMismatchError(where, "encryption id", sealer.file_id.hex(), info.encryption_id)
+    return sealer
 
 
 def _pread(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray:
@@ -380,12 +464,15 @@ def _pread(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray
     return buf
 
 
-def _read_index(fd: int, where: FileRef, info: MemFileInfo) -> _Index:
-    """The file's index, after every check in the module docstring's "untrusted input"."""
+def _read_index(fd: int, where: FileRef, info: MemFileInfo, key: bytes | None = None) -> _Index:
+    """The file's index, after every check in the module docstring's "untrusted input" (and,
+    encrypted, its header opened with `key`)."""
     check_length(fd, where, info.file_length)
     size = info.file_length
-    if size < FOOTER_SIZE:
+    data_start = HEADER_SIZE if info.encrypted else 0
+    if size < FOOTER_SIZE + data_start:
         raise CorruptMemoryFileError(where, f"{size} bytes is shorter than the {FOOTER_SIZE}-byte footer")
+    sealer = _open_sealer(fd, where, info, key)
     raw_footer = _pread(fd, where, size - FOOTER_SIZE, FOOTER_SIZE)
     head = bytes(raw_footer[: _FOOTER_HEAD.size])
     magic, version, codec, length, frame_size, count, index_offset, index_sum, content = _FOOTER_HEAD.unpack(head)
@@ -417,34 +504,40 @@ def _read_index(fd: int, where: FileRef, info: MemFileInfo) -> _Index:
     if xxhash.xxh3_64_intdigest(blob) != index_sum:
         raise CorruptMemoryFileError(where, "index checksum mismatch")
     entries = np.frombuffer(blob, _ENTRY)
-    _check_entries(where, entries, frames, index_offset)
-    return _Index(entries, frames)
+    _check_entries(where, entries, frames, index_offset, data_start, info.format == LZ4)
+    return _Index(entries, frames, sealer)
 
 
-def _check_entries(where: FileRef, entries: np.ndarray, frames: Sequence[Frame], data_end: int) -> None:
+def _check_entries(
+    where: FileRef, entries: np.ndarray, frames: Sequence[Frame], data_end: int, data_start: int, lz4_allowed: bool
+) -> None:
     """CorruptMemoryFileError naming the first frame whose entry is not what `frames` implies or
-    whose stored bytes are not where they must be (back to back from 0 up to `data_end`)."""
+    whose stored bytes are not where they must be (back to back from `data_start` up to
+    `data_end`; an encrypted file's (data_start > 0) each TAG_SIZE bytes longer for its tag)."""
     stored = entries["stored"].astype(np.int64)
+    overhead = TAG_SIZE if data_start else 0
     payload = entries["payload"].astype(np.int64)
+    room = payload + overhead  # stored bytes of a RAW frame
     style = entries["style"]
-    ends = np.cumsum(stored)
+    ends = np.cumsum(stored) + data_start
     starts = ends - stored
     bad = (
         (entries["frame"] != np.array([f.number for f in frames], dtype=np.uint64))
         | (payload != np.array([f.size for f in frames], dtype=np.int64))
         | (entries["offset"].astype(np.int64) != starts)
         | entries["pad"].any(axis=1)
-        | ((style == STYLE_RAW) & (stored != payload))
-        | ((style == STYLE_LZ4) & ((stored <= 0) | (stored >= payload)))
-        | ((style == STYLE_ZERO) & ((stored != 0) | (entries["checksum"] != 0)))
+        | ((style == STYLE_RAW) & (stored != room))
+        | ((style == STYLE_LZ4) & ((stored <= overhead) | (stored >= room) | (not lz4_allowed)))
+        | ((style == STYLE_ZERO) & ((stored != overhead) | (entries["checksum"] != 0)))
+        | ((style != STYLE_ZERO) & (entries["checksum"] != 0) & (overhead > 0))
         | (style > STYLE_ZERO)
     )
     if bad.any():
         i = int(np.argmax(bad))
         number = frames[i].number
         raise CorruptMemoryFileError(where, f"index entry {i} is inconsistent", frame=number)
-    if (ends[-1] if len(ends) else 0) != data_end:
-        raise CorruptMemoryFileError(where, f"frames end at byte {int(ends[-1]) if len(ends) else 0}, the index starts at {data_end}")
+    if (ends[-1] if len(ends) else data_start) != data_end:
+        raise CorruptMemoryFileError(where, f"frames end at byte {int(ends[-1]) if len(ends) else data_start}, the index starts at {data_end}")
 
 
 class _Reader:
@@ -500,12 +593,20 @@ def _reader(fd: int, where: FileRef, source: Source, size: int) -> Iterator[_Rea
         reader.close()
 
 
-def _payload(where: FileRef, reader: _Reader, entry: np.void, frame: Frame) -> memoryview | bytes | None:
-    """The frame's verified payload; None for a ZERO frame."""
+def _payload(where: FileRef, reader: _Reader, index: _Index, i: int) -> memoryview | bytes | None:
+    """The verified payload of the index's entry `i`; None for a ZERO frame. An encrypted
+    file's frame is opened first (TamperedError naming it)."""
+    entry, frame = index.entries[i], index.frames[i]
     style = int(entry["style"])
+    sealer = index.sealer
+    if sealer is not None:
+        stored = sealer.open_item(reader.read(int(entry["offset"]), int(entry["stored"])), i, len(index.frames), frame_kind(style))
+    elif style == STYLE_ZERO:
+        return None
+    else:
+        stored = reader.read(int(entry["offset"]), int(entry["stored"]))
     if style == STYLE_ZERO:
         return None
-    stored = reader.read(int(entry["offset"]), int(entry["stored"]))
     payload: memoryview | bytes | bytearray = stored
     if style == STYLE_LZ4:
         try:
@@ -516,16 +617,15 @@ def _payload(where: FileRef, reader: _Reader, entry: np.void, frame: Frame) -> m
             raise CorruptMemoryFileError(
                 where, f"LZ4 block decodes to {len(payload)} bytes, expected {frame.size}", frame=frame.number
             )
-    if xxhash.xxh3_64_intdigest(payload) != int(entry["checksum"]):
+    if sealer is None and xxhash.xxh3_64_intdigest(payload) != int(entry["checksum"]):
         raise CorruptMemoryFileError(where, "checksum mismatch", frame=frame.number)
     return payload  # type: ignore[return-value]
 
 
-def _restore_frame(
-    where: FileRef, reader: _Reader, ram: np.ndarray, zeroed: bool, entry: np.void, frame: Frame
-) -> int:
-    """Decode one frame into `ram` at its extents; returns its payload size."""
-    payload = _payload(where, reader, entry, frame)
+def _restore_frame(where: FileRef, reader: _Reader, ram: np.ndarray, zeroed: bool, index: _Index, i: int) -> int:
+    """Decode the index's frame `i` into `ram` at its extents; returns its payload size."""
+    frame = index.frames[i]
+    payload = _payload(where, reader, index, i)
     if payload is None:
         if not zeroed:
             for offset, n in frame.segments:
@@ -548,16 +648,17 @@ def _decode_into(
     zeroed: bool,
     threads: int | None,
     progress: Progress | None,
+    key: bytes | None,
 ) -> None:
     """Check the file and decode every frame into `ram` (checked by the caller) on workers,
     at most a READ_WINDOW_BYTES window of frames in flight."""
     advance = progress or no_progress
-    index = _read_index(fd, where, info)
+    index = _read_index(fd, where, info, key)
     ends = (index.entries["offset"] + index.entries["stored"]).tolist()
     workers_n, window = _read_workers(threads, info.frame_size)
 
     def restore(i: int) -> int:
-        return _restore_frame(where, reader, ram, zeroed, index.entries[i], index.frames[i])
+        return _restore_frame(where, reader, ram, zeroed, index, i)
 
     with _reader(fd, where, source, info.file_length) as reader, _Workers(workers_n) as workers:
         for i, done in enumerate(workers.ordered(restore, range(len(index.frames)), window)):
@@ -577,6 +678,7 @@ def read_into(
     threads: int | None = None,
     progress: Progress | None = None,
     name: FileRef | None = None,
+    key: bytes | None = None,
 ) -> None:
     """Eager restore of the lz4 memory file `src` (path or fd) into writable `ram`, like
     memfile.read_into: a full file overwrites every byte of `ram` (ZERO frames are skipped if
@@ -589,7 +691,8 @@ def read_into(
     (pread) or "mmap" (decode from a read-only mapping): identical results. On any error `ram`
     holds unspecified contents and must be discarded; no worker touches it after the raise.
     `progress` advances by extent_bytes(info) in all. `name`: the file as messages show it
-    (default `src`; give the path when `src` is an fd).
+    (default `src`; give the path when `src` is an fd). `key`: an encrypted file's
+    (MissingKeyError / WrongKeyError / TamperedError naming the file).
     """
     where = src if name is None else name
     ram_view(ram, info.page_size, writable=True)
@@ -597,7 +700,7 @@ def read_into(
     check_ram_size(info, ram.size)
     check_parent_info(info, parent)
     with open_source(src) as fd:
-        _decode_into(fd, where, ram, info, source, zeroed, threads, progress)
+        _decode_into(fd, where, ram, info, source, zeroed, threads, progress, key)
     if verify_digest:
         found = extents_digest(ram, info.kind, info.page_size, info.iter_runs(), info.parent_digest)
         if found != info.digest:
@@ -611,24 +714,26 @@ def compute_digest(
     threads: int | None = None,
     progress: Progress | None = None,
     name: FileRef | None = None,
+    key: bytes | None = None,
 ) -> str:
     """The digest of what the lz4 memory file `src` records (same definition as a raw file's),
     after checking its footer, index and every frame checksum. Streams: frames are hashed in
     order as they are decoded, with at most a READ_WINDOW_BYTES window of frames in memory,
-    whatever the RAM size. `progress` advances by extent_bytes(info); `name` as for read_into."""
+    whatever the RAM size. `progress` advances by extent_bytes(info); `name`, `key` as for
+    read_into."""
     _check_lz4(info)
     where = src if name is None else name
     advance = progress or no_progress
     hasher = digest_hasher(info)
     zeros: memoryview | None = None
     with open_source(src) as fd:
-        index = _read_index(fd, where, info)
+        index = _read_index(fd, where, info, key)
         regions = digest_regions(info)
         next_region = next(regions, None)
         workers_n, window = _read_workers(threads, info.frame_size)
 
         def decode(i: int) -> memoryview | bytes | None:
-            return _payload(where, reader, index.entries[i], index.frames[i])
+            return _payload(where, reader, index, i)
 
         with _reader(fd, where, "stream", info.file_length) as reader, _Workers(workers_n) as workers:
             for i, payload in enumerate(workers.ordered(decode, range(len(index.frames)), window)):
@@ -649,32 +754,33 @@ def compute_digest(
     return hasher.hexdigest()
 
 
-def read_frame(src: FileRef, info: MemFileInfo, number: int) -> bytes:
+def read_frame(src: FileRef, info: MemFileInfo, number: int, *, key: bytes | None = None) -> bytes:
     """The verified payload of frame `number` (RAM bytes [number*F, ...)), located through the
     index without reading any other frame. ValueError if the file holds no such frame."""
     _check_lz4(info)
     with open_source(src) as fd:
-        index = _read_index(fd, src, info)
+        index = _read_index(fd, src, info, key)
         at = next((i for i, f in enumerate(index.frames) if f.number == number), None)
         if at is None:
             raise ValueError(f"{len(index.frames)} frames, none is frame {number}")
         with _reader(fd, src, "stream", info.file_length) as reader:
-            payload = _payload(src, reader, index.entries[at], index.frames[at])
+            payload = _payload(src, reader, index, at)
     return bytes(index.frames[at].size) if payload is None else bytes(payload)
 
 
-def check_file(src: FileRef, info: MemFileInfo, *, name: FileRef | None = None) -> None:
-    """Every check of the module docstring that needs no frame: size, footer, index (reads the
-    footer and the index only; CorruptMemoryFileError / MemoryFileMismatchError)."""
+def check_file(src: FileRef, info: MemFileInfo, *, name: FileRef | None = None, key: bytes | None = None) -> None:
+    """Every check of the module docstring that needs no frame: size, footer, index, and an
+    encrypted file's header against `key` (reads the header, footer and index only;
+    CorruptMemoryFileError / MemoryFileMismatchError / MissingKeyError / WrongKeyError)."""
     _check_lz4(info)
     with open_source(src) as fd:
-        _read_index(fd, src if name is None else name, info)
+        _read_index(fd, src if name is None else name, info, key)
 
 
-def frame_styles(src: FileRef, info: MemFileInfo) -> dict[str, int]:
+def frame_styles(src: FileRef, info: MemFileInfo, *, key: bytes | None = None) -> dict[str, int]:
     """How many frames the file stores in each style, e.g. {"RAW": 1, "LZ4": 40, "ZERO": 23}
-    (reads the footer and index only)."""
+    (reads the header, footer and index only)."""
     _check_lz4(info)
     with open_source(src) as fd:
-        styles = _read_index(fd, src, info).entries["style"]
+        styles = _read_index(fd, src, info, key).entries["style"]
     return {name: int(np.count_nonzero(styles == code)) for code, name in STYLE_NAMES.items()}

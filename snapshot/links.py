@@ -30,7 +30,7 @@ from snapshot.errors import (
     SnapshotError,
     resolve_path,
 )
-from snapshot.memfile import DIFF, MemFileInfo, check_digest_text
+from snapshot.meminfo import DIFF, MemFileInfo, check_digest_text
 from snapshot.plain import U32, U64, MaxLen, from_plain
 
 MAX_CHAIN = 64  # ours: the longest diff chain followed when loading
@@ -203,14 +203,19 @@ def close_chain(chain: list[Link]) -> None:
 
 
 def open_chain(
-    path: Path, base: Path | None = None, *, memory_path: str | os.PathLike[str] | None = None
+    path: Path,
+    base: Path | None = None,
+    *,
+    memory_path: str | os.PathLike[str] | None = None,
+    key: bytes | None = None,
 ) -> list[Link]:
     """[full, diff1, ..., diffN] ending at the state file `path`, every pair open (close them
     with `close_chain`) and every link checked by digest. `base`: the base of `path` itself,
     instead of its recorded parent. `memory_path`: `path`'s memory file, instead of the one it
     records (the caller verifies its digest). MissingParentError if a parent is absent,
     ChainLoopError if the parents lead back into the chain, IncompatibleError past MAX_CHAIN
-    snapshots."""
+    snapshots. `key`: opens every encrypted link (MissingKeyError / WrongKeyError naming the
+    first link it does not open)."""
     chain: list[Link] = []
     seen: set[Path] = set()
     try:
@@ -222,7 +227,7 @@ def open_chain(
             seen.add(here)
             if len(chain) >= MAX_CHAIN:
                 raise IncompatibleError(f"diff chain longer than {MAX_CHAIN} snapshots")
-            pair = open_pair(current, memory_path if not chain else None)
+            pair = open_pair(current, memory_path if not chain else None, key=key)
             chain.append(Link(pair, decode_core(pair)))
             link = chain[-1].core.parent
             if link is None:

@@ -1,5 +1,6 @@
-"""Memory files in either format: the one place that picks raw (snapshot.memfile) or LZ4
-frames (snapshot.frames). A chain may mix formats: both record the same content digest."""
+"""Memory files in any format: the one place that picks raw (snapshot.memfile) or the frames
+container (snapshot.frames: lz4, or uncompressed frames for an encrypted file). A chain may mix
+formats: all record the same content digest."""
 from __future__ import annotations
 
 from typing import Literal
@@ -8,7 +9,9 @@ import numpy as np
 
 from snapshot import frames
 from snapshot.commit import OpenedPair
-from snapshot.memfile import FULL, LZ4, MemFileInfo, Run, check_identity, compute_digest, read_into, write_diff, write_full
+from snapshot.crypto import Sealer
+from snapshot.memfile import check_identity, compute_digest, read_into, write_diff, write_full
+from snapshot.meminfo import FULL, LZ4, MemFileInfo, Run
 from snapshot.progress import Progress
 
 
@@ -33,19 +36,26 @@ def write_memory(
     frame_size: int = frames.DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress: Progress | None = None,
+    key: bytes | None = None,
 ) -> MemFileInfo:
     """Write `ram` to the empty file `fd` as a memory file of `kind` in pages of `page_size`
     bytes (a diff records `runs` over the image `parent_digest`): raw, or LZ4 frames with
-    compress="lz4"."""
+    compress="lz4". With `key` (32 bytes) the file is encrypted: always a frames container
+    (compressed or not), every frame sealed under a fresh file id (snapshot.crypto)."""
     check_compression(compress, page_size, frame_size)
     if kind != FULL:
         assert parent_digest is not None
-    if compress == LZ4:
+    if compress == LZ4 or key is not None:
+        options = {
+            "frame_size": frame_size,
+            "threads": threads,
+            "progress": progress,
+            "compress": compress == LZ4,
+            "sealer": Sealer.create(key, "memory file") if key is not None else None,
+        }
         if kind == FULL:
-            return frames.write_full(fd, ram, page_size, frame_size=frame_size, threads=threads, progress=progress)
-        return frames.write_diff(
-            fd, ram, runs, page_size, parent_digest=parent_digest, frame_size=frame_size, threads=threads, progress=progress
-        )
+            return frames.write_full(fd, ram, page_size, **options)  # type: ignore[arg-type]
+        return frames.write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, **options)  # type: ignore[arg-type]
     if kind == FULL:
         return write_full(fd, ram, page_size, progress=progress)
     return write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, progress=progress)
@@ -64,9 +74,9 @@ def read_memory(
     """Read the pair's memory file into `ram` (over `parent` for a diff), raw or lz4;
     `source` and `zeroed` only matter for lz4 (see frames.read_into)."""
     fd, info = pair.memory_fd, pair.memory
-    if info.format == LZ4:
+    if info.framed:
         frames.read_into(
-            fd, ram, info, verify, parent=parent, source=source, zeroed=zeroed, progress=progress, name=pair.memory_path
+            fd, ram, info, verify, parent=parent, source=source, zeroed=zeroed, progress=progress, name=pair.memory_path, key=pair.key
         )
     else:
         read_into(fd, ram, info, verify, parent=parent, progress=progress, name=pair.memory_path)
@@ -76,8 +86,8 @@ def check_memory_file(pair: OpenedPair) -> None:
     """The O(1)-in-RAM checks of the pair's memory file, before any RAM is allocated for it:
     raw, its size and identity trailer (memfile.check_identity); lz4, its size, footer and
     index (frames.check_file). MemoryFileMismatchError / CorruptMemoryFileError naming it."""
-    if pair.memory.format == LZ4:
-        frames.check_file(pair.memory_fd, pair.memory, name=pair.memory_path)
+    if pair.memory.framed:
+        frames.check_file(pair.memory_fd, pair.memory, name=pair.memory_path, key=pair.key)
     else:
         check_identity(pair.memory_fd, pair.memory_path, pair.memory)
 
@@ -85,6 +95,6 @@ def check_memory_file(pair: OpenedPair) -> None:
 def memory_digest(pair: OpenedPair, *, progress: Progress | None = None) -> str:
     """The digest of what the pair's memory file records, recomputed (either format; an lz4
     file's frame checksums are checked on the way)."""
-    if pair.memory.format == LZ4:
-        return frames.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)
+    if pair.memory.framed:
+        return frames.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path, key=pair.key)
     return compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)

@@ -1,9 +1,11 @@
 """A minimal, independent reader of microvm-harness snapshots, written from
 docs/snapshot-format.md alone: it imports nothing from the project, computes CRC-64/Jones with
 its own table from the documented parameters and decodes LZ4 blocks itself. It uses msgpack
-(state files) and xxhash (digests and checksums), as the document names them.
+(state files), xxhash (digests and checksums) and, for encrypted snapshots, AES-256-GCM and
+HKDF-SHA256 from `cryptography`, as the document names them.
 
     snap = read_snapshot("dir/s3.snap")   # follows the chain back to its full snapshot
+    snap = read_snapshot("dir/e.snap", key=key)   # an encrypted one (section 8)
     snap.ram, snap.data["vcpus"][0]["pc"], snap.data["scheduler"]["clock"]
 
 Any violation of the document raises FormatError.
@@ -17,11 +19,15 @@ from pathlib import Path
 
 import msgpack
 import xxhash
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 # --- section 1: the state file -----------------------------------------------------------------
 MAX_STATE_BYTES = 10_000_000
 MAGIC = 0x0710_1984_AAAA_0000
-READER_VERSION = (1, 1)  # the major.minor this reader implements
+READER_VERSION = (1, 2)  # the major.minor this reader implements
 CRC_POLY = 0xAD93D23594C935A9  # CRC-64/Jones, reflected in and out, init 0, xorout 0
 MAX_CHAIN = 64
 DIFF_DOMAIN = b"microvm-harness/memfile/diff/v1\x00"
@@ -104,6 +110,7 @@ class MemInfo:
     file_size: int | None
     trailer: bool
     data_runs: bytes
+    encryption_id: str
 
     @property
     def npages(self) -> int:
@@ -129,7 +136,10 @@ class MemInfo:
         return [(first * self.page_size, count * self.page_size) for first, count in self.runs()]
 
 
-_MEM_DEFAULTS = {"page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False, "data_runs": b""}
+_MEM_DEFAULTS = {
+    "page_map": b"", "parent_digest": None, "format": "raw", "frame_size": 0, "file_size": None, "trailer": False, "data_runs": b"",
+    "encryption_id": "",
+}
 _MEM_FIELDS = ("kind", "length", "page_size", "digest", "pages_written", *_MEM_DEFAULTS)
 
 
@@ -139,8 +149,10 @@ def mem_info(record: dict) -> MemInfo:
     if unknown or missing:
         raise FormatError(f"memory: unknown {sorted(unknown)}, missing {sorted(missing)}")
     info = MemInfo(**{**_MEM_DEFAULTS, **record})
-    if info.kind not in ("full", "diff") or info.format not in ("raw", "lz4"):
+    if info.kind not in ("full", "diff") or info.format not in ("raw", "lz4", "frames"):
         raise FormatError("memory: bad kind or format")
+    if info.encryption_id and info.format == "raw":
+        raise FormatError("memory: an encrypted file is a frames container")
     if info.trailer is not False and (info.trailer is not True or info.format != "raw"):
         raise FormatError("memory: trailer is a bool, true only for raw files")
     if info.page_size < 512 or info.page_size & (info.page_size - 1) or info.length <= 0 or info.length % info.page_size:
@@ -261,10 +273,18 @@ def _read_raw(f, info: MemInfo, ram: bytearray) -> None:
         ram[offset : offset + size] = data
 
 
-def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
+def _read_lz4(f, info: MemInfo, ram: bytearray, key: bytes | None) -> None:
     size = os.fstat(f.fileno()).st_size
-    if size != info.file_size or size < _FOOTER.size:
+    data_start = CRYPT_HEADER.size if info.encryption_id else 0
+    if size != info.file_size or size < _FOOTER.size + data_start:
         raise FormatError("lz4 memory file size is not the recorded one")
+    file_id, aead = b"", None
+    if info.encryption_id:
+        if key is None:
+            raise FormatError("the memory file is encrypted: a key is needed")
+        file_id, aead = open_crypt_header(f.read(CRYPT_HEADER.size), key)
+        if file_id.hex() != info.encryption_id:
+            raise FormatError("the memory file's file id is not the recorded encryption_id")
     f.seek(size - _FOOTER.size)
     raw_footer = f.read(_FOOTER.size)
     magic, version, codec, length, frame_size, count, index_at, index_sum, digest, footer_sum = _FOOTER.unpack(raw_footer)
@@ -281,7 +301,8 @@ def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
     index = f.read(count * _ENTRY.size)
     if xxhash.xxh3_64_intdigest(index) != index_sum:
         raise FormatError("lz4: index checksum")
-    expected_offset = 0
+    expected_offset = data_start
+    tag = 16 if aead is not None else 0
     for k, (number, extents) in enumerate(frames):
         frame, offset, stored, payload_size, style, pad, checksum = _ENTRY.unpack_from(index, k * _ENTRY.size)
         if frame != number or payload_size != sum(n for _, n in extents) or offset != expected_offset or any(pad):
@@ -289,6 +310,11 @@ def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
         expected_offset += stored
         f.seek(offset)
         data = f.read(stored)
+        if aead is not None:  # section 8: item k of count, its style in the kind
+            if checksum:
+                raise FormatError(f"frames: encrypted frame {number} has a checksum")
+            data = open_item(aead, file_id, b"F" + bytes([style]), k, count, data)
+            stored -= tag
         if style == 2:  # ZERO
             if stored or checksum:
                 raise FormatError(f"lz4: ZERO frame {number} stores bytes")
@@ -296,11 +322,11 @@ def _read_lz4(f, info: MemInfo, ram: bytearray) -> None:
         else:
             if style == 0 and stored == payload_size:
                 payload = data
-            elif style == 1 and 0 < stored < payload_size:
+            elif style == 1 and 0 < stored < payload_size and info.format == "lz4":
                 payload = lz4_block_decompress(data, payload_size)
             else:
                 raise FormatError(f"lz4: frame {number} style {style} with {stored} stored bytes")
-            if xxhash.xxh3_64_intdigest(payload) != checksum:
+            if aead is None and xxhash.xxh3_64_intdigest(payload) != checksum:
                 raise FormatError(f"lz4: frame {number} checksum")
         pos = 0
         for at, n in extents:
@@ -322,10 +348,13 @@ def memory_path(state_path: Path, memory_file: str | None, info: MemInfo) -> Pat
     return staged if staged.exists() else final
 
 
-def lay_memory(state_path: Path, memory_file: str | None, info: MemInfo, ram: bytearray) -> None:
+def lay_memory(state_path: Path, memory_file: str | None, info: MemInfo, ram: bytearray, key: bytes | None = None) -> None:
     """Read the memory file of `state_path` into `ram` at its extents and check its digest."""
     with open(memory_path(state_path, memory_file, info), "rb") as f:
-        (_read_lz4 if info.format == "lz4" else _read_raw)(f, info, ram)
+        if info.format == "raw":
+            _read_raw(f, info, ram)
+        else:
+            _read_lz4(f, info, ram, key)
     if content_digest(ram, info) != info.digest:
         raise FormatError(f"{state_path}: memory file digest mismatch")
 
@@ -339,8 +368,9 @@ class Snapshot:
     ram: bytearray
 
 
-def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
-    """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain."""
+def read_snapshot(path: str | os.PathLike[str], key: bytes | None = None) -> Snapshot:
+    """The snapshot at `path` (a .snap file) with its RAM rebuilt from its chain; `key` opens
+    encrypted links (section 8)."""
     links: list[tuple[Path, str | None, MemInfo]] = []
     current = Path(path)
     seen: set[Path] = set()
@@ -351,6 +381,8 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
         if len(links) >= MAX_CHAIN:
             raise FormatError("chain longer than 64 snapshots")
         header, data = read_state(current)
+        if "sealed" in data:
+            data = open_sealed_state(data, key)
         info = mem_info(data["memory"])
         if info.length != data["vm"]["ram_size"]:
             raise FormatError("memory length is not the RAM size")
@@ -373,5 +405,51 @@ def read_snapshot(path: str | os.PathLike[str]) -> Snapshot:
             raise FormatError("chain link does not match its parent")
     ram = bytearray(links[0][2].length)
     for state_path, memory_file, info in links:
-        lay_memory(state_path, memory_file, info, ram)
+        lay_memory(state_path, memory_file, info, ram, key)
     return Snapshot(top_header, top_data, links[-1][2], [p for p, _, _ in links], ram)
+
+
+# --- section 8: encryption at rest --------------------------------------------------------------
+CRYPT_HEADER = struct.Struct("<8sH16s16s")  # magic, version, key check, file id: 42 bytes
+AAD_DOMAIN = b"microvm-harness/sealed/v1\x00"
+
+
+def _hkdf(key: bytes, salt: bytes | None, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32 if salt else 16, salt=salt, info=info).derive(key)
+
+
+def open_crypt_header(raw: bytes, key: bytes) -> tuple[bytes, AESGCM]:
+    """(file id, the file key's AES-GCM) of a sealed file's clear header, checked against `key`."""
+    if len(raw) != CRYPT_HEADER.size:
+        raise FormatError("encryption header: short")
+    magic, version, check, file_id = CRYPT_HEADER.unpack(raw)
+    if magic != b"MVMCRYPT" or version != 1:
+        raise FormatError("encryption header: bad magic or version")
+    if check != _hkdf(key, None, b"microvm-harness/key-check/v1"):
+        raise FormatError("encryption header: wrong key")
+    return file_id, AESGCM(_hkdf(key, file_id, b"microvm-harness/snapshot-file-key/v1"))
+
+
+def open_item(aead: AESGCM, file_id: bytes, kind: bytes, index: int, count: int, sealed: bytes) -> bytes:
+    nonce = bytes(4) + struct.pack("<Q", index)
+    aad = AAD_DOMAIN + file_id + kind + struct.pack("<QQ", index, count)
+    try:
+        return aead.decrypt(nonce, sealed, aad)
+    except InvalidTag:
+        raise FormatError(f"sealed item {index} of {count} fails authentication") from None
+
+
+def open_sealed_state(data: dict, key: bytes | None) -> dict:
+    """The whole state tree of an encrypted state's data map, its clear fields checked."""
+    if key is None:
+        raise FormatError("the state file is encrypted: a key is needed")
+    sealed = data["sealed"]
+    if not isinstance(sealed, dict) or set(sealed) != {"header", "payload"}:
+        raise FormatError("sealed: not {header, payload}")
+    file_id, aead = open_crypt_header(sealed["header"], key)
+    tree = msgpack.unpackb(open_item(aead, file_id, b"S", 0, 1, sealed["payload"]), raw=False, strict_map_key=True, max_ext_len=0)
+    clear = {k: tree[k] for k in ("memory", "memory_file", "parent") if k in tree}
+    clear["vm"] = {k: tree["vm"][k] for k in ("ram_base", "ram_size", "page_size")}
+    if clear != {k: v for k, v in data.items() if k != "sealed"}:
+        raise FormatError("sealed: the clear fields are not the sealed tree's")
+    return tree

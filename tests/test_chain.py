@@ -16,8 +16,8 @@ from snapshot.commit import open_pair
 from snapshot.chain import rebase, verify
 from snapshot.errors import BrokenLinkError, InvalidPathError, MemoryFileMismatchError
 from snapshot.describe import describe
-from snapshot import memfile
-from snapshot.memfile import TRAILER_SIZE
+from snapshot import fileio, memfile
+from snapshot.meminfo import TRAILER_SIZE
 from vmm.persist import MACHINE
 from vmm import MicroVM, VmConfig
 from vmm.layout import MIB, RAM_BASE
@@ -163,7 +163,7 @@ def test_holes_inside_recorded_pages_and_filesystems_without_seek_data(tmp_path:
         f.write(data[-TRAILER_SIZE:])  # the identity trailer
     fd = os.open(tmp_path / "diff.mem", os.O_RDONLY)
     try:  # a hole where the filesystem reports holes
-        assert list(memfile.data_extents(fd, offset, offset + 4096)) in ([], [(offset, 4096)])
+        assert list(fileio.data_extents(fd, offset, offset + 4096)) in ([], [(offset, 4096)])
     finally:
         os.close(fd)
     rebase(tmp_path / "base", [tmp_path / "diff"], tmp_path / "m1")
@@ -190,8 +190,8 @@ def test_data_extents_follow_the_files_holes(tmp_path: Path) -> None:
         f.write(b"x" * MIB)
     fd = os.open(path, os.O_RDONLY)
     try:
-        extents = list(memfile.data_extents(fd, 0, 64 * MIB))
-        inside = list(memfile.data_extents(fd, 8 * MIB + 100, 8 * MIB + 200))
+        extents = list(fileio.data_extents(fd, 0, 64 * MIB))
+        inside = list(fileio.data_extents(fd, 8 * MIB + 100, 8 * MIB + 200))
     finally:
         os.close(fd)
     # Either the filesystem reports the hole (then exactly the written MiB is data) or it

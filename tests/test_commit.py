@@ -29,7 +29,8 @@ from snapshot.errors import (
     InvalidPathError,
     MemoryFileMismatchError,
 )
-from snapshot.memfile import MemFileInfo, read_into, write_diff, write_full
+from snapshot.memfile import read_into, write_diff, write_full
+from snapshot.meminfo import MemFileInfo
 from snapshot.plain import U64, from_plain, to_plain
 
 PAGE = 4096

@@ -1,5 +1,5 @@
-"""snapshot.crypto (the sealing scheme for encrypted snapshots, not yet wired into the file
-formats): round trips, never a repeated (key, nonce), and each failure its own typed error."""
+"""snapshot.crypto (the sealing scheme of encrypted snapshots; its wiring into the formats is
+tests/test_encryption.py's): round trips, never a repeated (key, nonce), and each failure its own typed error."""
 from __future__ import annotations
 
 import os
@@ -123,3 +123,14 @@ def test_key_files(tmp_path) -> None:
         load_key_file(fifo)
     with pytest.raises(KeyFileError, match="32 bytes"):
         Sealer.create(b"k" * 16)
+
+
+def test_a_frame_style_is_bound_to_the_frame() -> None:
+    """A sealed frame opened as another style (a changed clear index entry) fails."""
+    from snapshot.crypto import frame_kind
+
+    s = Sealer.create(KEY, "m.mem")
+    sealed = s.seal(b"payload", 0, 1, frame_kind(0))
+    assert s.open_item(sealed, 0, 1, frame_kind(0)) == b"payload"
+    with pytest.raises(TamperedError, match="frame 0 of 1"):
+        s.open_item(sealed, 0, 1, frame_kind(1))

@@ -104,17 +104,17 @@ def test_magic_mismatch_message() -> None:
 
 @pytest.mark.parametrize(
     ("file_version", "ok"),
-    [((1, 0, 0), True), ((1, 0, 9), True), ((1, 1, 0), True), ((1, 2, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
+    [((1, 0, 0), True), ((1, 0, 9), True), ((1, 1, 0), True), ((1, 2, 0), True), ((1, 3, 0), False), ((2, 0, 0), False), ((0, 9, 0), False)],
 )
 def test_version_rules(file_version: tuple[int, int, int], ok: bool) -> None:
     blob = encode_state(DATA, version=file_version)
     if ok:
         assert decode_state(blob)[0].version == file_version
     else:
-        with pytest.raises(VersionMismatchError, match=r"^snapshot version mismatch \(file: .*, supported: 1\.1\.0\)$"):
+        with pytest.raises(VersionMismatchError, match=r"^snapshot version mismatch \(file: .*, supported: 1\.2\.0\)$"):
             decode_state(blob)
-    # A reader at 1.2 reads older minors of its major.
-    assert decode_state(encode_state(DATA, version=(1, 1, 0)), version=(1, 2, 0))[0].version == (1, 1, 0)
+    # A reader at 1.3 reads older minors of its major.
+    assert decode_state(encode_state(DATA, version=(1, 2, 0)), version=(1, 3, 0))[0].version == (1, 2, 0)
 
 
 @pytest.mark.parametrize(

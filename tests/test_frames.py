@@ -21,7 +21,7 @@ from snapshot.errors import (
     ParentMismatchError,
 )
 from snapshot.frames import ENTRY_SIZE, FOOTER_SIZE, STYLE_LZ4, STYLE_RAW, STYLE_ZERO
-from snapshot.memfile import MemFileInfo
+from snapshot.meminfo import MemFileInfo
 from snapshot.describe import describe
 from vmm.persist import MACHINE
 from snapshot.plain import from_plain, to_plain

@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapshot import memfile
+from snapshot import fileio, memfile
 from snapshot.errors import (
     CorruptMemoryFileError,
     EncodingError,
@@ -23,18 +23,8 @@ from snapshot.errors import (
     MissingParentError,
     ParentMismatchError,
 )
-from snapshot.memfile import (
-    DIFF_DIGEST_DOMAIN,
-    TRAILER_SIZE,
-    MemFileInfo,
-    canonical_runs,
-    compute_digest,
-    map_private,
-    read_into,
-    trailer_bytes,
-    write_diff,
-    write_full,
-)
+from snapshot.memfile import compute_digest, map_private, read_into, trailer_bytes, write_diff, write_full
+from snapshot.meminfo import DIFF_DIGEST_DOMAIN, TRAILER_SIZE, MemFileInfo, canonical_runs
 from snapshot.plain import from_plain, to_plain
 from tools.faults.mutate import punch_hole
 
@@ -404,7 +394,7 @@ def test_a_hole_punched_into_data_is_found_without_a_digest_pass_being_asked_for
         pytest.skip("this filesystem cannot punch holes")
     fd = os.open(path, os.O_RDONLY)
     try:
-        if list(memfile.data_extents(fd, 4 * PAGE, 5 * PAGE)):
+        if list(fileio.data_extents(fd, 4 * PAGE, 5 * PAGE)):
             pytest.skip("this filesystem does not report holes")
         assert memfile.has_extra_holes(fd, path, info)
     finally:

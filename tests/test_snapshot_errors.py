@@ -138,7 +138,7 @@ def _memory_truncated(d: Path) -> None:
 
 def _memory_changed(d: Path) -> None:
     # A byte inside a page the diff holds: only a digest check notices.
-    from snapshot.memfile import MemFileInfo
+    from snapshot.meminfo import MemFileInfo
     from snapshot.plain import from_plain
 
     info: MemFileInfo = from_plain(MemFileInfo, read_state_file(d / "top.snap")[1]["memory"])
@@ -281,7 +281,7 @@ def _base_from_another_vm(d: Path) -> None:
 
 def _base_is_an_unfinished_temp(d: Path) -> None:
     """The image written, the trailer not yet: what a `.base.mem.tmp-*` holds mid-save."""
-    from snapshot.memfile import TRAILER_SIZE
+    from snapshot.meminfo import TRAILER_SIZE
 
     data = (d / "base.mem").read_bytes()
     (d / "base.mem").write_bytes(data[:-TRAILER_SIZE] + bytes(TRAILER_SIZE))

@@ -59,7 +59,7 @@ def test_full_snapshot_reads_back_as_the_saved_vm(microvm, snapshot_dir, compres
     vm.run(7_000)
     vm.save_snapshot(snapshot_dir / "full", compress=compress)
     snap = read_snapshot(snapshot_dir / "full.snap")
-    assert snap.header == {"magic": 0x0710_1984_AAAA_0000, "version": [1, 1, 0]}
+    assert snap.header == {"magic": 0x0710_1984_AAAA_0000, "version": [1, 2, 0]}
     assert snap.memory.kind == "full" and snap.memory.format == (compress or "raw")
     assert snap.data["vm"]["config"]["guest"] == "smp" and snap.data.get("parent") is None
     _check_against(snap, vm)
@@ -148,7 +148,7 @@ def test_a_state_file_written_from_the_document_loads_in_the_project(microvm, sn
     [
         (lambda p: p.write_bytes(p.read_bytes()[:-1] + bytes([p.read_bytes()[-1] ^ 1])), "CRC mismatch"),
         (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("magic", 1)), "magic"),
-        (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("version", [1, 2, 0])), "not readable"),
+        (lambda p: _rewrite_state(p, lambda t: t["header"].__setitem__("version", [1, 3, 0])), "not readable"),
         (lambda p: _rewrite_state(p, lambda t: t["data"]["memory"].__setitem__("digest", "0" * 32)), "digest mismatch|trailer does not match"),
         (lambda p: _rewrite_state(p, lambda t: t["data"]["memory"].__setitem__("extra", 1)), "unknown"),
         (lambda p: _rewrite_state(p, lambda t: t["data"].__setitem__("memory_file", "../a.mem")), "memory_file"),

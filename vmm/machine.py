@@ -270,6 +270,7 @@ class MicroVM:
         threads: int | None = None,
         progress_bars: ProgressBars | None = None,
         mem_path: str | os.PathLike[str] | None = None,
+        key: bytes | None = None,
     ) -> SaveReport:
         """Save this VM (at a pause point) to `<path>.snap` + `<path>.mem` (or `mem_path`: any
         name, any directory; the state file records it), crash-safely: the
@@ -277,7 +278,9 @@ class MicroVM:
         pages dirtied since this VM's last save or load (needs track_dirty_pages=True).
         `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM
         (2 MiB by default), compressed on `threads` workers. `progress_bars` (snapshot.progress)
-        shows the write. The folder is created if it does not exist. Raises SnapshotError
+        shows the write. The folder is created if it does not exist. `key` (32 bytes, e.g.
+        snapshot.crypto.load_key_file): encrypt the snapshot with AES-256-GCM (state payload and
+        every memory frame; load it with the same key). Raises SnapshotError
         (snapshot.errors) if the save fails."""
         from snapshot.links import ensure_directory, snapshot_paths
         from vmm import persist
@@ -286,7 +289,8 @@ class MicroVM:
         if mem_path is not None:
             ensure_directory(Path(mem_path).parent)
         return persist.save_snapshot(
-            self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars, mem_path=mem_path
+            self, path, kind, compress=compress, frame_size=frame_size, threads=threads, progress_bars=progress_bars, mem_path=mem_path,
+            key=key,
         )
 
     @classmethod
@@ -303,6 +307,7 @@ class MicroVM:
         mmds: Literal["keep", "drop"] = "keep",
         reseed: int | None = None,
         track_dirty_pages: bool | None = None,
+        key: bytes | None = None,
     ) -> MicroVM:
         """A new VM restored from the snapshot at `path`, paused, ready to `run()`.
 
@@ -313,7 +318,10 @@ class MicroVM:
         costs one pass that is done anyway; no for mmap, whose point is not to read the file;
         lengths and chain digests are always checked). `mem_path`: the snapshot's memory file,
         instead of the one its state file records (its digest is then always verified).
-        Raises SnapshotError for a bad or mismatched file.
+        `key`: an encrypted snapshot's key, for every encrypted link of its chain
+        (MissingKeyError / WrongKeyError / TamperedError name the file; with "mmap" an
+        encrypted base is decrypted into private anonymous memory). Raises SnapshotError for a
+        bad or mismatched file.
 
         Clones (vmm.persist.clone_of): `mmds="keep"` restores the MMDS data store and token key
         as saved (bit-identical continuation); `"drop"` empties the store and draws a fresh
@@ -324,7 +332,7 @@ class MicroVM:
         from vmm import persist
 
         opened = persist.open_snapshot(
-            path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars, mem_path=mem_path
+            path, mem_backend, base, verify_memory=verify_memory, progress_bars=progress_bars, mem_path=mem_path, key=key
         )
         config, state = persist.clone_of(opened.config, opened.state, mmds=mmds, reseed=reseed, track_dirty_pages=track_dirty_pages)
         vm = cls(config, on_console=on_console, ram=opened.ram, boot=False)

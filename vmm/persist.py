@@ -15,8 +15,14 @@ machine. Use it through `MicroVM.save_snapshot` and `MicroVM.load_snapshot`.
 - `MACHINE` is the MachineSchema that lets snapshot.describe / snapshot.chain.verify check and
   summarise this machine's state.
 
-An lz4 base is decoded into anonymous RAM by both backends (the mmap backend decodes it from a
-mapping of the file): lazy copy-on-write RAM needs a raw base.
+An lz4 or encrypted base is decoded into anonymous RAM by both backends (the mmap backend
+decodes it from a read-only mapping of the file): lazy copy-on-write RAM needs a raw base, so
+an encrypted snapshot restored with mem_backend="mmap" is decrypted into private memory, never
+mapped, and no plaintext reaches a file.
+
+Encryption at rest (`key=`, 32 bytes; snapshot.crypto, snapshot.sealedstate): the machine state
+is sealed in the state file and every memory frame is sealed; loading needs the same key for
+every encrypted link of the chain.
 """
 from __future__ import annotations
 
@@ -30,10 +36,12 @@ import numpy as np
 
 from snapshot import frames
 from snapshot.commit import commit_pair, resolve_memory_file
+from snapshot.crypto import check_key
 from snapshot.envelope import CRC_SIZE
 from snapshot.errors import EncodingError, IncompatibleError, InvalidPathError, resolve_path
 from snapshot.links import MAX_CHAIN, Link, ParentLink, close_chain, dependants, open_chain, snapshot_paths
-from snapshot.memfile import DIFF, FULL, LZ4, RAW, MemFileInfo, extent_bytes, map_private, read_into
+from snapshot.memfile import map_private, read_into
+from snapshot.meminfo import DIFF, FULL, RAW, MemFileInfo, extent_bytes
 from snapshot.memory import check_compression, check_memory_file, read_memory, write_memory
 from snapshot.plain import from_plain, to_plain
 from snapshot.progress import ProgressBars, progress_bars
@@ -150,15 +158,20 @@ def save_snapshot(
     threads: int | None = None,
     progress_bars: ProgressBars | None = None,
     mem_path: str | os.PathLike[str] | None = None,
+    key: bytes | None = None,
 ) -> SaveReport:
     """Save `vm` to `<path>.snap` + `<path>.mem`, or + `mem_path` if given (any name, in any
     directory of the same filesystem as its own temp files; the state file records it).
     Crash-safe: the previous snapshot at that name survives any failure. A diff needs dirty tracking and an earlier save or load of this VM.
     `compress="lz4"` writes the memory file as LZ4 frames of `frame_size` bytes of RAM,
     compressed on `threads` workers (default: the CPUs, at most frames.MAX_DEFAULT_THREADS).
-    `progress_bars` (snapshot.progress) shows the memory write; default: none."""
+    `progress_bars` (snapshot.progress) shows the memory write; default: none.
+    `key` (32 bytes): encrypt the snapshot (module docstring); a diff over an encrypted
+    snapshot must be encrypted too (IncompatibleError), so no dirty page is written in clear."""
     if kind not in (FULL, DIFF):
         raise ValueError(f"kind must be 'full' or 'diff', got {kind!r}")
+    if key is not None:
+        key = check_key(key)
     check_compression(compress, DIRTY_PAGE_SIZE, frame_size)
     snap, mem = snapshot_paths(path)
     if mem_path is not None:
@@ -174,6 +187,8 @@ def save_snapshot(
         if lineage is None:
             raise IncompatibleError("a diff snapshot needs an earlier snapshot of this VM to be its base")
         _check_not_base(lineage, snap, mem)
+        if key is None and lineage.memory.encrypted:
+            raise IncompatibleError("the base of this diff is encrypted: give its key to save the diff (encrypted)")
         runs = vm.dirty.runs()  # read, not cleared: a failed save can be retried
         parent = ParentLink(
             state_name=os.path.relpath(lineage.state_path, snap.parent),
@@ -185,17 +200,20 @@ def save_snapshot(
 
         def write_mem(fd: int) -> MemFileInfo:
             return write_memory(
-                fd, ram, DIFF, DIRTY_PAGE_SIZE, runs=runs, parent_digest=base_digest, compress=compress, frame_size=frame_size, threads=threads, progress=advance
+                fd, ram, DIFF, DIRTY_PAGE_SIZE, runs=runs, parent_digest=base_digest, compress=compress, frame_size=frame_size,
+                threads=threads, progress=advance, key=key,
             )
 
     else:
         work = len(ram)
 
         def write_mem(fd: int) -> MemFileInfo:
-            return write_memory(fd, ram, FULL, DIRTY_PAGE_SIZE, compress=compress, frame_size=frame_size, threads=threads, progress=advance)
+            return write_memory(
+                fd, ram, FULL, DIRTY_PAGE_SIZE, compress=compress, frame_size=frame_size, threads=threads, progress=advance, key=key
+            )
 
     with (progress_bars or _NO_BARS)(work, f"saving {snap.name}") as advance:
-        info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)))
+        info = commit_pair(snap, mem, write_mem, lambda info: to_plain(capture(vm, info, parent)), key=key)
     if vm.dirty_tracker is not None:
         vm.start_dirty_epoch()  # only after the commit
     base = lineage.links() if kind == DIFF and lineage is not None else ()
@@ -205,7 +223,7 @@ def save_snapshot(
         memory_path=mem,
         kind=kind,
         pages_written=info.pages_written,
-        memory_bytes_written=info.file_length if info.format == LZ4 else info.pages_written * info.page_size,
+        memory_bytes_written=info.file_length if info.framed else info.pages_written * info.page_size,
         state_bytes=snap.stat().st_size,
         seconds=time.perf_counter() - t0,
     )
@@ -297,6 +315,7 @@ def open_snapshot(
     verify_memory: bool | None = None,
     progress_bars: ProgressBars | None = None,
     mem_path: str | os.PathLike[str] | None = None,
+    key: bytes | None = None,
 ) -> OpenedSnapshot:
     """Read the snapshot at `path` (and its chain) for `MicroVM.load_snapshot`, which documents
     the arguments."""
@@ -304,7 +323,7 @@ def open_snapshot(
         raise ValueError(f"mem_backend must be 'copy' or 'mmap', got {mem_backend!r}")
     verify = (mem_backend == "copy") if verify_memory is None else verify_memory
     snap, _ = snapshot_paths(path)
-    chain = open_chain(snap, Path(base) if base is not None else None, memory_path=mem_path)
+    chain = open_chain(snap, Path(base) if base is not None else None, memory_path=mem_path, key=key)
     try:
         top = decode_state(chain[-1].pair.data)
         config = config_of(top)
@@ -340,7 +359,7 @@ def _lay_chain(
             ram = map_private(
                 first.pair.memory_fd, size, info=base_info, verify_digest=verify, progress=advance, name=first.pair.memory_path
             )
-        elif base_info.format == LZ4:
+        elif base_info.framed:
             ram = np.zeros(size, dtype=np.uint8)  # ZERO frames stay untouched pages
             read_memory(first.pair, ram, verify, source=source, zeroed=True, progress=advance)
         else:

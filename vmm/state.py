@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Annotated, Optional
 
 from snapshot.links import ParentLink
-from snapshot.memfile import MemFileInfo
+from snapshot.meminfo import MemFileInfo
 from snapshot.plain import U32, U64, MaxLen
 from vmm.devices.mmds import MmdsState
 from vmm.devices.pl011 import Pl011State

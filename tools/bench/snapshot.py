@@ -9,7 +9,10 @@ round after a warm-up, best of REPEATS, with the per-round spread in `<figure>_s
   (`diff_vs_scattered_write`; scattered pages cost the disk several times what the same bytes
   cost written sequentially, so this floor, not the full save, bounds the diff);
 - mmap restore of 1 GiB vs 64 MiB (`restore_1g_vs_64m`, <= 2 wanted);
-- copy restore throughput vs a plain read of the memory file (`copy_restore_vs_read`).
+- copy restore throughput vs a plain read of the memory file (`copy_restore_vs_read`);
+- an encrypted full save (key=, AES-256-GCM sealed frames, sealed on the frame workers) vs the
+  plain full save of the same VM (`encrypted_save_vs_plain`, >= 0.8 wanted: the ratio of
+  throughputs), from `measure_encrypted_save`, which tools/bench/fanout.py reports too.
 RAM is filled with non-zero data first, so a full save has no holes to skip.
 """
 from __future__ import annotations
@@ -94,6 +97,31 @@ def _dirty_pages(vm: MicroVM, count: int, rng: np.random.Generator) -> np.ndarra
     return pages
 
 
+def measure_encrypted_save(folder: Path, size: int, repeats: int = REPEATS, vm: MicroVM | None = None) -> dict[str, object]:
+    """Figures of an encrypted full save of a `size`-byte guest (or `vm`) against a plain one,
+    interleaved round by round, best of `repeats` after a warm-up: `encrypted_save_vs_plain`
+    (plain seconds / encrypted seconds, with its spread) and both times in ms."""
+    vm = vm if vm is not None else _vm(size)
+    key = os.urandom(32)
+    samples = interleave(
+        {
+            "plain_full_save": lambda: _timed(lambda: vm.save_snapshot(folder / "plain-full")),
+            "encrypted_full_save": lambda: _timed(lambda: vm.save_snapshot(folder / "encrypted-full", key=key)),
+        },
+        repeats=repeats,
+    )
+    plain, enc = samples["plain_full_save"], samples["encrypted_full_save"]
+    figures: dict[str, object] = {}
+    add_ratio(figures, "encrypted_save_vs_plain", enc, plain, 3)
+    figures["plain_full_save_ms"] = round(plain.best * 1000, 2)
+    figures["encrypted_full_save_ms"] = round(enc.best * 1000, 2)
+    print(
+        f"encrypted full save {enc.best * 1000:8.1f} ms   plain {plain.best * 1000:8.1f} ms   "
+        f"encrypted_save_vs_plain {figures['encrypted_save_vs_plain']} (goal >= 0.8; {vm.memory.size // MIB} MiB)"
+    )
+    return figures
+
+
 def run(quick: bool = False) -> dict[str, object]:
     """Every figure's two sides are interleaved rounds (tools.bench.measure), best of REPEATS."""
     size = 256 * MIB if quick else 1 * GIB
@@ -107,11 +135,14 @@ def run(quick: bool = False) -> dict[str, object]:
         diffs = iter(range(1_000_000))
 
         def diff_save() -> float:
-            for old in d.glob("diff-*"):  # untimed: a base with a diff over it cannot be replaced
+            for old in (*d.glob("diff-*"), *d.glob("base-*")):  # untimed: the last round's pair
                 old.unlink()
-            vm.save_snapshot(d / "base")  # untimed: a fresh base, then exactly 1% dirty
+            n = next(diffs)
+            # untimed: a fresh base, then exactly 1% dirty. A new name each round: the base of
+            # the VM's current chain (if the previous save was a diff) cannot be overwritten.
+            vm.save_snapshot(d / f"base-{n}")
             _dirty_pages(vm, target, rng)
-            return _timed(lambda: vm.save_snapshot(d / f"diff-{next(diffs)}", "diff"))
+            return _timed(lambda: vm.save_snapshot(d / f"diff-{n}", "diff"))
 
         def floor() -> float:
             pages = np.sort(rng.choice(size // PAGE, target, replace=False))
@@ -138,6 +169,7 @@ def run(quick: bool = False) -> dict[str, object]:
             },
             repeats=repeats,
         )
+        encrypted = measure_encrypted_save(d, size, repeats, vm)
     full, write, diff, scattered = saves["full_save"], saves["plain_write"], saves["diff_save"], saves["floor"]
     figures: dict[str, object] = {"ram_bytes": size, "diff_pages": target, "repeats": repeats, "load_avg": machine_load()}
     add_ratio(figures, "full_save_vs_write", full, write, 3)
@@ -147,6 +179,7 @@ def run(quick: bool = False) -> dict[str, object]:
     add_ratio(figures, "copy_restore_vs_read", loads["copy_restore"], loads["plain_read"], 3)
     for name, samples in (*saves.items(), *loads.items()):
         figures[f"{name}_ms"] = round(samples.best * 1000, 2)
+    figures.update(encrypted)
     print(f"RAM {size // MIB} MiB, best of {repeats} interleaved rounds (after a warm-up), load {figures['load_avg']}")
     print(f"full save      {full.best * 1000:8.1f} ms   plain write+fsync {write.best * 1000:8.1f} ms   ratio {figures['full_save_vs_write']}")
     print(f"diff save      {diff.best * 1000:8.1f} ms   ({target} pages dirty)            diff/full {figures['diff_vs_full']}")

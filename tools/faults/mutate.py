@@ -59,7 +59,7 @@ from snapshot.errors import (
     SnapshotError,
 )
 from snapshot.frames import FOOTER_SIZE
-from snapshot.memfile import TRAILER_SIZE, MemFileInfo
+from snapshot.meminfo import TRAILER_SIZE, MemFileInfo
 from snapshot.plain import int_bounds
 from vmm.state import MicrovmState
 from snapshot.describe import describe

@@ -89,8 +89,10 @@ class ApiController:
         api_version: str = "0",
         on_exit: Callable[[RunResult], None] | None = None,
         console: BinaryIO | None = None,
+        key: bytes | None = None,
     ) -> None:
         self.instance_id = instance_id
+        self._key = key  # snapshots created and loaded are encrypted with it (serve --encrypt-key-file)
         self.vmm_version = vmm_version
         self.api_version = api_version
         self.resources = Resources()
@@ -272,7 +274,7 @@ class ApiController:
                 raise ApiError("Cannot create a snapshot: the microVM must be Paused")
             kind = "diff" if body.snapshot_type == "Diff" else "full"
             try:
-                report = runner.call(lambda vm: vm.save_snapshot(body.snapshot_path, kind=kind, mem_path=body.mem_file_path))
+                report = runner.call(lambda vm: vm.save_snapshot(body.snapshot_path, kind=kind, mem_path=body.mem_file_path, key=self._key))
             except (VmmError, SnapshotError, OSError) as exc:
                 self.metrics.inc("snapshot.create_fails")
                 raise ApiError(f"Cannot create a snapshot: {exc}") from None
@@ -304,6 +306,7 @@ class ApiController:
                     track_dirty_pages=track,
                     mmds="drop",
                     on_console=self._console_sink(),
+                    key=self._key,
                 )
             except (VmmError, SnapshotError, OSError) as exc:
                 self.metrics.inc("snapshot.load_fails")

@@ -350,10 +350,12 @@ def serve(
     *,
     config_file: str | None = None,
     instance_id: str,
+    key: bytes | None = None,
 ) -> RunResult | None:
     """Run until the guest stops for good (its RunResult is returned), or SIGTERM / SIGINT
     (None; SIGINT raises KeyboardInterrupt after a clean shutdown). With `api_sock` None
-    (--no-api) a config file is required and the VM runs without a socket."""
+    (--no-api) a config file is required and the VM runs without a socket. `key`: snapshots
+    created and loaded through the API are encrypted with it."""
     if api_sock is None and config_file is None:
         raise ApiError("--no-api needs --config-file (there would be no way to configure the VM)")
     config = read_config_file(config_file) if config_file is not None else None
@@ -368,7 +370,7 @@ def serve(
         done.set()
 
     controller = ApiController(
-        instance_id, vmm_version=_version(), api_version=FIRECRACKER_API_VERSION, on_exit=on_exit
+        instance_id, vmm_version=_version(), api_version=FIRECRACKER_API_VERSION, on_exit=on_exit, key=key
     )
     interrupted = False
     previous = signal.signal(signal.SIGTERM, lambda *_: done.set())

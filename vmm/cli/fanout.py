@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from vmm.cli.inputs import read_key
 from vmm.cli.status import EXIT_OK, UsageError
 
 
@@ -22,6 +23,7 @@ def cmd_fanout(args: argparse.Namespace) -> int:
         budget=args.budget,
         batch_size=args.batch_size,
         transfer=args.transfer,
+        key=read_key(args),
     )
     try:
         out = open(args.output, "w", encoding="utf-8")

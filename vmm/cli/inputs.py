@@ -1,5 +1,6 @@
-"""What the `microvm` command reads besides its arguments: MMDS data, console input, and the
-folder snapshots go to. All are untrusted and checked before use (vmm.hostfile)."""
+"""What the `microvm` command reads besides its arguments: MMDS data, console input, an
+encryption key file, and the folder snapshots go to. All are untrusted and checked before use
+(vmm.hostfile, snapshot.crypto.load_key_file)."""
 from __future__ import annotations
 
 import os
@@ -67,3 +68,13 @@ def snapshot_points(text: str | None) -> list[int]:
     if any(p < 0 for p in points) or points != sorted(set(points)):
         raise UsageError("--snapshot-at points must be increasing and not negative")
     return points
+
+
+def read_key(args: object) -> bytes | None:
+    """The key in --encrypt-key-file (None without it): a regular file of 32 raw bytes or 64 hex
+    digits, read bounded (snapshot.crypto.load_key_file; KeyFileError, one line naming the
+    file, otherwise). The key itself is never printed."""
+    from snapshot.crypto import load_key_file
+
+    path = getattr(args, "encrypt_key_file", None)
+    return None if path is None else load_key_file(path)

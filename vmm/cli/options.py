@@ -154,6 +154,15 @@ def _add_compress_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_key_arg(p: argparse.ArgumentParser, role: str) -> None:
+    p.add_argument(
+        "--encrypt-key-file",
+        metavar="FILE",
+        default=None,
+        help=f"{role} (AES-256-GCM): a regular file holding the 32-byte key, raw or as 64 hex digits",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="microvm",
@@ -202,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="diff (default): the first snapshot is full, later ones diffs; full: every snapshot full",
     )
     _add_compress_args(p)
+    _add_key_arg(p, "encrypt the snapshots with this key")
 
     p = sub.add_parser(
         "restore",
@@ -240,6 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_run_args(p)
     _add_snapshot_dir(p)
+    _add_key_arg(p, "the key of an encrypted snapshot (snapshots saved from the console are encrypted with it too)")
 
     p = sub.add_parser(
         "serve",
@@ -256,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config-file", metavar="FILE", help="a Firecracker-shaped JSON config; the VM starts at once")
     p.add_argument("--no-api", action="store_true", help="no socket: run the --config-file VM only")
     p.add_argument("--id", type=_instance_id, default="anonymous-instance", help="instance id reported by GET / and in logs (default anonymous-instance)")
+    _add_key_arg(p, "encrypt the snapshots PUT /snapshot/create writes and open those PUT /snapshot/load reads")
 
     p = sub.add_parser(
         "describe",
@@ -266,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--verify", action="store_true", help="also read the memory file and check its digest (exit 1 if it does not match)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar while verifying")
+    _add_key_arg(p, "an encrypted snapshot's key: without it only what is not secret is shown")
 
     p = sub.add_parser(
         "dirty-map",
@@ -295,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("diffs", nargs="+", metavar="DIFF", help="the diffs, oldest first")
     p.add_argument("-o", "--output", required=True, metavar="OUT", help="the merged snapshot to write (OUT.snap + OUT.mem)")
     _add_compress_args(p)
+    _add_key_arg(p, "the key of encrypted inputs; OUT is encrypted with it")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success; no progress bar")
 
     p = sub.add_parser(
@@ -309,6 +323,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="PATH", help="the snapshot's .snap file (or its name without .snap)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only a broken link; no progress bar")
+    _add_key_arg(p, "the key of an encrypted chain (needed for a full check)")
 
     p = sub.add_parser(
         "fanout",
@@ -336,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="K", help="inputs sent to a worker at a time (default 8)")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON line")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar, no summary")
+    _add_key_arg(p, "an encrypted snapshot's key (sent to the workers in memory, never written to disk)")
 
     p = sub.add_parser("demo", help="the tour: snapshot a running SMP guest, restore the chain, show both continue identically")
     p.add_argument("--max-instructions", type=_positive_int, default=2_000_000_000, metavar="N", help=argparse.SUPPRESS)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from snapshot.frames import DEFAULT_FRAME_SIZE
 from vmm.cli.about import warn_if_slow
-from vmm.cli.inputs import load_mmds, read_input, snapshot_dir, snapshot_points
+from vmm.cli.inputs import load_mmds, read_input, read_key, snapshot_dir, snapshot_points
 from vmm.cli.options import config_from
 from vmm.cli.output import RunTotals, StdoutConsole, check_console, console_sink, finish, note
 from vmm.cli.snapshots import bars, compression
@@ -47,6 +47,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     # Everything the user gave is checked before the guest runs.
     directory = snapshot_dir(args.snapshot_dir) if args.snapshot_dir else None
     compress, frame_size = compression(args)
+    key = read_key(args)
+    if key is not None and not points:
+        raise UsageError("--encrypt-key-file needs --snapshot-at (it encrypts the snapshots)")
     data = read_input(args.input)
     console = console_sink(args.json)
     warn_if_slow(args.quiet)
@@ -69,7 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if result.reason is not StopReason.OUTPUT:
             return finish(args.quiet, args.json, result, totals, vm, time.perf_counter() - t0, snapshots=[], unreached_points=[])
         vm.uart.queue_input(data)
-    saver = _Saver(vm, args, directory, compress, frame_size, diffs=args.kind == "diff")
+    saver = _Saver(vm, args, directory, compress, frame_size, diffs=args.kind == "diff", key=key)
     result, unreached = _run_to_points(vm, args, console, points, saver, totals)
     if not result.reason.final:
         result = _run_on(vm, args, console, saver, totals, _remaining(args.max_instructions, vm.clock))
@@ -85,10 +88,19 @@ class _Saver:
     ones diffs (unless --kind full); a save in progress completes even if Ctrl-C arrives."""
 
     def __init__(
-        self, vm: MicroVM, args: argparse.Namespace, directory: Path | None, compress: str | None, frame_size: int, *, diffs: bool
+        self,
+        vm: MicroVM,
+        args: argparse.Namespace,
+        directory: Path | None,
+        compress: str | None,
+        frame_size: int,
+        *,
+        diffs: bool,
+        key: bytes | None = None,
     ) -> None:
         self.vm, self.args, self.directory = vm, args, directory
         self.compress, self.frame_size, self.diffs = compress, frame_size, diffs
+        self._key = key
         self.made: list[dict[str, object]] = []
 
     def save(self, points: list[int]) -> None:
@@ -97,7 +109,9 @@ class _Saver:
             raise UsageError("saving a snapshot needs --snapshot-dir")
         kind = "diff" if self.made and self.diffs and vm.config.track_dirty_pages else "full"
         with DeferredSignals():  # Ctrl-C here takes effect once the save is complete
-            report = vm.save_snapshot(self.directory / f"snap-{vm.clock}", kind, compress=self.compress, frame_size=self.frame_size, progress_bars=bars(args))
+            report = vm.save_snapshot(
+                self.directory / f"snap-{vm.clock}", kind, compress=self.compress, frame_size=self.frame_size, progress_bars=bars(args), key=self._key
+            )
         self.made.append(
             {"path": str(report.state_path), "kind": kind, "virtual_time_ns": vm.clock, "points": points, "pages_written": report.pages_written, "seconds": round(report.seconds, 6)}
         )
@@ -157,7 +171,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError("give --api-sock or --no-api, not both")
     if not args.no_api and args.api_sock is None:
         raise UsageError("--api-sock PATH is required (or --no-api with --config-file)")
-    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id)
+    result = serve(None if args.no_api else args.api_sock, config_file=args.config_file, instance_id=args.id, key=read_key(args))
     if result is None:
         return EXIT_OK
     if result.reason is StopReason.FAULT and result.fault is not None:
@@ -189,6 +203,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     _check_modes(args)
     directory = snapshot_dir(args.snapshot_dir) if args.snapshot_dir else None
     data = read_input(args.input)
+    key = read_key(args)
     warn_if_slow(args.quiet)
     t0 = time.perf_counter()
     console = console_sink(args.json)
@@ -200,6 +215,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
         progress_bars=bars(args),
         mmds=args.mmds,
         reseed=args.reseed,
+        key=key,
     )
     restore_s = time.perf_counter() - t0
     restored_at = vm.clock
@@ -207,7 +223,7 @@ def cmd_restore(args: argparse.Namespace) -> int:
     note(args.quiet, f"restored {args.path} ({args.mem_backend}) in {restore_s * 1000:.1f} ms at virtual time {vm.clock:,}")
     t0 = time.perf_counter()
     totals = RunTotals()
-    saver = _Saver(vm, args, directory, None, DEFAULT_FRAME_SIZE, diffs=False)  # the console's snapshots
+    saver = _Saver(vm, args, directory, None, DEFAULT_FRAME_SIZE, diffs=False, key=key)  # the console's snapshots
     result = _run_on(vm, args, console, saver, totals, args.max_instructions)
     return finish(
         args.quiet, args.json, result, totals, vm, time.perf_counter() - t0,

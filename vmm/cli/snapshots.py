@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from vmm.cli.inputs import read_key
 from vmm.cli.output import print_table
 from vmm.cli.status import EXIT_FAULT, EXIT_OK, UsageError
 
@@ -20,7 +21,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
     from snapshot.describe import describe
     from vmm.persist import MACHINE
 
-    info = describe(args.path, verify=args.verify, progress_bars=bars(args), schema=MACHINE)
+    info = describe(args.path, verify=args.verify, progress_bars=bars(args), schema=MACHINE, key=read_key(args))
     if args.json:
         print(json.dumps(info, indent=2, sort_keys=True))
     else:
@@ -69,7 +70,9 @@ def cmd_rebase(args: argparse.Namespace) -> int:
     from snapshot.chain import rebase
 
     compress, frame_size = compression(args)
-    report = rebase(args.base, args.diffs, args.output, compress=compress, frame_size=frame_size, progress_bars=bars(args))
+    report = rebase(
+        args.base, args.diffs, args.output, compress=compress, frame_size=frame_size, progress_bars=bars(args), key=read_key(args)
+    )
     if not args.quiet:
         info = report.memory
         print(
@@ -84,7 +87,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from snapshot.chain import verify
     from vmm.persist import MACHINE
 
-    report = verify(args.path, schema=MACHINE, progress_bars=bars(args))
+    report = verify(args.path, schema=MACHINE, progress_bars=bars(args), key=read_key(args))
     if not args.quiet:
         for link in report.checked:
             print(f"ok  {link.state_path}  {link.kind} {link.memory_format}  {link.memory_digest}")

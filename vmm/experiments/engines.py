@@ -31,7 +31,7 @@ import tempfile
 import threading
 import weakref
 from concurrent.futures.process import BrokenProcessPool
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Literal, Protocol
 
@@ -76,9 +76,18 @@ class Pool(Protocol):
 _WORKER: Worker | None = None  # the worker of this process (local engine)
 
 
-def _init_local(snapshot: str, budget: int) -> None:
+@dataclass(frozen=True)
+class _Key:
+    """An encrypted snapshot's key on its way to a worker: pickled into the pool's pipe or a Ray
+    actor's creation arguments (a 32-byte argument is inlined in the task, not put in the object
+    store, so never spilled to disk); its repr never shows it."""
+
+    value: bytes | None = field(default=None, repr=False)
+
+
+def _init_local(snapshot: str, budget: int, key: _Key) -> None:
     global _WORKER
-    _WORKER = Worker(snapshot, budget=budget)
+    _WORKER = Worker(snapshot, budget=budget, key=key.value)
 
 
 def _run_local(jobs: list[Job]) -> list[Result]:
@@ -104,9 +113,9 @@ class LocalPool:
     """Worker processes on this machine (started with `spawn`: a fresh interpreter each, so
     the caller's threads, e.g. a Ray driver's, are not forked)."""
 
-    def __init__(self, snapshot: str, size: int, budget: int) -> None:
+    def __init__(self, snapshot: str, size: int, budget: int, key: _Key = _Key()) -> None:
         self.size = size
-        self._args = (snapshot, budget)
+        self._args = (snapshot, budget, key)
         self._ctx = multiprocessing.get_context("spawn")
         self._executors = [self._start() for _ in range(size)]
         try:  # a worker that cannot start is an error of the run, not a lost worker
@@ -157,11 +166,12 @@ def _translated(future: cf.Future[Any], lost: type[BaseException] | tuple[type[B
 
 
 # --- ray --------------------------------------------------------------------------------------
-def chain_files(snapshot: str | os.PathLike[str]) -> tuple[dict[str, bytes], str]:
+def chain_files(snapshot: str | os.PathLike[str], key: bytes | None = None) -> tuple[dict[str, bytes], str]:
     """Every file of the snapshot's chain as {path relative to their common folder: contents},
-    and the top state file's relative path: what an actor needs to rebuild the chain."""
+    and the top state file's relative path: what an actor needs to rebuild the chain. An
+    encrypted chain's files travel as they are, encrypted (`key` opens them here)."""
     snap, _ = snapshot_paths(snapshot)
-    chain = open_chain(snap)
+    chain = open_chain(snap, key=key)
     try:
         paths = [p for link in chain for p in (link.pair.paths.state, link.pair.memory_path)]
     finally:
@@ -175,9 +185,10 @@ class _RayWorker:
     """The actor class (wrapped with ray.remote in RayPool): a Worker, from a path or from the
     chain's files."""
 
-    def __init__(self, source: str | dict[str, bytes], top: str, budget: int) -> None:
+    def __init__(self, source: str | dict[str, bytes], top: str, budget: int, key: _Key) -> None:
         """`source`: the snapshot's path (then `top` is unused), or the files of `chain_files`
-        with `top` the state file among them."""
+        with `top` the state file among them (still encrypted, if they were: the key travels
+        apart, in memory)."""
         path = source
         if isinstance(source, dict):
             folder = tempfile.mkdtemp(prefix="microvm-fanout-")
@@ -189,7 +200,7 @@ class _RayWorker:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
             path = str(Path(folder, top))
-        self.worker = Worker(path, budget=budget)
+        self.worker = Worker(path, budget=budget, key=key.value)
 
     def ready(self) -> int:
         return os.getpid()
@@ -201,7 +212,7 @@ class _RayWorker:
 class RayPool:
     """One actor per worker, each asking Ray for one CPU."""
 
-    def __init__(self, snapshot: str, size: int, budget: int, transfer: str) -> None:
+    def __init__(self, snapshot: str, size: int, budget: int, transfer: str, key: _Key = _Key()) -> None:
         import ray
 
         self._ray = ray
@@ -209,10 +220,10 @@ class RayPool:
         env = {CRASH_ENV: os.environ[CRASH_ENV]} if CRASH_ENV in os.environ else {}
         self._cls = ray.remote(num_cpus=1, max_restarts=0, max_task_retries=0, runtime_env={"env_vars": env} if env else None)(_RayWorker)
         if transfer == "object-store":
-            files, top = chain_files(snapshot)
-            self._args: tuple[Any, ...] = (ray.put(files), top, budget)
+            files, top = chain_files(snapshot, key.value)
+            self._args: tuple[Any, ...] = (ray.put(files), top, budget, key)
         else:
-            self._args = (str(Path(snapshot).resolve()), "", budget)
+            self._args = (str(Path(snapshot).resolve()), "", budget, key)
         self._actors = [self._cls.remote(*self._args) for _ in range(size)]
         try:  # a worker that cannot load the snapshot is an error of the run, not a lost worker
             ray.get([a.ready.remote() for a in self._actors])
@@ -363,12 +374,15 @@ def iter_experiments(
     budget: int = DEFAULT_BUDGET,
     batch_size: int = DEFAULT_BATCH,
     transfer: Literal["path", "object-store"] = "path",
+    key: bytes | None = None,
 ) -> Iterator[Result]:
     """Run every input (a JSON Lines path, read lazily, or Input records) from `snapshot` and
     yield the results in input order. `engine`: "local" (processes on this machine) or "ray"
     (actors on the Ray cluster at `address`, the running session, or a new local one); `workers`:
     how many (default: this machine's CPUs, or the cluster's); `budget`: instructions of virtual
-    time for inputs that name none; `transfer` (ray): how the snapshot reaches the actors.
+    time for inputs that name none; `transfer` (ray): how the snapshot reaches the actors;
+    `key`: an encrypted snapshot's, handed to every worker in memory (never written to disk by
+    the harness; each worker decrypts the snapshot into its own private memory).
 
     The snapshot is opened by this call (not when iteration starts), so a bad one raises
     SnapshotError before any worker starts; a bad input line raises InputError when it is
@@ -380,20 +394,28 @@ def iter_experiments(
     if workers is not None and workers < 1 or batch_size < 1:
         raise FanoutError("workers and batch_size must be at least 1")
     snap = str(snapshot_paths(snapshot)[0])
-    Worker(snap, budget=budget)  # a bad snapshot fails here, with its own SnapshotError
-    return _run(snap, as_inputs(inputs), engine, workers, address, budget, batch_size, transfer)
+    Worker(snap, budget=budget, key=key)  # a bad snapshot or key fails here, with its own SnapshotError
+    return _run(snap, as_inputs(inputs), engine, workers, address, budget, batch_size, transfer, _Key(key))
 
 
 def _run(
-    snap: str, stream: Iterator[Input], engine: str, workers: int | None, address: str | None, budget: int, batch_size: int, transfer: str
+    snap: str,
+    stream: Iterator[Input],
+    engine: str,
+    workers: int | None,
+    address: str | None,
+    budget: int,
+    batch_size: int,
+    transfer: str,
+    key: _Key,
 ) -> Iterator[Result]:
     started = False
     pool: Pool
     if engine == "ray":
         started, cpus = _ray_session(address, workers)
-        pool = RayPool(snap, workers or cpus, budget, transfer)
+        pool = RayPool(snap, workers or cpus, budget, transfer, key)
     else:
-        pool = LocalPool(snap, workers or os.cpu_count() or 1, budget)
+        pool = LocalPool(snap, workers or os.cpu_count() or 1, budget, key)
     finished = False
     try:
         yield from _dispatch(pool, stream, batch_size)

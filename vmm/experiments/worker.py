@@ -113,13 +113,15 @@ class _Crash:
 
 class Worker:
     """Runs inputs against one snapshot. `budget`: instructions of virtual time for an input
-    that names none. Raises SnapshotError if the snapshot cannot be loaded."""
+    that names none; `key`: an encrypted snapshot's. Raises SnapshotError if the snapshot
+    cannot be loaded."""
 
-    def __init__(self, snapshot: str | os.PathLike[str], *, budget: int = DEFAULT_BUDGET) -> None:
+    def __init__(self, snapshot: str | os.PathLike[str], *, budget: int = DEFAULT_BUDGET, key: bytes | None = None) -> None:
         self.budget = budget
-        self.vm = MicroVM.load_snapshot(snapshot, "mmap", track_dirty_pages=True)
-        # The reference image: the snapshot's RAM mapped a second time, copy-on-write.
-        image = open_snapshot(snapshot, "mmap", verify_memory=False).ram
+        self.vm = MicroVM.load_snapshot(snapshot, "mmap", track_dirty_pages=True, key=key)
+        # The reference image: the snapshot's RAM mapped a second time, copy-on-write (an
+        # encrypted snapshot's is decrypted into private memory instead).
+        image = open_snapshot(snapshot, "mmap", verify_memory=False, key=key).ram
         self.point = ResetPoint(self.vm, image)
         self._crash = _Crash.from_env()
 
