@@ -93,6 +93,7 @@ MAX_DATA_RUNS_BYTES = 16 * ((16 << 30) // MIN_HOLE + 1)
 TRAILER_MAGIC = b"MVMRAWID"  # ours: the identity trailer (module docstring)
 TRAILER_VERSION = 1
 _TRAILER_HEAD = struct.Struct("<8sIIQ16s")  # the trailer without its checksum
+_RUN_HEADER = struct.Struct("<QQ")  # a diff digest's run prefix: le64 first page || le64 page count
 TRAILER_SIZE = _TRAILER_HEAD.size + 8  # 48 bytes
 
 _RUN_BATCH = 1 << 16  # runs turned into Python ints at a time by MemFileInfo.iter_runs
@@ -225,26 +226,40 @@ def _count_page_map(page_map: bytes, npages: int) -> int:
     return int(np.unpackbits(packed).sum(dtype=np.int64))
 
 
-def page_mask(runs: Iterable[Run], npages: int) -> np.ndarray:
-    """Bool mask over `npages` pages of the pages in `runs` (first_page, page_count), which
-    may overlap and come in any order. ValueError for a run that is empty, negative or past
-    `npages`."""
-    arr = np.asarray(list(runs), dtype=np.int64).reshape(-1, 2)
+def _run_array(runs: Iterable[Run], npages: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first pages, page counts) of `runs` as int64 arrays, in the order given. ValueError
+    for a run that is empty, negative or past `npages`."""
+    arr = np.asarray(runs if isinstance(runs, (list, tuple)) else list(runs), dtype=np.int64).reshape(-1, 2)
     first, count = arr[:, 0], arr[:, 1]
     bad = (first < 0) | (count < 1) | (first > npages - count)
     if bad.any():
         f, c = arr[np.argmax(bad)].tolist()
         raise ValueError(f"dirty run ({f}, {c}) is empty or outside {npages} pages")
-    delta = np.zeros(npages + 1, dtype=np.int64)
-    np.add.at(delta, first, 1)
-    np.add.at(delta, first + count, -1)
-    return np.cumsum(delta[:-1]) > 0
+    return first, count
+
+
+def page_mask(runs: Iterable[Run], npages: int) -> np.ndarray:
+    """Bool mask over `npages` pages of the pages in `runs` (first_page, page_count), which
+    may overlap and come in any order. ValueError for a run that is empty, negative or past
+    `npages`."""
+    first, count = _run_array(runs, npages)
+    total = int(count.sum())
+    if total > npages:  # overlapping runs: how many runs cover each page (+1 at a start, -1 past an end)
+        depth = np.cumsum(np.bincount(first, minlength=npages + 1) - np.bincount(first + count, minlength=npages + 1))
+        return depth[:-1] > 0
+    mask = np.zeros(npages, dtype=bool)  # every page of every run set directly: O(pages + runs), not O(npages) work
+    mask[np.arange(total) + np.repeat(first - (np.cumsum(count) - count), count)] = True
+    return mask
 
 
 def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
     """`runs` sorted with overlapping and adjacent runs merged. ValueError for a run that is
-    empty, negative or past `npages`."""
-    return _runs_of(page_mask(runs, npages))
+    empty, negative or past `npages`. Runs already in that form (a dirty bitmap's) are
+    returned as they are, in time proportional to their number, not to `npages`."""
+    first, count = _run_array(runs, npages)
+    if np.all(first[1:] > first[:-1] + count[:-1]):  # ascending, with a clean page between runs
+        return tuple(zip(first.tolist(), count.tolist()))
+    return _runs_of(page_mask(zip(first.tolist(), count.tolist()), npages))
 
 
 def _run_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -286,9 +301,9 @@ def _regions(
     if kind == FULL:
         yield 0, length, b""
         return
+    pack = _RUN_HEADER.pack
     for first, count in runs:
-        header = first.to_bytes(8, "little") + count.to_bytes(8, "little")
-        yield first * page_size, count * page_size, header
+        yield first * page_size, count * page_size, pack(first, count)
 
 
 def digest_hasher(info: MemFileInfo) -> xxhash.xxh3_128:
@@ -302,10 +317,17 @@ def digest_regions(info: MemFileInfo) -> Iterator[tuple[int, int, bytes]]:
     return _regions(info.kind, info.length, info.page_size, info.iter_runs())
 
 
-def io_chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
+def io_chunks(offset: int, count: int) -> Iterable[tuple[int, int]]:
     """The byte range [offset, offset+count) as consecutive (offset, count) pieces of at most
     MAX_IO_CHUNK bytes each, in order (none if count is 0): the unit of one pread/pwrite call
-    and of one hash update, bounding the bytes any single call touches."""
+    and of one hash update, bounding the bytes any single call touches. A range of one piece
+    (a diff's page run, nearly always) costs no generator."""
+    if 0 < count <= MAX_IO_CHUNK:
+        return ((offset, count),)
+    return _chunks(offset, count)
+
+
+def _chunks(offset: int, count: int) -> Iterator[tuple[int, int]]:
     end = offset + count
     while offset < end:
         n = min(MAX_IO_CHUNK, end - offset)

@@ -254,6 +254,37 @@ def test_bad_arguments_are_programming_errors(tmp_path: Path) -> None:
 
 def test_canonical_runs_merge() -> None:
     assert canonical_runs([(5, 1), (0, 2), (2, 1), (4, 3), (10, 1)], 64) == ((0, 3), (4, 3), (10, 1))
+    assert canonical_runs(((0, 3), (4, 3), (10, 1)), 64) == ((0, 3), (4, 3), (10, 1))  # already canonical
+    assert canonical_runs(((0, 3), (3, 1)), 64) == ((0, 4),)  # adjacent: not canonical, merged
+    assert canonical_runs([(60, 4), (0, 64), (0, 64)], 64) == ((0, 64),)  # more pages than RAM in all
+
+
+_runs_strategy = st.integers(1, 80).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.integers(0, n - 1).flatmap(lambda f: st.tuples(st.just(f), st.integers(1, n - f))), max_size=12),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_runs_strategy)
+def test_page_mask_and_canonical_runs_match_a_page_by_page_reference(case: tuple[int, list[tuple[int, int]]]) -> None:
+    """Both ways page_mask builds a mask (pages set directly; a coverage count when the runs
+    hold more pages than RAM) and canonical_runs' pass-through of canonical input agree with
+    marking the pages one by one."""
+    npages, runs = case
+    want = np.zeros(npages, dtype=bool)
+    for first, count in runs:
+        want[first : first + count] = True
+    assert memfile.page_mask(runs, npages).tolist() == want.tolist()
+    canon = canonical_runs(runs, npages)
+    got = np.zeros(npages, dtype=bool)
+    for first, count in canon:
+        got[first : first + count] = True
+    assert got.tolist() == want.tolist()
+    assert all(b[0] > a[0] + a[1] for a, b in zip(canon, canon[1:]))  # sorted, a clean page between runs
+    assert canonical_runs(canon, npages) == canon
 
 
 @pytest.mark.parametrize(
