@@ -616,7 +616,7 @@ def nonzero_pages(view: np.ndarray | memoryview, page_size: int) -> np.ndarray:
     """Per page of `view` (bytes of whole pages), True if any byte is non-zero (checked over
     8-byte words: page sizes are multiples of 8)."""
     words = np.frombuffer(view, dtype=np.uint64)
-    return words.reshape(-1, page_size // 8).any(axis=1)
+    return np.bitwise_or.reduce(words.reshape(-1, page_size // 8), axis=1) != 0  # 2x faster than any(axis=1)
 
 
 def write_diff(

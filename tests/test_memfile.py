@@ -458,3 +458,10 @@ def test_a_copy_that_drops_zero_blocks_still_maps_after_a_digest_pass(tmp_path: 
     out = np.zeros(RAM_SIZE, np.uint8)
     read_into(path, out, info, verify_digest=False)
     assert np.array_equal(out, ram)
+
+
+def test_nonzero_pages_sees_a_single_byte_anywhere_in_a_page() -> None:
+    ram = np.zeros(8 * PAGE, dtype=np.uint8)
+    for page, offset in ((1, 0), (3, PAGE - 1), (4, 7), (6, PAGE // 2 + 3)):
+        ram[page * PAGE + offset] = 0x80
+    assert np.flatnonzero(memfile.nonzero_pages(memoryview(ram), PAGE)).tolist() == [1, 3, 4, 6]
