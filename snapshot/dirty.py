@@ -206,6 +206,11 @@ class DirtyBitmap:
         """Mark every page clean (after a committed save, or at a new epoch)."""
         self._bits[:] = False
 
+    def clear_pages(self, pages: np.ndarray) -> None:
+        """Mark the pages `pages` (indices) clean, in time proportional to their number: with
+        every dirty page among them (just listed by `pages()`), the same as `clear()`."""
+        self._bits[pages] = False
+
     def merge(self, other: DirtyBitmap) -> None:
         """OR `other` (same geometry) into this bitmap."""
         self._check_same_geometry(other)
@@ -388,10 +393,15 @@ class AdaptiveController:
         self._bitmap.mark_range(offset, length)
 
     # --- epochs and stats ---------------------------------------------------------------------
-    def new_epoch(self) -> None:
+    def new_epoch(self, dirty: np.ndarray | None = None) -> None:
         """Start a clean epoch: clear the bitmap, every block back to coarse. Fault-rate windows
-        are kept unless `config.keep_windows` is False. The caller must flush every vCPU's TLB."""
-        self._bitmap.clear()
+        are kept unless `config.keep_windows` is False. The caller must flush every vCPU's TLB.
+        `dirty`: the indices of every page dirty now, if the caller has them (a reset lists
+        them to restore them): only those are cleared, not the whole bitmap."""
+        if dirty is None:
+            self._bitmap.clear()
+        else:
+            self._bitmap.clear_pages(dirty)
         if not self.config.keep_windows:
             self._window_faults[:] = array("q", bytes(8 * len(self._fine)))
         self._fine[:] = bytes(len(self._fine))
