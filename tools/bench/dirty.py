@@ -23,6 +23,7 @@ Also reports fills per dirty page and the diff size of each granule mode on memw
 """
 from __future__ import annotations
 
+import gc
 import os
 import time
 from typing import Callable
@@ -64,6 +65,7 @@ def _timed(guest: str, params: dict[str, int], mode: str, granule: str = "page")
         for v in vm.vcpus:
             v.uc.ctl_set_tlb_mode(UC_TLB_CPU)
             v.flush_tlb()
+    gc.collect()  # the previous run's VM (cycles: Unicorn, RAM) is freed here, not inside this run's timing
     t0 = time.process_time()
     result = vm.run()
     seconds = time.process_time() - t0
