@@ -48,7 +48,7 @@ import os
 import re
 import struct
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Annotated, Iterable, Iterator, Literal, Optional
@@ -549,6 +549,19 @@ def _reset_length(fd: int, length: int) -> None:
     os.ftruncate(fd, length)
 
 
+def start_writeback(fd: int, offset: int, count: int) -> None:
+    """Ask the kernel to start writing bytes [offset, offset + count) of `fd` to disk now,
+    without waiting: the disk then works while the next chunk is copied, the final fsync has
+    less left to do, and a large save does not fill the page cache with dirty pages (which
+    throttles every writer on the machine). Linux: POSIX_FADV_DONTNEED starts writeback of
+    the range's dirty pages and drops only its clean ones. Durability is unchanged: the
+    caller still fsyncs. A no-op where unsupported."""
+    advise = getattr(os, "posix_fadvise", None)
+    if advise is not None:
+        with suppress(OSError):
+            advise(fd, offset, count, os.POSIX_FADV_DONTNEED)
+
+
 class _BackgroundDigest:
     """XXH3-128 of a buffer, computed on a thread (xxhash releases the GIL) while I/O runs."""
 
@@ -597,6 +610,7 @@ def write_full(
                 for first, count in runs:
                     for offset, n in io_chunks(first * page_size, count * page_size):
                         pwrite_all(fd, view[offset : offset + n], offset)
+                        start_writeback(fd, offset, n)
                         advance(offset + n - done)
                         done = offset + n
                 advance(len(view) - done)

@@ -465,3 +465,24 @@ def test_nonzero_pages_sees_a_single_byte_anywhere_in_a_page() -> None:
     for page, offset in ((1, 0), (3, PAGE - 1), (4, 7), (6, PAGE // 2 + 3)):
         ram[page * PAGE + offset] = 0x80
     assert np.flatnonzero(memfile.nonzero_pages(memoryview(ram), PAGE)).tolist() == [1, 3, 4, 6]
+
+
+def test_start_writeback_changes_nothing_and_never_raises(tmp_path: Path) -> None:
+    """A full save starts each chunk's writeback as it writes (memfile.start_writeback): the
+    file reads back the same, and an fd that cannot take the advice (a pipe) is ignored."""
+    path = tmp_path / "f.bin"
+    data = np.random.default_rng(3).integers(0, 256, 3 * PAGE, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        memfile.start_writeback(fd, 0, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    r, w = os.pipe()
+    try:
+        memfile.start_writeback(w, 0, PAGE)  # ESPIPE: suppressed
+    finally:
+        os.close(r)
+        os.close(w)
