@@ -128,10 +128,11 @@ def _dirty_pages(vm: MicroVM, count: int, rng: np.random.Generator) -> np.ndarra
     return pages
 
 
-def run(quick: bool = False) -> dict[str, object]:
-    """Every figure's two sides are interleaved rounds (tools.bench.measure), best of REPEATS."""
-    size = 256 * MIB if quick else 1 * GIB
-    repeats = 1 if quick else REPEATS
+def run(quick: bool = False, size: int | None = None, repeats: int | None = None) -> dict[str, object]:
+    """Every figure's two sides are interleaved rounds (tools.bench.measure), best of REPEATS.
+    `size` (bytes of RAM) and `repeats` override the defaults (tests run it small)."""
+    size = size or (256 * MIB if quick else 1 * GIB)
+    repeats = repeats or (1 if quick else REPEATS)
     target = size // PAGE // 100  # exactly 1% of the pages
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory(prefix="microvm-bench-", dir=os.environ.get("BENCH_DIR")) as tmp:
