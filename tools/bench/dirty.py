@@ -34,7 +34,7 @@ from tools.bench.measure import add_ratio, interleave, machine_load
 from vmm import MicroVM, StopReason, VmConfig, native_fill
 
 MEMWALK = {"pattern": 2, "rounds": 24, "writes": 40_000, "region_mib": 32}  # ~0.6 s a run: long enough that a burst of other work on the machine does not decide a round
-COMPUTE = {"iterations": 3_000_000}
+COMPUTE = {"iterations": 10_000_000}  # ~0.35 s a run: 3,000,000 (~0.1 s) gave per-round spreads of 30-40%
 MMU = {"pages": 256, "words": 512}
 REPEATS = 5  # interleaved rounds per mode after a warm-up; the best counts (1 with --quick)
 TRACKING_ROUNDS_FACTOR = 2  # the off/on/cpu-tlb series gets this many times REPEATS rounds
