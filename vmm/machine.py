@@ -350,9 +350,7 @@ class MicroVM:
     def reset_to(self, point: ResetPoint) -> None:
         """Return to `point`, taken earlier from this VM, restoring only what changed since
         (`vmm.reset.reset_to`). The console output starts empty, as after a restore."""
-        from vmm.reset import reset_to
-
-        reset_to(self, point)
+        point.reset(self)
         self._console.clear()
 
     @property

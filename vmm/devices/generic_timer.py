@@ -227,6 +227,11 @@ class GenericTimer:
         """A copy of the timer's state; later guest accesses do not change it."""
         return _copy_state(self._s)
 
+    def rollback(self, state: TimerState) -> None:
+        """Return to `state`, saved earlier by this timer (in-process reset): `restore_state`
+        without its masking, which a state this timer saved never needs."""
+        self._s = _copy_state(state)
+
     def restore_state(self, state: TimerState) -> None:
         """Replace the timer's state with a copy of `state` (masked to architectural widths)."""
         s = _copy_state(state)
