@@ -73,7 +73,7 @@ from snapshot.errors import (
     from_os_error,
     show_path,
 )
-from snapshot.fileio import FileRef, check_length, open_dest, open_source, pread_exact, pwrite_all
+from snapshot.fileio import FileRef, check_length, open_dest, open_source, pread_exact, pwrite_all, start_writeback
 from snapshot.meminfo import (
     DEFAULT_PAGE_SIZE,
     DIFF,
@@ -347,6 +347,7 @@ def _write(
             for i, encoded in enumerate(workers.ordered(encode, enumerate(layout))):
                 style, stored, checksum = encoded.style, encoded.stored, encoded.checksum
                 pwrite_all(fd, stored, offset)
+                start_writeback(fd, offset, len(stored))  # as a raw save does (snapshot.fileio)
                 index[i]["offset"], index[i]["stored"] = offset, len(stored)
                 index[i]["style"], index[i]["checksum"] = style, checksum
                 offset += len(stored)
