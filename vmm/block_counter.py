@@ -34,6 +34,7 @@ from unicorn import Uc
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
 from vmm.icount import InstructionCounterError
+from vmm.native_sysreg import SysregState
 
 INSN_BYTES = 4  # every A64 instruction (DDI 0487 C1.1)
 
@@ -46,21 +47,28 @@ def enabled() -> bool:
 class BlockCounter:
     """One vCPU's block-counted `emu_start` calls (the C half is `NativeSysreg.state`)."""
 
-    def __init__(self, uc: Uc, state: object, free_until: int) -> None:
+    def __init__(self, uc: Uc, state: SysregState, free_until: int) -> None:
         self._uc = uc
         self._s = state
         self._free_until = free_until  # an `until` no guest reaches (the VMM stub page)
-        state.counting = 1  # type: ignore[attr-defined]
+        state.counting = 1
         self.done = 0  # instructions of this slice's finished emu_start calls
         self.slice_start = 0
         self.tails = 0  # tails run since this object was made (a statistic)
 
     def _begin(self, budget: int) -> None:
         s = self._s
-        s.slice_start = self.slice_start + self.done  # type: ignore[attr-defined]
-        s.budget = budget  # type: ignore[attr-defined]
-        s.base = s.cur_len = s.cur_start = s.tail_pc = 0  # type: ignore[attr-defined]
-        s.halting = s.count_error = 0  # type: ignore[attr-defined]
+        s.slice_start = self.slice_start + self.done
+        s.budget = budget
+        s.base = s.cur_len = s.cur_start = s.tail_pc = 0
+        s.halting = s.count_error = 0
+
+    def run_stub(self, begin: int, until: int) -> None:
+        """Run the VMM stub's one block from `begin` to its stop at `until` (CLREX between
+        slices), charged to no slice."""
+        self.done = self.slice_start = 0
+        self._begin(1)
+        self._uc.emu_start(begin, until, count=0)
 
     def run(self, pc: int, count: int, slice_start: int) -> tuple[int, bool]:
         """Run up to `count` instructions from `pc`; return (the PC, whether all `count` ran).
@@ -78,19 +86,19 @@ class BlockCounter:
             finally:
                 if tail is not None:  # the cut-short translation must not outlive its `until`
                     uc.ctl_remove_cache(tail, until + INSN_BYTES)
-            self.done += s.base + s.cur_len  # type: ignore[attr-defined]
-            if s.count_error or self.done > count:  # type: ignore[attr-defined]
+            self.done += s.base + s.cur_len
+            if s.count_error or self.done > count:
                 raise InstructionCounterError(f"the block counter lost its place ({self.done} of {count} instructions)")
             pc = uc.reg_read(UC_ARM64_REG_PC)
-            if s.halting or s.stopped:  # type: ignore[attr-defined]
+            if s.halting or s.stopped:
                 return pc, False
             if tail is not None and pc == until:
                 return pc, True
-            if not s.tail_pc:  # type: ignore[attr-defined]
+            if not s.tail_pc:
                 return pc, False  # Unicorn halted: WFI (the caller checks)
             if self.done == count:
                 return pc, True
-            tail = pc = s.tail_pc  # type: ignore[attr-defined]
+            tail = pc = s.tail_pc
             until = pc + INSN_BYTES * (count - self.done)
             uc.ctl_remove_cache(pc, pc + INSN_BYTES)
             self.tails += 1
@@ -103,19 +111,19 @@ class BlockCounter:
         """Instructions of this slice up to and including the one at `pc` in the running block
         (inside a hook, or after a UcError raised by that instruction)."""
         s = self._s
-        index = (pc - s.cur_start) // INSN_BYTES  # type: ignore[attr-defined]
-        if not 0 <= index < s.cur_len:  # type: ignore[attr-defined]
+        index = (pc - s.cur_start) // INSN_BYTES
+        if not 0 <= index < s.cur_len:
             raise InstructionCounterError(f"the block counter has no instruction at {pc:#x} in its running block")
-        return self.done + s.base + index + 1  # type: ignore[attr-defined]
+        return self.done + s.base + index + 1
 
     def leave_at(self, pc: int) -> None:
         """The running block was left after the instruction at `pc` (an exception)."""
         s = self._s
-        if s.cur_start <= pc < s.cur_start + INSN_BYTES * s.cur_len:  # type: ignore[attr-defined]
-            s.cur_len = (pc - s.cur_start) // INSN_BYTES + 1  # type: ignore[attr-defined]
+        if s.cur_start <= pc < s.cur_start + INSN_BYTES * s.cur_len:
+            s.cur_len = (pc - s.cur_start) // INSN_BYTES + 1
         else:
-            s.count_error = 1  # type: ignore[attr-defined]
+            s.count_error = 1
 
     def halt(self) -> None:
         """A hook is stopping the run (uc_emu_stop): the next block must not be charged."""
-        self._s.halting = 1  # type: ignore[attr-defined]
+        self._s.halting = 1

@@ -522,10 +522,7 @@ class Vcpu:
         if self.counter is None:
             self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
         else:  # the stub's one block, translated with its stop at the next instruction
-            self.counter.slice_start = 0
-            self.counter.done = 0
-            self.counter._begin(1)
-            self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 4, count=0)
+            self.counter.run_stub(VMM_STUB_BASE, VMM_STUB_BASE + 4)
 
     def _wfi(self) -> None:
         """Unicorn ended the slice right after a WFI (it halts emu_start there). The vCPU waits
@@ -822,15 +819,11 @@ class Vcpu:
 
     def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
         enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        if (enc in self.hooks.sysreg_read or enc in self.hooks.sysreg_const) and self._el0_declines(uc, enc[1]):
-            return 0
         handler = self.hooks.sysreg_read.get(enc)
-        if handler is None:
-            if enc not in self.hooks.sysreg_const:
-                return 0
-            value = self.hooks.sysreg_const[enc]
-        else:
-            value = self._guard(lambda: handler(self))
+        const = self.hooks.sysreg_const.get(enc)
+        if handler is None and const is None or self._el0_declines(uc, enc[1]):
+            return 0
+        value = const if handler is None else self._guard(lambda: handler(self))
         self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
         uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
         # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU

@@ -75,6 +75,8 @@ def _bare(image: bytes, mem_size: int, params: list[int], quantum: int | None, b
     least any per-block counter costs: vmm/block_counter.py)."""
     uc = _bare_uc(image, mem_size, params)
     if block_hook:
+        # A budget no run reaches and no IRQ signalled: the hook never stops the run, so it
+        # needs none of the Unicorn entry points (left NULL) that a vCPU's state carries.
         state = native_sysreg.SysregState(counting=1, budget=1 << 62)
         uc._bench_state = state  # type: ignore[attr-defined]  # alive as long as the engine
         native_sysreg.add_block_hook(uc, state)
