@@ -184,3 +184,47 @@ def test_a_counter_that_loses_its_place_fails_loudly(monkeypatch, tmp_path) -> N
     monkeypatch.setattr(counter, "_begin", broken)
     with pytest.raises(InstructionCounterError, match="lost its place"):
         vm.run(1_000)
+
+
+# EL0 code under SCTLR_EL1.nTWI = 0, as Linux runs its user space: Unicorn ends a run at an
+# `until` (or exit) address by running a WFI there, which at EL0 with nTWI = 0 traps to EL1
+# instead of halting. Slices must still end exactly, with no exception the guest can see.
+EL0_UNTRAPPED_WFI = f"""
+    {RESULTS_PTR}
+    adr x0, vectors
+    msr vbar_el1, x0
+    mrs x1, sctlr_el1
+    bic x1, x1, #(1 << 16)        // nTWI = 0: EL0 WFI traps to EL1
+    msr sctlr_el1, x1
+    isb
+    {mov64("x21", 3000)}
+    adr x2, user
+    msr elr_el1, x2
+    msr spsr_el1, xzr             // EL0t
+    eret
+user:
+    add x1, x1, #1
+    add x2, x2, #2
+    add x3, x3, #3
+    add x4, x4, #4
+    add x5, x5, #5
+    subs x21, x21, #1
+    b.ne user
+    svc #1
+handler:
+    mrs x10, esr_el1
+    lsr x10, x10, #26
+    cmp x10, #0x15                // the SVC that ends the user loop
+    b.ne wrong
+    {POWER_OFF}
+wrong:
+    mov x20, x10                  // any other exception: record its class and stop
+    {POWER_OFF}
+{vector_table(lower_sync="handler")}
+"""
+
+
+@pytest.mark.parametrize("quantum", (997, 100_000))
+def test_slices_ending_at_el0_with_wfi_trapped(monkeypatch, tmp_path, quantum: int) -> None:
+    vm = compare(monkeypatch, 1_013, 60_000, image=image(tmp_path, EL0_UNTRAPPED_WFI), quantum=quantum)
+    assert vm.vcpus[0].reg(20) == 0 and vm.vcpus[0].reg(21) == 0  # only the SVC was taken, after the whole loop

@@ -377,9 +377,10 @@ static PyObject *sysreg_addresses(PyObject *self, PyObject *args)
 {
     (void)self;
     (void)args;
-    return Py_BuildValue("{s:N,s:N,s:N,s:N}", "mrs", PyLong_FromVoidPtr((void *)&microvm_mrs),
+    return Py_BuildValue("{s:N,s:N,s:N,s:N,s:N}", "mrs", PyLong_FromVoidPtr((void *)&microvm_mrs),
                          "msr", PyLong_FromVoidPtr((void *)&microvm_msr), "sys", PyLong_FromVoidPtr((void *)&microvm_sys),
-                         "block", PyLong_FromVoidPtr((void *)&microvm_block));
+                         "block", PyLong_FromVoidPtr((void *)&microvm_block),
+                         "tail_stop", PyLong_FromVoidPtr((void *)&microvm_tail_stop));
 }
 
 static PyObject *sysreg_layout(PyObject *self, PyObject *args)
@@ -387,7 +388,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
         FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
         FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
         FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
@@ -404,7 +405,12 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
         FIELD(microvm_sysreg_state, n_consts), FIELD(microvm_sysreg_state, const_index),
         FIELD(microvm_sysreg_state, const_value), FIELD(microvm_sysreg_state, cpu),
         FIELD(microvm_sysreg_state, flush_page), FIELD(microvm_sysreg_state, page_tlbis),
-        FIELD(microvm_sysreg_state, record));
+        FIELD(microvm_sysreg_state, record), FIELD(microvm_sysreg_state, stub_base),
+        FIELD(microvm_sysreg_state, resume_pc), FIELD(microvm_sysreg_state, resume_armed),
+        FIELD(microvm_sysreg_state, tail_phase), FIELD(microvm_sysreg_state, tail_until),
+        FIELD(microvm_sysreg_state, tail_hook), FIELD(microvm_sysreg_state, hook_add),
+        FIELD(microvm_sysreg_state, hook_del), FIELD(microvm_sysreg_state, hook_code),
+        FIELD(microvm_sysreg_state, remove_cache_ctl), FIELD(microvm_sysreg_state, tails));
 }
 
 static PyMethodDef methods[] = {

@@ -188,10 +188,72 @@ static int irq_stop(void *uc, microvm_sysreg_state *s)
     return 1;
 }
 
+/* Send the run to `pc`: Unicorn leaves the block whose hook is running before any of its
+ * instructions runs (a PC written from a hook: uc_reg_write breaks the translation loop and
+ * does not sync the PC back) and goes on at `pc` in the same emu_start. */
+static void redirect(void *uc, microvm_sysreg_state *s, uint64_t pc)
+{
+    s->reg_write(uc, s->reg_pc, &pc);
+}
+
+static void fail(void *uc, microvm_sysreg_state *s)
+{
+    s->count_error = 1;
+    s->emu_stop(uc);
+}
+
+static void drop_tail_hook(void *uc, microvm_sysreg_state *s)
+{
+    if (s->tail_hook) {
+        s->hook_del(uc, s->tail_hook); /* also drops the translations made with it */
+        s->tail_hook = 0;
+    }
+}
+
+/* The tail's code hook, on the instruction the slice ends in front of. */
+void microvm_tail_stop(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
+{
+    (void)size;
+    if (s->tail_phase != MICROVM_TAIL_RUNNING || address != s->tail_until) {
+        return;
+    }
+    s->tail_phase = MICROVM_TAIL_DONE;
+    s->emu_stop(uc); /* before the instruction runs: Unicorn checks for a stop after a code hook */
+    drop_tail_hook(uc, s);
+}
+
+/* Run r (> 0) instructions of the block at `address`, which has more: see the tail above.
+ * No `until` address: Unicorn stops at one by running a WFI there, which traps to EL1 at EL0
+ * when SCTLR_EL1.nTWI is 0 (as under Linux) instead of stopping. */
+static void start_tail(void *uc, uint64_t address, uint64_t r, microvm_sysreg_state *s)
+{
+    uint64_t until = address + INSN_BYTES * r;
+    size_t handle = 0;
+    if (s->ctl(uc, s->remove_cache_ctl, address, address + INSN_BYTES) != 0 ||
+        s->hook_add(uc, &handle, (int)s->hook_code, (void *)microvm_tail_stop, s, until, until) != 0) {
+        fail(uc, s);
+        return;
+    }
+    s->tail_hook = handle;
+    s->tail_until = until;
+    s->tail_phase = MICROVM_TAIL_ARMED;
+    s->tails += 1;
+    redirect(uc, s, address);
+}
+
 void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s)
 {
     if (!s->counting) {
         irq_stop(uc, s);
+        return;
+    }
+    if (s->resume_armed) { /* the stub's blocks: CLREX, then the redirect to the guest */
+        if (address == s->stub_base + MICROVM_STUB_REDIRECT) {
+            s->resume_armed = 0;
+            redirect(uc, s, s->resume_pc);
+        } else if (address != s->stub_base) {
+            fail(uc, s);
+        }
         return;
     }
     if (size == 0) { /* Unicorn's stop at the `until` address: nothing runs */
@@ -200,15 +262,38 @@ void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_sta
     uint64_t n = size / INSN_BYTES;
     s->base += s->cur_len;
     s->cur_len = 0;
-    if (s->stopped || s->tail_pc || s->halting) {
+    if (s->tail_phase == MICROVM_TAIL_ARMED) { /* the tail's block, translated with the stop */
+        if (address != s->tail_pc) {
+            fail(uc, s);
+            return;
+        }
+        s->tail_phase = MICROVM_TAIL_RUNNING;
+        s->cur_start = address;
+        s->cur_len = (s->tail_until - address) / INSN_BYTES;
+        return;
+    }
+    if (s->tail_phase == MICROVM_TAIL_RUNNING) { /* the tail was left early (an exception) */
+        drop_tail_hook(uc, s);
+        s->tail_phase = MICROVM_TAIL_NONE;
+        s->tail_pc = 0;
+    }
+    if (s->stopped || s->tail_pc || s->halting || s->tail_phase == MICROVM_TAIL_DONE) {
         return; /* already stopping: this block does not run */
+    }
+    if (s->base > s->budget) {
+        fail(uc, s);
+        return;
     }
     if (irq_stop(uc, s)) {
         return;
     }
     if (s->base + n > s->budget) {
         s->tail_pc = address;
-        s->emu_stop(uc);
+        if (s->base == s->budget) {
+            s->emu_stop(uc); /* the slice ends in front of this block */
+        } else {
+            start_tail(uc, address, s->budget - s->base, s);
+        }
         return;
     }
     s->cur_start = address;

@@ -1,6 +1,7 @@
 /* Shared between vmm/_sysreg.c and vmm/_fill.c (the module's layout table). */
 #ifndef MICROVM_SYSREG_H
 #define MICROVM_SYSREG_H
+#include <stddef.h>
 #include <stdint.h>
 
 /* unicorn/arm64.h: uc_arm64_cp_reg, what the MRS/MSR/SYS hooks receive. */
@@ -13,6 +14,9 @@ typedef uint32_t (*microvm_sys_cb)(void *uc, int reg, const uc_arm64_cp_reg *cp,
 typedef int (*microvm_reg_fn)(void *uc, int regid, void *value);
 typedef int (*microvm_ctl_fn)(void *uc, uint32_t control, ...);
 typedef int (*microvm_stop_fn)(void *uc);
+typedef int (*microvm_hook_add_fn)(void *uc, size_t *hh, int type, void *callback, void *user_data, uint64_t begin,
+                                   uint64_t end, ...);
+typedef int (*microvm_hook_del_fn)(void *uc, size_t hh);
 
 /* Flag bits of microvm_sysreg_state.table entries. */
 enum {
@@ -82,11 +86,33 @@ typedef struct {
     microvm_flush_page_fn flush_page;
     uint64_t page_tlbis;         /* TLBIs served by dropping one page's entries */
     microvm_tlb_record record;
+    /* A counted run starts on the VMM stub page (vmm/block_counter.py): its first block clears
+     * the exclusive monitor (CLREX; B .+4), and the block hook sends the run from the stub's
+     * second block to resume_pc. Neither block is charged. */
+    uint64_t stub_base;          /* CLREX at +0, the redirect block at +8 (MICROVM_STUB_REDIRECT) */
+    uint64_t resume_pc;          /* where the redirect sends the run */
+    uint32_t resume_armed;       /* 1: the stub's blocks run before the guest's */
+    /* The tail: the first block that does not fit the budget (r of its n instructions do) is
+     * left before it runs, its translation dropped, and a code hook set on its instruction r.
+     * The run goes back to the block, which is translated again with the hook, and the hook
+     * stops the run in front of that instruction. Deleting the hook drops that translation. */
+    uint32_t tail_phase;         /* MICROVM_TAIL_NONE, _ARMED, _RUNNING, _DONE */
+    uint64_t tail_until;         /* the instruction the tail stops in front of */
+    size_t tail_hook;            /* the tail's code hook (0: none) */
+    microvm_hook_add_fn hook_add;/* uc_hook_add */
+    microvm_hook_del_fn hook_del;/* uc_hook_del */
+    uint32_t hook_code;          /* UC_HOOK_CODE */
+    uint32_t remove_cache_ctl;   /* uc_ctl code: UC_CTL_TB_REMOVE_CACHE, write, 2 arguments */
+    uint64_t tails;              /* tails run (a statistic) */
 } microvm_sysreg_state;
+
+#define MICROVM_STUB_REDIRECT 8 /* offset of the stub's redirect block */
+enum { MICROVM_TAIL_NONE, MICROVM_TAIL_ARMED, MICROVM_TAIL_RUNNING, MICROVM_TAIL_DONE };
 
 uint32_t microvm_mrs(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 uint32_t microvm_msr(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 void microvm_block(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
+void microvm_tail_stop(void *uc, uint64_t address, uint32_t size, microvm_sysreg_state *s);
 uint64_t microvm_counted_at(const microvm_sysreg_state *s, uint64_t pc);
 uint32_t microvm_sys(void *uc, int reg, const uc_arm64_cp_reg *cp, microvm_sysreg_state *s);
 #endif

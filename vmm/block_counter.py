@@ -9,12 +9,19 @@ before every instruction; on a tight loop that costs 2-9x of free-running speed
   (size / 4) before the block runs. A QEMU translation block is one straight run of
   instructions, so the instruction at `pc` in the running block is number
   `base + (pc - cur_start) / 4` of the call.
-- A block that would overrun the budget does not run: the hook stops in front of it
-  (`tail_pc`). The remaining r instructions run as the tail: `emu_start(tail_pc,
-  until=tail_pc + 4r)`. Unicorn checks `until` only when it translates, so the cached block is
-  dropped before (`ctl_remove_cache`) and the cut-short translation after.
+- A slice is one `emu_start`. It begins on the VMM stub page, whose first block clears the
+  exclusive monitor (CLREX, DDI 0487 B2.9.5); the block hook then sends the run to the guest's
+  PC from the stub's second block. Neither is charged.
+- The first block that would overrun the budget does not run as translated. If r of its
+  instructions fit, the hook drops its translation, sets a code hook on instruction r and
+  sends the run back to it: translated again with the hook, the block runs its r
+  instructions and the code hook stops the run in front of the next one, then deletes itself
+  (which drops that translation too). If none fit, the run stops in front of it. No `until`
+  address is used: Unicorn stops at one by running a WFI there, which at EL0 with
+  SCTLR_EL1.nTWI = 0 (Linux's user space) traps to EL1 instead.
 - A block left early is charged up to where it was left:
   - an exception (the interrupt hook): `leave_at(pc)` of the instruction that raised it;
+    a tail left this way is given up, and counting goes on from the exception's target;
   - a hook that stops the run (`halting`): the instructions that end a slice from a hook
     (a trapped MSR, HVC/SMC) end their block in QEMU, which the caller checks by the PC;
   - a store into the running block's own code does not leave it: Unicorn runs the block to
@@ -28,13 +35,15 @@ Unicorn's count= (the reference); MICROVM_BLOCK_COUNTER=0 selects it too.
 """
 from __future__ import annotations
 
+import ctypes
 import os
 
 from unicorn import Uc
 from unicorn.arm64_const import UC_ARM64_REG_PC
+from unicorn.unicorn_py3.unicorn import uclib
 
 from vmm.icount import InstructionCounterError
-from vmm.native_sysreg import SysregState
+from vmm.native_sysreg import TAIL_DONE, TAIL_NONE, SysregState
 
 INSN_BYTES = 4  # every A64 instruction (DDI 0487 C1.1)
 
@@ -47,61 +56,67 @@ def enabled() -> bool:
 class BlockCounter:
     """One vCPU's block-counted `emu_start` calls (the C half is `NativeSysreg.state`)."""
 
-    def __init__(self, uc: Uc, state: SysregState, free_until: int) -> None:
+    def __init__(self, uc: Uc, state: SysregState, stub: int, free_until: int) -> None:
+        """`stub`: the VMM stub page (CLREX; B .+4 at its start); `free_until`: an `until`
+        no run reaches (on the stub page, away from its code)."""
         self._uc = uc
         self._s = state
-        self._free_until = free_until  # an `until` no guest reaches (the VMM stub page)
+        self._stub = stub
+        self._free_until = free_until
         state.counting = 1
-        self.done = 0  # instructions of this slice's finished emu_start calls
+        state.stub_base = stub
+        self.done = 0  # instructions of this slice's finished run
         self.slice_start = 0
-        self.tails = 0  # tails run since this object was made (a statistic)
+        self._pc = ctypes.c_uint64()  # uc_reg_read's out-parameter: 6x cheaper than Uc.reg_read
+        self._pc_ref = ctypes.byref(self._pc)
 
-    def _begin(self, budget: int) -> None:
-        s = self._s
-        s.slice_start = self.slice_start + self.done
-        s.budget = budget
-        s.base = s.cur_len = s.cur_start = s.tail_pc = 0
-        s.halting = s.count_error = 0
-
-    def run_stub(self, begin: int, until: int) -> None:
-        """Run the VMM stub's one block from `begin` to its stop at `until` (CLREX between
-        slices), charged to no slice."""
-        self.done = self.slice_start = 0
-        self._begin(1)
-        self._uc.emu_start(begin, until, count=0)
+    @property
+    def tails(self) -> int:
+        """Tails run since this counter was made (a statistic)."""
+        return self._s.tails
 
     def run(self, pc: int, count: int, slice_start: int) -> tuple[int, bool]:
-        """Run up to `count` instructions from `pc`; return (the PC, whether all `count` ran).
+        """Clear the exclusive monitor, then run up to `count` instructions from `pc`; return
+        (the PC, whether all `count` ran).
 
         Not all ran when a hook stopped the run, the IRQ-unmask stop fired, or Unicorn halted
         (WFI): `ran()` then says how many did. UcError propagates, with `counted_at` valid.
         """
         uc, s = self._uc, self._s
         self.done, self.slice_start = 0, slice_start
-        until, tail = self._free_until, None
-        while True:
-            self._begin(count - self.done)
-            try:
-                uc.emu_start(pc, until, count=0)
-            finally:
-                if tail is not None:  # the cut-short translation must not outlive its `until`
-                    uc.ctl_remove_cache(tail, until + INSN_BYTES)
-            self.done += s.base + s.cur_len
-            if s.count_error or self.done > count:
-                raise InstructionCounterError(f"the block counter lost its place ({self.done} of {count} instructions)")
-            pc = uc.reg_read(UC_ARM64_REG_PC)
-            if s.halting or s.stopped:
-                return pc, False
-            if tail is not None and pc == until:
-                return pc, True
-            if not s.tail_pc:
-                return pc, False  # Unicorn halted: WFI (the caller checks)
-            if self.done == count:
-                return pc, True
-            tail = pc = s.tail_pc
-            until = pc + INSN_BYTES * (count - self.done)
-            uc.ctl_remove_cache(pc, pc + INSN_BYTES)
-            self.tails += 1
+        self._begin(count)
+        s.resume_pc, s.resume_armed = pc, 1
+        try:
+            uc.emu_start(self._stub, self._free_until, count=0)
+        finally:
+            if s.tail_hook:  # the run stopped inside its tail (a hook, a fault)
+                self._drop_tail_hook()
+        self.done = s.base + s.cur_len
+        if s.count_error or s.resume_armed or self.done > count:
+            raise InstructionCounterError(f"the block counter lost its place ({self.done} of {count} instructions)")
+        uclib.uc_reg_read(uc._uch, UC_ARM64_REG_PC, self._pc_ref)
+        pc = self._pc.value
+        if s.halting or s.stopped:
+            return pc, False
+        if s.tail_phase == TAIL_DONE:
+            return pc, True
+        if s.tail_pc:  # stopped in front of a block none of whose instructions fit
+            if s.tail_phase != TAIL_NONE or self.done != count:
+                raise InstructionCounterError(f"the block counter stopped inside a tail ({self.done} of {count} instructions)")
+            return pc, True
+        return pc, False  # Unicorn halted: WFI (the caller checks)
+
+    def _begin(self, budget: int) -> None:
+        s = self._s
+        s.slice_start = self.slice_start
+        s.budget = budget
+        s.base = s.cur_len = s.cur_start = s.tail_pc = 0
+        s.halting = s.count_error = 0
+        s.tail_phase = TAIL_NONE
+
+    def _drop_tail_hook(self) -> None:
+        uclib.uc_hook_del(self._uc._uch, ctypes.c_size_t(self._s.tail_hook))  # drops its translations
+        self._s.tail_hook = 0
 
     def ran(self) -> int:
         """Instructions the last `run` ran (after it returned)."""

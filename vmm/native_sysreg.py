@@ -15,7 +15,7 @@ from __future__ import annotations
 import ctypes
 from typing import Callable, Iterable
 
-from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_INSN, Uc, UcError
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TLB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
 from unicorn import arm64_const as a64
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
@@ -89,7 +89,21 @@ class SysregState(ctypes.Structure):
         ("flush_page", ctypes.c_void_p),
         ("page_tlbis", ctypes.c_uint64),
         ("record", TlbRecord),
+        ("stub_base", ctypes.c_uint64),
+        ("resume_pc", ctypes.c_uint64),
+        ("resume_armed", ctypes.c_uint32),
+        ("tail_phase", ctypes.c_uint32),
+        ("tail_until", ctypes.c_uint64),
+        ("tail_hook", ctypes.c_size_t),
+        ("hook_add", ctypes.c_void_p),
+        ("hook_del", ctypes.c_void_p),
+        ("hook_code", ctypes.c_uint32),
+        ("remove_cache_ctl", ctypes.c_uint32),
+        ("tails", ctypes.c_uint64),
     ]
+
+
+TAIL_NONE, TAIL_ARMED, TAIL_RUNNING, TAIL_DONE = range(4)  # MICROVM_TAIL_* in vmm/_sysreg.h
 
 
 def _index(enc: SysReg) -> int:
@@ -168,6 +182,10 @@ class NativeSysreg:
             tlb_flush_ctl=(UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH,
             emu_stop=fn(uclib.uc_emu_stop),
             reg_pstate=a64.UC_ARM64_REG_PSTATE,
+            hook_add=fn(uclib.uc_hook_add),
+            hook_del=fn(uclib.uc_hook_del),
+            hook_code=UC_HOOK_CODE,
+            remove_cache_ctl=(UC_CTL_IO_WRITE << 30) | (2 << 26) | UC_CTL_TB_REMOVE_CACHE,  # unicorn.h UC_CTL(type, nr, rw)
         )
         cpu, flush_page = _page_flush(uc)
         self.state.cpu, self.state.flush_page = cpu, flush_page

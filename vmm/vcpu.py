@@ -328,8 +328,9 @@ class Vcpu:
         for region in bus.regions:
             dev = region.device
             uc.mmio_map(region.base, region.size, self._mmio_read, dev, self._mmio_write, dev)
-        stub = np.zeros(VMM_STUB_SIZE // 4, dtype=np.uint32)
+        stub = np.zeros(VMM_STUB_SIZE // 4, dtype=np.uint32)  # zeros: UDF, for a guest that jumps in
         stub[0] = arch.INSN_CLREX
+        stub[1] = arch.INSN_B_NEXT  # ends the block: the block counter's redirect block follows
         uc.mem_map(VMM_STUB_BASE, VMM_STUB_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_write(VMM_STUB_BASE, stub.tobytes())
         uc.reg_write(_CP_REG, _cp(SCR_EL3) + (SCR_EL3_VALUE,))
@@ -368,7 +369,7 @@ class Vcpu:
         # Slices counted per translation block (vmm/block_counter.py), or by Unicorn's count=.
         self.counter: BlockCounter | None = None
         if self.native_sysreg is not None and block_counter.enabled():
-            self.counter = BlockCounter(uc, self.native_sysreg.state, free_until=VMM_STUB_BASE + 8)
+            self.counter = BlockCounter(uc, self.native_sysreg.state, stub=VMM_STUB_BASE, free_until=VMM_STUB_BASE + VMM_STUB_SIZE // 2)
         self._insn_pc: int | None = None  # the instruction an interrupt hook runs for
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
@@ -467,10 +468,11 @@ class Vcpu:
         self._refused = None
         self._hook_error = None
         self.pending_abort = None
-        self._irq_signalled = False  # no unmask stop in the CLREX stub
-        if self.native_sysreg is not None:
-            self.native_sysreg.set_irq_signalled(False)
-        self._clrex()
+        if self.counter is None:  # the block counter clears the monitor in its run
+            self._irq_signalled = False  # no unmask stop in the CLREX stub
+            if self.native_sysreg is not None:
+                self.native_sysreg.set_irq_signalled(False)
+            self._clrex()
         self._refresh_irq()
         counter = self.counter
         complete = False
@@ -514,15 +516,12 @@ class Vcpu:
         return self._exit
 
     def _clrex(self) -> None:
-        """Clear the exclusive monitor (DDI 0487 B2.9.5) by running CLREX on the VMM stub page.
+        """Clear the exclusive monitor (DDI 0487 B2.9.5) by running CLREX on the VMM stub page
+        (Unicorn's count= path; the block counter runs the stub at the start of its run).
 
-        Every call keeps Unicorn's instruction-count hook configured as the slices need it
-        (present with count=, absent with the block counter): switching it off and on between
-        calls costs a retranslation of everything (measured 10-20% of execution speed)."""
-        if self.counter is None:
-            self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
-        else:  # the stub's one block, translated with its stop at the next instruction
-            self.counter.run_stub(VMM_STUB_BASE, VMM_STUB_BASE + 4)
+        count=1 keeps Unicorn's instruction-count hook installed between slices: switching it
+        off and on costs a retranslation of everything (measured 10-20% of execution speed)."""
+        self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
 
     def _wfi(self) -> None:
         """Unicorn ended the slice right after a WFI (it halts emu_start there). The vCPU waits
