@@ -13,6 +13,7 @@ import pytest
 from asm import POWER_OFF, RESULTS_PTR, assemble, mov64, vector_table
 
 from vmm import MicroVM, StopReason, VmConfig, native_sysreg
+from vmm.layout import UART0_BASE
 from vmm.icount import InstructionCounterError
 
 pytestmark = pytest.mark.skipif(not native_sysreg.available(), reason="the native hooks are not built here")
@@ -228,3 +229,63 @@ wrong:
 def test_slices_ending_at_el0_with_wfi_trapped(monkeypatch, tmp_path, quantum: int) -> None:
     vm = compare(monkeypatch, 1_013, 60_000, image=image(tmp_path, EL0_UNTRAPPED_WFI), quantum=quantum)
     assert vm.vcpus[0].reg(20) == 0 and vm.vcpus[0].reg(21) == 0  # only the SVC was taken, after the whole loop
+
+
+# The exclusive monitor is cleared between slices (the CLREX at the start of every slice), so
+# an LDXR/STXR pair that a slice boundary splits fails, deterministically, on both paths.
+EXCLUSIVE_PAIRS = f"""
+    {RESULTS_PTR}
+    add x2, x28, #64
+    {mov64("x21", 30_000)}
+    mov x20, #0
+loop:
+    ldxr x1, [x2]
+    add x1, x1, #1
+    add x4, x4, #1
+    add x5, x5, #1
+    stxr w3, x1, [x2]
+    add x20, x20, x3              // failed store-exclusives
+    subs x21, x21, #1
+    b.ne loop
+    {POWER_OFF}
+"""
+
+
+@pytest.mark.parametrize("quantum", (997, 100_000))
+def test_store_exclusive_fails_across_a_slice_boundary(monkeypatch, tmp_path, quantum: int) -> None:
+    vm = compare(monkeypatch, 12_007, 400_000, image=image(tmp_path, EXCLUSIVE_PAIRS), quantum=quantum)
+    v = vm.vcpus[0]
+    failed = v.reg(20)
+    assert v.reg(21) == 0 and 0 < failed < 30_000  # some pairs were split, most were not
+    state = v.native_sysreg.state
+    assert state.tail_hook == 0 and state.resume_armed == 0  # nothing of a run is left installed
+
+
+def test_a_device_error_inside_a_tail_leaves_no_hook_behind(monkeypatch, tmp_path) -> None:
+    """A hook that stops the run in the middle of a tail (here a device that raises on a write
+    made by a tail): the tail's code hook is deleted all the same."""
+    source = f"""
+        {mov64("x2", UART0_BASE)}
+    loop:
+        add x1, x1, #1
+        add x3, x3, #1
+        str w1, [x2]                  // UARTDR
+        add x4, x4, #1
+        add x5, x5, #1
+        b loop
+    """
+    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "1")
+    vm = MicroVM(VmConfig(image=image(tmp_path, source), quantum=1_000))
+    v = vm.vcpus[0]
+    state = v.native_sysreg.state
+    write = vm.uart.mmio_write
+
+    def broken(*args: object) -> None:
+        if state.tail_phase == native_sysreg.TAIL_RUNNING:
+            raise RuntimeError("device failure in a tail")
+        write(*args)
+
+    monkeypatch.setattr(vm.uart, "mmio_write", broken)
+    result = vm.run(50_000)
+    assert result.reason is StopReason.FAULT and "device failure in a tail" in result.detail
+    assert state.tail_hook == 0 and v.counter.tails >= 1

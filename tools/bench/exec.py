@@ -13,8 +13,11 @@ Two workloads, both run to their PSCI SYSTEM_OFF:
   counterpart of this harness's determinism) running the same source linked for QEMU's `virt`
   RAM base, when `qemu-system-aarch64` and `aarch64-linux-gnu-gcc` are installed. QEMU's
   start-up is measured with a one-iteration build and subtracted.
-Every side is interleaved round by round after a warm-up (tools.bench.measure), best of
-REPEATS, the per-round spread in `<figure>_spread`. Times are CPU seconds (this process's, or
+Every side is interleaved round by round after a warm-up (tools.bench.measure), the best of
+REPEATS short rounds, the per-round spread in `<figure>_spread`. Short and many because on
+this host the same code runs at one of two speeds about 2x apart, in streaks of a few runs
+(free-running compute: 0.016 or 0.035 s for 32 M instructions; seen with no other process
+running), so three long rounds often caught one side only at its slow speed. Times are CPU seconds (this process's, or
 QEMU's, all its threads), so time the machine gives other processes does not count. Instruction counts come from the harness's
 virtual clock (the guests are deterministic, so every run executes the same instructions).
 """
@@ -38,7 +41,7 @@ from vmm import MicroVM, StopReason, VmConfig, native_sysreg
 from vmm.config import DEFAULT_QUANTUM, MAX_QUANTUM
 from vmm.layout import RAM_BASE, SYSTEM_OFF, UART0_BASE, UART0_SIZE
 
-REPEATS = 3
+REPEATS = 15  # rounds per case: see the module docstring
 QEMU_RAM_BASE = 0x4000_0000  # QEMU's virt board: RAM starts at 1 GiB (hw/arm/virt.c memmap)
 SCR_EL3_HVC = (1, 1, 3, 6, 0)  # CP_REG tuple of SCR_EL3 (DDI 0487 D13.2.113): HCE at bit 8
 HCR_EL2 = (1, 1, 3, 4, 0)  # HCR_EL2 (DDI 0487 D13.2.48): RW at bit 31
@@ -152,7 +155,7 @@ def _workload(guest: str, iterations: int) -> tuple[bytes, list[int], Callable[[
 
 
 def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
-    iterations = 2_000_000 if quick else 20_000_000
+    iterations = 400_000 if quick else 4_000_000  # 32 M instructions: 320 slices of the default quantum
     image, params, harness, clock = _workload("compute", iterations)
 
     one_round = VmConfig(guest="compute", mem_size=MEM, params={"iterations": iterations}, quantum=MAX_QUANTUM)
@@ -186,7 +189,7 @@ def _compute(figures: dict[str, object], quick: bool, repeats: int) -> None:
 
 
 def _cbench(figures: dict[str, object], quick: bool, repeats: int) -> None:
-    iterations = 200 if quick else 2000
+    iterations = 50 if quick else 500
     image, params, harness, clock = _workload("cbench", iterations)
 
     cases = {"harness": harness, "free": lambda: _bare(image, MEM, params, None)}
