@@ -55,6 +55,12 @@ def image(tmp_path, source: str) -> str:
     return str(path)
 
 
+def counted(monkeypatch: pytest.MonkeyPatch, tmp_path, source: str, quantum: int) -> MicroVM:
+    """A VM of `source` on the block counter."""
+    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "1")
+    return MicroVM(VmConfig(image=image(tmp_path, source), quantum=quantum))
+
+
 @pytest.mark.parametrize("quantum", QUANTA[1:])
 @pytest.mark.parametrize("guest,params", [("compute", {"iterations": 20_000}), ("cbench", {"iterations": 3}), ("mmu", {}), ("ticker", {"ticks": 3, "period_ns": 200_000})])
 def test_built_in_guests_land_on_the_same_instructions(monkeypatch, guest: str, params: dict[str, int], quantum: int) -> None:
@@ -161,8 +167,7 @@ def test_tails_run_where_the_budget_ends_inside_a_block(monkeypatch, tmp_path) -
         add x15, x15, #1
         b loop
     """
-    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "1")
-    vm = MicroVM(VmConfig(image=image(tmp_path, source), quantum=7))
+    vm = counted(monkeypatch, tmp_path, source, 7)
     v = vm.vcpus[0]
     for rounds in range(1, 40):
         assert vm.run(7).reason is StopReason.BUDGET
@@ -172,8 +177,7 @@ def test_tails_run_where_the_budget_ends_inside_a_block(monkeypatch, tmp_path) -
 
 
 def test_a_counter_that_loses_its_place_fails_loudly(monkeypatch, tmp_path) -> None:
-    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "1")
-    vm = MicroVM(VmConfig(image=image(tmp_path, "b ."), quantum=1_000))
+    vm = counted(monkeypatch, tmp_path, "b .", 1_000)
     assert vm.run(1_000).reason is StopReason.BUDGET
     counter = vm.vcpus[0].counter
     real_begin = counter._begin
@@ -274,8 +278,7 @@ def test_a_device_error_inside_a_tail_leaves_no_hook_behind(monkeypatch, tmp_pat
         add x5, x5, #1
         b loop
     """
-    monkeypatch.setenv("MICROVM_BLOCK_COUNTER", "1")
-    vm = MicroVM(VmConfig(image=image(tmp_path, source), quantum=1_000))
+    vm = counted(monkeypatch, tmp_path, source, 1_000)
     v = vm.vcpus[0]
     state = v.native_sysreg.state
     write = vm.uart.mmio_write
