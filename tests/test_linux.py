@@ -170,6 +170,20 @@ def test_native_and_python_paths_boot_alike(monkeypatch: pytest.MonkeyPatch) -> 
     assert vms[0].console_output == vms[1].console_output
 
 
+USER_LOOP = b"i=0; while [ $i -lt 3000 ]; do i=$((i+1)); done; echo loop $i"
+
+
+def test_user_space_computes_across_slice_boundaries(prompt_1: AtPrompt) -> None:
+    """A shell loop that computes in user space for many slices, so slices end at EL0, where
+    Linux traps WFI (SCTLR_EL1.nTWI = 0): the shell gets no exception it did not raise (the old
+    block counter stopped its tails with a WFI there, which trapped: a SIGILL)."""
+    vm = MicroVM.load_snapshot(prompt_1.full, "copy")
+    start = vm.clock
+    out = type_command(vm, USER_LOOP, b"loop 3000\r\n")
+    assert b"Illegal instruction" not in out
+    assert vm.clock - start > 50 * vm.config.quantum  # many slices, most of them in the loop
+
+
 def test_poweroff_from_the_shell(prompt_1: AtPrompt) -> None:
     vm = MicroVM.load_snapshot(prompt_1.full, "copy")
     vm.uart.queue_input(b"poweroff -f\n")
