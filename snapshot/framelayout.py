@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from typing import Iterable, Literal
 
 import numpy as np
+import xxhash
 
 from snapshot.meminfo import FULL, MemFileInfo, Run
 
@@ -69,6 +70,18 @@ ENTRY = np.dtype(
     ]
 )
 ENTRY_SIZE = ENTRY.itemsize  # 40 bytes
+
+
+def pack_footer(length: int, frame_size: int, count: int, index_offset: int, index: bytes, content: bytes) -> bytes:
+    """The FOOTER_SIZE-byte footer of a file over `length` bytes of RAM in frames of
+    `frame_size` bytes, whose `count` entries (the bytes `index`) start at byte `index_offset`;
+    `content` is the 16-byte content digest. Checksums of the index and of the footer's head
+    included."""
+    head = FOOTER_HEAD.pack(
+        FOOTER_MAGIC, FORMAT_VERSION, CODEC_LZ4_BLOCK, length, frame_size, count,
+        index_offset, xxhash.xxh3_64_intdigest(index), content,
+    )
+    return head + xxhash.xxh3_64_intdigest(head).to_bytes(8, "little")
 
 
 @dataclass(frozen=True)

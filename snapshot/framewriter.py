@@ -22,18 +22,15 @@ from snapshot.crypto import HEADER_SIZE, TAG_SIZE, Sealer, frame_kind
 from snapshot.errors import MemoryIoError, from_os_error
 from snapshot.fileio import FileRef, open_dest, pwrite_all, start_writeback
 from snapshot.framelayout import (
-    CODEC_LZ4_BLOCK,
     DEFAULT_FRAME_SIZE,
     ENTRY,
-    FOOTER_HEAD,
-    FOOTER_MAGIC,
-    FORMAT_VERSION,
     STYLE_LZ4,
     STYLE_RAW,
     STYLE_ZERO,
     Frame,
     check_frame_size,
     frame_layout,
+    pack_footer,
 )
 from snapshot.meminfo import (
     DEFAULT_PAGE_SIZE,
@@ -160,11 +157,7 @@ def _write(
                 advance(layout[i].size)
             content = bytes.fromhex(digest.result())
             blob = index.tobytes()
-            footer = FOOTER_HEAD.pack(
-                FOOTER_MAGIC, FORMAT_VERSION, CODEC_LZ4_BLOCK, len(view), frame_size, len(layout),
-                offset, xxhash.xxh3_64_intdigest(blob), content,
-            )
-            tail = blob + footer + xxhash.xxh3_64_intdigest(footer).to_bytes(8, "little")
+            tail = blob + pack_footer(len(view), frame_size, len(layout), offset, blob, content)
             pwrite_all(fd, tail, offset)
             end = offset + len(tail)
             if os.fstat(fd).st_size != end:  # an fd that held a longer file
