@@ -41,8 +41,8 @@ from snapshot.errors import (
     from_os_error,
     resolve_path,
 )
-from snapshot.frames import DEFAULT_FRAME_SIZE
 from snapshot.fileio import data_extents, io_chunks, pread_exact
+from snapshot.framelayout import DEFAULT_FRAME_SIZE
 from snapshot.memfile import check_identity
 from snapshot.meminfo import DIFF, FULL, RAW, MemFileInfo, extent_bytes, extents_digest
 from snapshot.links import (

@@ -122,7 +122,7 @@ def load_key_file(path: str | os.PathLike[str]) -> bytes:
 
 
 def frame_kind(style: int) -> bytes:
-    """The AAD kind of a memory frame stored in `style` (snapshot.frames' STYLE_*): the style
+    """The AAD kind of a memory frame stored in `style` (snapshot.framelayout's STYLE_*): the style
     is bound to the frame, so a reader told another style (a changed clear index) fails."""
     return KIND_FRAME + bytes([style])
 

@@ -69,6 +69,21 @@ def pread_exact(fd: int, into: memoryview, offset: int, where: FileRef) -> None:
         into, offset = into[n:], offset + n
 
 
+def pread_bytes(fd: int, where: FileRef, offset: int, size: int) -> bytes | bytearray:
+    """`size` bytes at byte `offset` of `fd` (one pread, with no buffer to clear, nearly
+    always); the caller bounds `size`. MemoryIoError naming `where` if the file ends first or
+    reading fails."""
+    try:
+        data = os.pread(fd, size, offset)
+        if len(data) == size:
+            return data
+        buf = bytearray(size)
+        pread_exact(fd, memoryview(buf), offset, where)
+    except OSError as exc:
+        raise from_os_error(exc, "reading", where, MemoryIoError) from exc
+    return buf
+
+
 @contextmanager
 def open_dest(dest: FileRef) -> Iterator[int]:
     """Context manager yielding a writable fd for a memory file being written: `dest` itself if

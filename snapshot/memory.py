@@ -1,5 +1,5 @@
 """Memory files in any format: the one place that picks raw (snapshot.memfile) or the frames
-container (snapshot.frames: lz4, or uncompressed frames for an encrypted file). A chain may mix
+container (snapshot.framewriter / snapshot.framereader: lz4, or uncompressed frames for an encrypted file). A chain may mix
 formats: all record the same content digest."""
 from __future__ import annotations
 
@@ -7,21 +7,22 @@ from typing import Literal
 
 import numpy as np
 
-from snapshot import frames
+from snapshot import framereader, framewriter
 from snapshot.commit import OpenedPair
 from snapshot.crypto import Sealer
+from snapshot.framelayout import DEFAULT_FRAME_SIZE, check_frame_size
 from snapshot.memfile import check_identity, compute_digest, read_into, write_diff, write_full
 from snapshot.meminfo import FULL, LZ4, MemFileInfo, Run
 from snapshot.progress import Progress
 
 
-def check_compression(compress: str | None, page_size: int, frame_size: int = frames.DEFAULT_FRAME_SIZE) -> None:
+def check_compression(compress: str | None, page_size: int, frame_size: int = DEFAULT_FRAME_SIZE) -> None:
     """ValueError unless `compress` is None (raw) or "lz4" with a `frame_size` (bytes) of
     whole `page_size` pages."""
     if compress not in (None, LZ4):
         raise ValueError(f"compress must be None or 'lz4', got {compress!r}")
     if compress == LZ4:
-        frames.check_frame_size(frame_size, page_size)
+        check_frame_size(frame_size, page_size)
 
 
 def write_memory(
@@ -33,7 +34,7 @@ def write_memory(
     runs: tuple[Run, ...] = (),
     parent_digest: str | None = None,
     compress: str | None = None,
-    frame_size: int = frames.DEFAULT_FRAME_SIZE,
+    frame_size: int = DEFAULT_FRAME_SIZE,
     threads: int | None = None,
     progress: Progress | None = None,
     key: bytes | None = None,
@@ -54,8 +55,8 @@ def write_memory(
             "sealer": Sealer.create(key, "memory file") if key is not None else None,
         }
         if kind == FULL:
-            return frames.write_full(fd, ram, page_size, **options)  # type: ignore[arg-type]
-        return frames.write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, **options)  # type: ignore[arg-type]
+            return framewriter.write_full(fd, ram, page_size, **options)  # type: ignore[arg-type]
+        return framewriter.write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, **options)  # type: ignore[arg-type]
     if kind == FULL:
         return write_full(fd, ram, page_size, progress=progress)
     return write_diff(fd, ram, runs, page_size, parent_digest=parent_digest, progress=progress)
@@ -67,15 +68,15 @@ def read_memory(
     verify: bool,
     *,
     parent: MemFileInfo | None = None,
-    source: frames.Source = "stream",
+    source: framereader.Source = "stream",
     zeroed: bool = False,
     progress: Progress | None = None,
 ) -> None:
     """Read the pair's memory file into `ram` (over `parent` for a diff), raw or lz4;
-    `source` and `zeroed` only matter for lz4 (see frames.read_into)."""
+    `source` and `zeroed` only matter for lz4 (see framereader.read_into)."""
     fd, info = pair.memory_fd, pair.memory
     if info.framed:
-        frames.read_into(
+        framereader.read_into(
             fd, ram, info, verify, parent=parent, source=source, zeroed=zeroed, progress=progress, name=pair.memory_path, key=pair.key
         )
     else:
@@ -85,9 +86,9 @@ def read_memory(
 def check_memory_file(pair: OpenedPair) -> None:
     """The O(1)-in-RAM checks of the pair's memory file, before any RAM is allocated for it:
     raw, its size and identity trailer (memfile.check_identity); lz4, its size, footer and
-    index (frames.check_file). MemoryFileMismatchError / CorruptMemoryFileError naming it."""
+    index (framereader.check_file). MemoryFileMismatchError / CorruptMemoryFileError naming it."""
     if pair.memory.framed:
-        frames.check_file(pair.memory_fd, pair.memory, name=pair.memory_path, key=pair.key)
+        framereader.check_file(pair.memory_fd, pair.memory, name=pair.memory_path, key=pair.key)
     else:
         check_identity(pair.memory_fd, pair.memory_path, pair.memory)
 
@@ -96,5 +97,5 @@ def memory_digest(pair: OpenedPair, *, progress: Progress | None = None) -> str:
     """The digest of what the pair's memory file records, recomputed (either format; an lz4
     file's frame checksums are checked on the way)."""
     if pair.memory.framed:
-        return frames.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path, key=pair.key)
+        return framereader.compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path, key=pair.key)
     return compute_digest(pair.memory_fd, pair.memory, progress=progress, name=pair.memory_path)
