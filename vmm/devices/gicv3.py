@@ -4,6 +4,11 @@ Source: Arm Generic Interrupt Controller Architecture Specification, GIC archite
 3 and 4, IHI 0069 (chapter 4 "Physical Interrupt Handling and Prioritization", chapter 12
 "Programmers' Model": 12.9 GICD_*, 12.10/12.11 GICR_* RD_base/SGI_base, 12.2 ICC_*).
 
+`Gicv3` composes the parts in `vmm.devices.gic` (the register map, the plain state, the
+interrupt bank, the GICD and GICR windows, the per-vCPU CPU interface) and does what spans
+them: input lines, SPI routing, the interrupt each redistributor forwards, and save/restore.
+This module re-exports the parts' public names.
+
 What is modelled:
 - One Security state (GICD_CTLR.DS reads 1, as KVM presents a GICv3 to guests), affinity
   routing always on (GICD_CTLR.ARE RAO/WI, ICC_SRE_EL1.SRE RAO/WI; no legacy GICv2 mode).
