@@ -655,6 +655,19 @@ def test_saved_state_is_an_independent_copy_of_plain_u64_data():
     assert fresh.sysreg_read(0, sysreg.ICC_PMR_EL1) == 0xF8
 
 
+def test_windows_held_before_a_restore_serve_the_restored_state():
+    """The MMIO bus keeps the window objects it was given: a restore must not replace them."""
+    state = busy_gic().save_state()
+    fresh = Gicv3(3)
+    gicd, gicr = fresh.distributor, fresh.redistributors
+    fresh.restore_state(state)
+    assert gicd.mmio_read(GICD_CTLR, 4, 0) & GICD_CTLR_ENABLE_GRP1
+    assert gicr.mmio_read(rd(2, GICR_WAKER), 4, 2) == 0  # vCPU 2 was woken before the save
+    assert any(fresh.irq_signalled(v) for v in range(3))
+    gicd.mmio_write(GICD_CTLR, 4, 0, 0)  # group 1 off: nothing is forwarded any more
+    assert not any(fresh.irq_signalled(v) for v in range(3))
+
+
 def test_restore_rejects_a_different_shape():
     state = busy_gic().save_state()
     with pytest.raises(ValueError, match="3 vCPU.*4"):

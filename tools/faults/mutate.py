@@ -750,7 +750,7 @@ def sweep_registers(vm: MicroVM) -> None:
 
     gic = vm.interrupts.gic
     for index, timer in enumerate(vm.interrupts.timers):
-        for reg in sorted(gicv3._ICC_REGS - {sysreg.ICC_SGI1R_EL1, sysreg.ICC_EOIR1_EL1, sysreg.ICC_DIR_EL1}):
+        for reg in sorted(gicv3.ICC_REGS - {sysreg.ICC_SGI1R_EL1, sysreg.ICC_EOIR1_EL1, sysreg.ICC_DIR_EL1}):
             gic.sysreg_read(index, reg)
         for reg in sorted(set(timer._CHANNEL_REGS) | set(timer._OTHER_REGS)):
             timer.sysreg_read(reg, vm.clock)
