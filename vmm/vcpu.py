@@ -24,9 +24,7 @@ Contracts:
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Callable, Literal
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 from unicorn import (
@@ -53,7 +51,6 @@ from unicorn import (
 )
 from unicorn import arm64_const as a64
 
-from snapshot.plain import U32, U64, Len, MaxLen, Width
 from vmm import arch, syndrome
 from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
@@ -61,14 +58,41 @@ from vmm import block_counter, native_sysreg
 from vmm.block_counter import BlockCounter
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 from vmm.native_sysreg import NativeSysreg
+from vmm.slice_exit import ExitKind, FaultInfo, SliceExit
+from vmm.sysreg import SysReg, to_cp_tuple
+from vmm.vcpu_hooks import SysregRead, SysregWrite, VcpuHooks
+from vmm.vcpu_state import (
+    SAVED_SYSREGS,
+    PowerState,
+    SavedSysreg,
+    VcpuCheckpoint,
+    VcpuState,
+    saved_sysreg,
+    saved_sysreg_key,
+)
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
     from vmm.mmio import MmioBus
-    from vmm.native_fill import NativeFill
 
-SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
-
+# The vCPU's data types live in modules of their own; these names stay importable from here.
+__all__ = [
+    "CODE_PAGE_SIZE",
+    "SAVED_SYSREGS",
+    "ExitKind",
+    "FaultInfo",
+    "PowerState",
+    "SavedSysreg",
+    "SliceExit",
+    "SysReg",
+    "SysregRead",
+    "SysregWrite",
+    "Vcpu",
+    "VcpuCheckpoint",
+    "VcpuHooks",
+    "VcpuState",
+    "saved_sysreg_key",
+]
 
 # Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
 # = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
@@ -110,193 +134,6 @@ _SP_EL1 = a64.UC_ARM64_REG_SP_EL1
 _CP_REG = a64.UC_ARM64_REG_CP_REG
 
 
-@dataclass(frozen=True)
-class SavedSysreg:
-    """A system register that is part of `VcpuState`, keyed by its encoding."""
-
-    name: str
-    enc: SysReg  # (op0, op1, crn, crm, op2)
-
-    @property
-    def key(self) -> str:
-        """Generic assembler name, e.g. S3_0_C1_C0_0 for SCTLR_EL1: the stable snapshot key."""
-        op0, op1, crn, crm, op2 = self.enc
-        return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
-
-
-# The curated list of EL1/EL0 system registers a snapshot carries (add-only across versions).
-# Registers Unicorn implements as RAZ/WI (AFSR0/1, AMAIR, CSSELR) are left out. SP_EL0/SP_EL1
-# are fields of their own; timer and GIC CPU-interface registers belong to those devices.
-SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
-    SavedSysreg("SCTLR_EL1", (3, 0, 1, 0, 0)),
-    SavedSysreg("CPACR_EL1", (3, 0, 1, 0, 2)),
-    SavedSysreg("TTBR0_EL1", (3, 0, 2, 0, 0)),
-    SavedSysreg("TTBR1_EL1", (3, 0, 2, 0, 1)),
-    SavedSysreg("TCR_EL1", (3, 0, 2, 0, 2)),
-    SavedSysreg("SPSR_EL1", (3, 0, 4, 0, 0)),
-    SavedSysreg("ELR_EL1", (3, 0, 4, 0, 1)),
-    SavedSysreg("ESR_EL1", (3, 0, 5, 2, 0)),
-    SavedSysreg("FAR_EL1", (3, 0, 6, 0, 0)),
-    SavedSysreg("PAR_EL1", (3, 0, 7, 4, 0)),
-    SavedSysreg("MAIR_EL1", (3, 0, 10, 2, 0)),
-    SavedSysreg("VBAR_EL1", (3, 0, 12, 0, 0)),
-    SavedSysreg("CONTEXTIDR_EL1", (3, 0, 13, 0, 1)),
-    SavedSysreg("TPIDR_EL1", (3, 0, 13, 0, 4)),
-    SavedSysreg("TPIDR_EL0", (3, 3, 13, 0, 2)),
-    SavedSysreg("TPIDRRO_EL0", (3, 3, 13, 0, 3)),
-    SavedSysreg("MDSCR_EL1", (2, 0, 0, 2, 2)),
-    # Written by Linux at boot (measured: every MSR of a boot to the busybox prompt).
-    SavedSysreg("PMUSERENR_EL0", (3, 3, 9, 14, 0)),
-    *(SavedSysreg(f"DBGBVR{n}_EL1", (2, 0, 0, n, 4)) for n in range(6)),  # DDI 0487 D19.3: 6 breakpoints
-    *(SavedSysreg(f"DBGBCR{n}_EL1", (2, 0, 0, n, 5)) for n in range(6)),
-    *(SavedSysreg(f"DBGWVR{n}_EL1", (2, 0, 0, n, 6)) for n in range(4)),  # 4 watchpoints
-    *(SavedSysreg(f"DBGWCR{n}_EL1", (2, 0, 0, n, 7)) for n in range(4)),
-)
-_SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
-
-
-def saved_sysreg_key(name: str) -> str:
-    """The `VcpuState.sysregs` key of a saved system register, e.g. 'ELR_EL1'."""
-    return _SYSREG_BY_NAME[name].key
-
-
-def _cp(enc: SysReg) -> tuple[int, int, int, int, int]:
-    """Unicorn's CP_REG tuple order (crn, crm, op0, op1, op2) from an encoding."""
-    op0, op1, crn, crm, op2 = enc
-    return (crn, crm, op0, op1, op2)
-
-
-class PowerState(str, enum.Enum):
-    """PSCI power state of a vCPU (PSCI 1.1, 5.1.5 AFFINITY_INFO)."""
-
-    ON = "on"
-    OFF = "off"
-    ON_PENDING = "on_pending"
-
-
-@dataclass
-class VcpuState:
-    """Everything architecturally visible about one vCPU, as plain data.
-
-    Widths are checked when a snapshot is decoded (snapshot.plain markers)."""
-
-    index: Annotated[int, Width(5)]  # 0..31
-    mpidr: U64
-    x: Annotated[list[U64], Len(31)]  # X0..X30
-    sp_el0: U64
-    sp_el1: U64
-    pc: U64
-    pstate: U32
-    v: Annotated[list[Annotated[bytes, Len(16)]], Len(32)]  # V0..V31, little-endian
-    fpcr: U32
-    fpsr: U32
-    sysregs: Annotated[dict[str, U64], MaxLen(64)]  # keyed by SavedSysreg.key
-    power: Literal["on", "off", "on_pending"]
-    waiting: bool = False  # in WFI or PSCI CPU_SUSPEND (standby), until an interrupt
-    pending_entry: U64 = 0  # CPU_ON entry point while ON_PENDING
-    pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
-
-    def __post_init__(self) -> None:
-        """ValueError (EncodingError when decoded) for a state this machine cannot be in: PSTATE
-        at an exception level other than EL0t/EL1t/EL1h (no EL2, EL3 or AArch32 here) or a
-        system register that is not one of SAVED_SYSREGS."""
-        mode = self.pstate & (arch.PSTATE_M_MASK | arch.PSTATE_NRW)
-        if mode not in _VALID_PSTATE_MODES:
-            raise ValueError(f"pstate {self.pstate:#x}: M[4:0] = {mode:#x} is not EL0t, EL1t or EL1h")
-        unknown = next((key for key in self.sysregs if key not in _SAVED_SYSREG_KEYS), None)
-        if unknown is not None:
-            raise ValueError(f"sysregs: {unknown[:40]!r} is not a saved system register")
-
-
-_VALID_PSTATE_MODES = frozenset({arch.PSTATE_EL0T, arch.PSTATE_EL1T, arch.PSTATE_EL1H})
-_SAVED_SYSREG_KEYS = frozenset(r.key for r in SAVED_SYSREGS)
-
-
-@dataclass(frozen=True)
-class VcpuCheckpoint:
-    """One vCPU's state for an in-process rollback (`Vcpu.checkpoint`): the Unicorn CPU context
-    of the instance that took it, plus the VMM's own fields. Never persisted."""
-
-    owner: Uc  # the only instance this context may be restored into
-    context: object  # unicorn UcContext
-    pc: int
-    mpidr: int
-    power: PowerState
-    waiting: bool
-    pending_entry: int
-    pending_context: int
-
-
-class ExitKind(str, enum.Enum):
-    """Why a slice ended before its instruction count ran out."""
-
-    WAIT = "wait"  # WFI or CPU_SUSPEND: sleep until an interrupt is pending
-    CPU_OFF = "cpu_off"
-    SYSTEM_OFF = "system_off"
-    SYSTEM_RESET = "system_reset"
-    FAULT = "fault"
-    REPLAN = "replan"  # the VMM stopped here to plan the rest of the slice anew (a timer event)
-
-
-@dataclass
-class SliceExit:
-    kind: ExitKind
-    detail: str = ""
-    fault: object | None = None  # vmm.fault.FaultReport for FAULT
-
-
-@dataclass
-class FaultInfo:
-    """Raw facts about a fault the guest could not handle; `vmm.fault` formats them."""
-
-    reason: str
-    pc: int
-    ec: int | None = None
-    esr: int | None = None
-    far: int | None = None
-
-
-# Hook signatures the machine provides.
-SysregRead = Callable[["Vcpu"], int]
-SysregWrite = Callable[["Vcpu", int], None]
-
-
-@dataclass
-class VcpuHooks:
-    """What a vCPU asks of its machine. The machine fills these in once at construction."""
-
-    # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
-    sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
-    sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
-    # Trapped registers whose reads are constants of the CPU model (served in C where built).
-    sysreg_const: dict[SysReg, int] = field(default_factory=dict)
-    # Observed system-register writes: called before the MSR, which then runs natively.
-    sysreg_observe: dict[SysReg, Callable[["Vcpu"], None]] = field(default_factory=dict)
-    # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
-    psci: Callable[["Vcpu", int], None] | None = None
-    # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
-    tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
-    # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
-    # The instruction word a fetch from a VA would read now (None: it would fault); no side
-    # effects. Watch hooks check with it that their instruction is still there.
-    fetch_word: Callable[..., int | None] | None = None  # (vcpu, vaddr, el=None)
-    tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
-    # MMIO dispatch errors and other faults end up here for a report.
-    on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
-    # The generic timer's CNTVOFF for this vCPU (the native counter reads need it).
-    cntvoff: Callable[["Vcpu"], int] | None = None
-    # Called after a TLBI on this vCPU (its own TLB is flushed already): the others' next.
-    on_tlbi: Callable[["Vcpu"], None] | None = None
-    # Called after restore_state() (cached per-vCPU facts must be dropped).
-    on_restore: Callable[["Vcpu"], None] | None = None
-    # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI.
-    irq_pending: Callable[["Vcpu"], bool] | None = None
-    # An LDTR/STTR at EL1 faulted on the data access at this VA: may EL0 make it? If so, the
-    # next fill of its page uses EL0's permissions, and the vCPU runs the instruction again.
-    unprivileged_retry: Callable[["Vcpu", int, object], bool] | None = None
-    # Does the GIC signal an IRQ to this vCPU (taken as soon as PSTATE.I is clear)?
-    irq_signalled: Callable[["Vcpu"], bool] | None = None
-
 
 class Vcpu:
     """One vCPU. Not thread-safe; the scheduler runs one vCPU at a time."""
@@ -333,8 +170,8 @@ class Vcpu:
         stub[1] = arch.INSN_B_NEXT  # ends the block: the block counter's redirect block follows
         uc.mem_map(VMM_STUB_BASE, VMM_STUB_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_write(VMM_STUB_BASE, stub.tobytes())
-        uc.reg_write(_CP_REG, _cp(SCR_EL3) + (SCR_EL3_VALUE,))
-        uc.reg_write(_CP_REG, _cp(HCR_EL2) + (HCR_EL2_VALUE,))
+        uc.reg_write(_CP_REG, to_cp_tuple(SCR_EL3) + (SCR_EL3_VALUE,))
+        uc.reg_write(_CP_REG, to_cp_tuple(HCR_EL2) + (HCR_EL2_VALUE,))
         self.native_fill = hooks.tlb_fill_native(self) if hooks.tlb_fill_native else None
         if self.native_fill is not None:
             self.native_fill.register(uc)  # first: Unicorn asks fill hooks in order
@@ -389,10 +226,10 @@ class Vcpu:
 
     def sysreg(self, name: str) -> int:
         """A saved system register by name, e.g. 'VBAR_EL1'."""
-        return self.uc.reg_read(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc))
+        return self.uc.reg_read(_CP_REG, to_cp_tuple(saved_sysreg(name).enc))
 
     def set_sysreg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc) + (value,))
+        self.uc.reg_write(_CP_REG, to_cp_tuple(saved_sysreg(name).enc) + (value,))
 
     @property
     def pstate(self) -> int:
@@ -615,7 +452,7 @@ class Vcpu:
 
     # --- exception entry ------------------------------------------------------------------------
     def _vbar(self) -> int:
-        return self.uc.reg_read(_CP_REG, _cp(VBAR_EL1))
+        return self.uc.reg_read(_CP_REG, to_cp_tuple(VBAR_EL1))
 
     def can_take_exception(self, pc: int) -> bool:
         """A guest can handle an exception if it has a vector table, readable at EL1 through
@@ -652,7 +489,7 @@ class Vcpu:
         uc.reg_write(_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
         # A CP_REG write makes Unicorn rebuild its cached hflags (current EL etc.); a PSTATE
         # write alone does not, and code at the vector would be translated as if at the old EL.
-        uc.reg_write(_CP_REG, _cp(SPSR_EL1) + (old & 0xFFFF_FFFF,))
+        uc.reg_write(_CP_REG, to_cp_tuple(SPSR_EL1) + (old & 0xFFFF_FFFF,))
         uc.reg_write(_SP, new_sp)
         self.pc = self._vbar() + base + vector_kind
         uc.reg_write(_PC, self.pc)
@@ -890,7 +727,7 @@ class Vcpu:
             v=[uc.reg_read(r).to_bytes(16, "little") for r in _Q_REGS],
             fpcr=uc.reg_read(a64.UC_ARM64_REG_FPCR),
             fpsr=uc.reg_read(a64.UC_ARM64_REG_FPSR),
-            sysregs={r.key: uc.reg_read(_CP_REG, _cp(r.enc)) for r in SAVED_SYSREGS},
+            sysregs={r.key: uc.reg_read(_CP_REG, to_cp_tuple(r.enc)) for r in SAVED_SYSREGS},
             power=self.power.value,
             waiting=self.waiting,
             pending_entry=self.pending_entry,
@@ -909,7 +746,7 @@ class Vcpu:
         uc.reg_write(_PSTATE, state.pstate)
         # CP_REG writes come after PSTATE: each makes Unicorn rebuild its cached hflags.
         for r in SAVED_SYSREGS:
-            uc.reg_write(_CP_REG, _cp(r.enc) + (state.sysregs.get(r.key, 0),))
+            uc.reg_write(_CP_REG, to_cp_tuple(r.enc) + (state.sysregs.get(r.key, 0),))
         uc.reg_write(_SP_EL0, state.sp_el0)
         uc.reg_write(_SP_EL1, state.sp_el1)
         uc.reg_write(_SP, state.sp_el1 if arch.pstate_uses_sp_elx(state.pstate) else state.sp_el0)
@@ -973,7 +810,7 @@ class Vcpu:
             self._scratch = uc.context_save()
         else:
             uc.context_update(self._scratch)  # type: ignore[arg-type]
-        uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME["SCTLR_EL1"].enc) + (0,))
+        uc.reg_write(_CP_REG, to_cp_tuple(saved_sysreg("SCTLR_EL1").enc) + (0,))
         uc.ctl_set_tlb_mode(UC_TLB_CPU)
         self.flush_tlb()
         try:
