@@ -37,8 +37,6 @@ from unicorn import (
     UC_MEM_FETCH,
     UC_MEM_FETCH_PROT,
     UC_MEM_FETCH_UNMAPPED,
-    UC_MEM_WRITE_PROT,
-    UC_MEM_WRITE_UNMAPPED,
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
@@ -51,7 +49,7 @@ from unicorn import (
 )
 from unicorn import arm64_const as a64
 
-from vmm import arch, syndrome
+from vmm import arch, exception_entry, sync_exceptions
 from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm import block_counter, native_sysreg
@@ -59,6 +57,7 @@ from vmm.block_counter import BlockCounter
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 from vmm.native_sysreg import NativeSysreg
 from vmm.slice_exit import ExitKind, FaultInfo, SliceExit
+from vmm.sync_exceptions import EXCP_HVC, EXCP_SMC, EXCP_SWI, EXCP_UDEF, SyncException
 from vmm.sysreg import SysReg, to_cp_tuple
 from vmm.vcpu_hooks import SysregRead, SysregWrite, VcpuHooks
 from vmm.vcpu_state import (
@@ -105,21 +104,11 @@ CODE_PAGE_SIZE = 4096
 
 UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
 
-# Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
-EXCP_UDEF = 1
-EXCP_SWI = 2
-EXCP_DATA_ABORT = 4  # Unicorn raises it only for an unaligned exclusive or atomic access
-EXCP_BKPT = 7
-EXCP_HVC = 11
-EXCP_SMC = 13
-
 # Higher-EL configuration written once per vCPU so that ERET and HVC behave (unicorn-notes.md).
 SCR_EL3: SysReg = (3, 6, 1, 1, 0)
 SCR_EL3_VALUE = 0x401 | (1 << 8)  # RW | NS | HCE (HVC enabled: intno 11, PC after the HVC)
 HCR_EL2: SysReg = (3, 4, 1, 1, 0)
 HCR_EL2_VALUE = 1 << 31  # RW: EL1 is AArch64
-VBAR_EL1: SysReg = (3, 0, 12, 0, 0)
-SPSR_EL1: SysReg = (3, 0, 4, 0, 0)
 
 _X_REGS = [getattr(a64, f"UC_ARM64_REG_X{i}") for i in range(29)] + [
     a64.UC_ARM64_REG_X29,
@@ -392,7 +381,15 @@ class Vcpu:
         self._exit = SliceExit(ExitKind.FAULT, reason, report)
         return self._exit
 
-    def _memory_fault(self, err: UcError) -> SliceExit | None:
+    def _take(self, exc: SyncException) -> SliceExit | None:
+        """Deliver `exc` to the guest; None if it took it, else stop at its preferred return
+        address with a fault (inside a hook, the caller then halts Unicorn)."""
+        if self.deliver_sync(exc.ec, exc.iss, preferred_return=exc.preferred_return, far=exc.far):
+            return None
+        self.pc = exc.preferred_return
+        return self._fault(exc.reason, ec=exc.ec, esr=exc.esr, far=exc.far)
+
+    def _memory_fault(self, err: UcError | None) -> SliceExit | None:
         """An access Unicorn could not complete: a physical hole or a fetch from non-RAM."""
         if self._refused is not None:  # the fill refused it (refuse_access)
             page, fetch = self._refused
@@ -401,39 +398,19 @@ class Vcpu:
             elif self._unmapped is not None:  # reached FAULT_PAGE at the access's offset
                 access, reached = self._unmapped
                 self._unmapped = (access, page | (reached & (UC_PAGE_SIZE - 1)))
-        if self._unmapped is not None:
-            access, addr = self._unmapped
-            fetch = access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT)
-            write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
-            what = "instruction fetch from" if fetch else ("write to" if write else "read from")
-            el0 = arch.pstate_el(self.pstate) == 0
-            if fetch:
-                ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
-                iss = arch.FSC_SYNC_EXTERNAL
-            else:
-                ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-                iss = arch.FSC_SYNC_EXTERNAL | (arch.ISS_DABT_WNR if write else 0)
-            where = "MMIO" if access == UC_MEM_FETCH_PROT else "unmapped"
-            reason = f"{what} {where} guest physical address {addr:#x}"
-            if self.deliver_sync(ec, iss, far=addr, preferred_return=self.pc):
-                return None  # the guest's abort handler runs from the next slice
-            return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=addr)
-        return self._fault(f"emulation stopped: {err}")
+        if self._unmapped is None:
+            return self._fault(f"emulation stopped: {err}")
+        access, addr = self._unmapped
+        el0 = arch.pstate_el(self.pstate) == 0
+        return self._take(sync_exceptions.external_abort(access, addr, self.pc, el0))
 
     def _translation_abort(self, fault: object) -> SliceExit | None:
         """A stage-1 translation fault from the TLB fill: an instruction or data abort."""
-        from vmm.mmu import AccessKind, TranslationFault
+        from vmm.mmu import TranslationFault
+        from vmm.tlb import fault_address
 
         assert isinstance(fault, TranslationFault)
         el0 = arch.pstate_el(self.pstate) == 0
-        if fault.is_instruction_abort:
-            ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
-            iss = fault.fsc
-        else:
-            ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-            iss = fault.fsc | (arch.ISS_DABT_WNR if fault.access is AccessKind.WRITE else 0)
-        from vmm.tlb import fault_address
-
         far = fault_address(fault, self.pc, self._unmapped[1] if self._unmapped is not None else None)
         self.flush_tlb()  # drop the entry the fill made for the faulting access (vmm.tlb.FAULT_PAGE)
         retry = self.hooks.unprivileged_retry
@@ -445,71 +422,24 @@ class Vcpu:
                 # instruction runs again with EL0's permissions for its page.
                 self._exit = SliceExit(ExitKind.REPLAN, "LDTR/STTR checked with EL0 permissions")
                 return self._exit
-        if self.deliver_sync(ec, iss, far=far, preferred_return=self.pc):
-            return None
-        reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {far:#x}"
-        return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=far)
+        return self._take(sync_exceptions.translation_abort(fault, far, self.pc, el0))
 
-    # --- exception entry ------------------------------------------------------------------------
-    def _vbar(self) -> int:
-        return self.uc.reg_read(_CP_REG, to_cp_tuple(VBAR_EL1))
-
+    # --- exception entry (vmm/exception_entry.py) -----------------------------------------------
     def can_take_exception(self, pc: int) -> bool:
-        """A guest can handle an exception if it has a vector table, readable at EL1 through
-        its current translation, and is not already in it."""
-        vbar = self._vbar()
-        if vbar == 0 or vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE:
-            return False
-        return self.insn_at(vbar, el=1) is not None
+        """Has the guest a vector table it can enter, and is `pc` not in it?"""
+        return exception_entry.can_take_exception(self, pc)
 
     def enter_exception(self, vector_kind: int, preferred_return: int) -> None:
-        """Architectural exception entry to EL1 (DDI 0487 D1.10): SPSR, ELR, PSTATE, SP, PC.
-
-        `vector_kind` is arch.VECTOR_SYNC / VECTOR_IRQ / VECTOR_FIQ / VECTOR_SERROR. ESR/FAR
-        are the caller's business. Unicorn's PSTATE write does not switch the banked stack
-        pointer, so the bank swap is done here.
-        """
-        uc = self.uc
-        old = uc.reg_read(_PSTATE)
-        el = arch.pstate_el(old)
-        if el == 0:
-            base = arch.VECTOR_LOWER_EL_AARCH64
-        elif old & 1:
-            base = arch.VECTOR_CURRENT_EL_SPX
-        else:
-            base = arch.VECTOR_CURRENT_EL_SP0
-        sp = uc.reg_read(_SP)
-        if arch.pstate_uses_sp_elx(old):
-            uc.reg_write(_SP_EL1, sp)
-            new_sp = sp
-        else:
-            uc.reg_write(_SP_EL0, sp)
-            new_sp = uc.reg_read(_SP_EL1)
-        uc.reg_write(a64.UC_ARM64_REG_ELR_EL1, preferred_return)
-        uc.reg_write(_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
-        # A CP_REG write makes Unicorn rebuild its cached hflags (current EL etc.); a PSTATE
-        # write alone does not, and code at the vector would be translated as if at the old EL.
-        uc.reg_write(_CP_REG, to_cp_tuple(SPSR_EL1) + (old & 0xFFFF_FFFF,))
-        uc.reg_write(_SP, new_sp)
-        self.pc = self._vbar() + base + vector_kind
-        uc.reg_write(_PC, self.pc)
+        """Exception entry to EL1 at the `vector_kind` vector (arch.VECTOR_*); ESR/FAR not set."""
+        exception_entry.enter_exception(self, vector_kind, preferred_return)
 
     def deliver_sync(self, ec: int, iss: int, preferred_return: int, far: int | None = None) -> bool:
         """Take a synchronous exception if the guest can; False if it cannot (caller faults)."""
-        if not self.can_take_exception(preferred_return):
-            return False
-        self.uc.reg_write(a64.UC_ARM64_REG_ESR_EL1, arch.esr(ec, iss))
-        if far is not None:
-            self.uc.reg_write(a64.UC_ARM64_REG_FAR_EL1, far)
-        self.enter_exception(arch.VECTOR_SYNC, preferred_return)
-        return True
+        return exception_entry.deliver_sync(self, ec, iss, preferred_return, far)
 
     def take_irq(self) -> bool:
         """Take an IRQ exception now (between slices) if PSTATE.I is clear. True if taken."""
-        if self.uc.reg_read(_PSTATE) & arch.PSTATE_I:
-            return False
-        self.enter_exception(arch.VECTOR_IRQ, self.pc)
-        return True
+        return exception_entry.take_irq(self)
 
     # --- hooks (run inside emu_start) ---------------------------------------------------------
     def _guard(self, fn: Callable[[], object]) -> object:
@@ -589,54 +519,19 @@ class Vcpu:
             else:
                 self.set_reg(0, 0xFFFF_FFFF_FFFF_FFFF)  # NOT_SUPPORTED
             return
-        if intno == EXCP_SWI:
-            insn = self.insn_at(pc - 4) or 0
-            ec, iss, ret = arch.EC_SVC64, arch.imm16(insn), pc
-        elif intno == EXCP_BKPT:
-            insn = self.insn_at(pc) or 0
-            ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
-        elif intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
+        if intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
             # The guest ran into the stub page (not in its map): an instruction fetch from a hole.
             self.pc = pc
             self._unmapped = (UC_MEM_FETCH_UNMAPPED, pc)
-            if self._memory_fault(None) is not None:  # type: ignore[arg-type]
+            if self._memory_fault(None) is not None:
                 self._halt()
             return
-        elif intno == EXCP_UDEF and pc & 3:  # QEMU reports a misaligned PC as UDEF
-            ec, iss, ret = arch.EC_PC_ALIGN, 0, pc
-        elif intno == EXCP_UDEF:  # QEMU's syndrome is not exposed: decode it (vmm.syndrome)
-            ec, iss = syndrome.undef_syndrome(self.insn_at(pc), syndrome.read_trap_controls(self))
-            ret = pc
-        elif intno == EXCP_DATA_ABORT:
-            self._alignment_fault(pc)
-            return
-        else:
+        exc = sync_exceptions.from_interrupt(self, intno, pc)
+        if exc is None:
             self.pc = pc
             self._fault(f"unhandled CPU exception {intno}")
             self._halt()
-            return
-        far = pc if ec == arch.EC_PC_ALIGN else None  # FAR_EL1 holds the misaligned PC
-        if not self.deliver_sync(ec, iss, preferred_return=ret, far=far):
-            self.pc = ret
-            self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss), far=far)
-            self._halt()
-
-    def _alignment_fault(self, pc: int) -> None:
-        """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
-        fault, FAR = the base register Xn (these instructions take no offset), WnR as QEMU
-        reports it (0 for a load-exclusive, 1 for stores and read-modify-writes)."""
-        insn = self.insn_at(pc) or 0
-        rn = (insn >> 5) & 31
-        far = self.uc.reg_read(_SP) if rn == 31 else self.reg(rn)
-        exclusive = insn & 0x3F00_0000 == 0x0800_0000  # load/store exclusive class (and CAS)
-        write = not (exclusive and (insn >> 22) & 1 and not (insn >> 23) & 1)
-        el0 = arch.pstate_el(self.pstate) == 0
-        ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-        iss = arch.FSC_ALIGNMENT | (arch.ISS_DABT_WNR if write else 0)
-        if not self.deliver_sync(ec, iss, preferred_return=pc, far=far):
-            self.pc = pc
-            what = "write to" if write else "read from"
-            self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
+        elif self._take(exc) is not None:
             self._halt()
 
     def insn_at(self, vaddr: int, el: int | None = None) -> int | None:
