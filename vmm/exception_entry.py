@@ -11,7 +11,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from unicorn.arm64_const import (
-    UC_ARM64_REG_CP_REG,
     UC_ARM64_REG_ELR_EL1,
     UC_ARM64_REG_ESR_EL1,
     UC_ARM64_REG_FAR_EL1,
@@ -23,7 +22,8 @@ from unicorn.arm64_const import (
 )
 
 from vmm import arch
-from vmm.sysreg import SysReg, to_cp_tuple
+from vmm.sysreg import SysReg
+from vmm.vcpu_registers import read_sysreg, write_sysreg
 
 if TYPE_CHECKING:
     from vmm.vcpu import Vcpu
@@ -34,7 +34,7 @@ SPSR_EL1: SysReg = (3, 0, 4, 0, 0)  # S3_0_C4_C0_0, saved program status (DDI 04
 
 def vector_base(vcpu: Vcpu) -> int:
     """VBAR_EL1: the guest's vector table (virtual address), 0 if it has none yet."""
-    return vcpu.uc.reg_read(UC_ARM64_REG_CP_REG, to_cp_tuple(VBAR_EL1))
+    return read_sysreg(vcpu.uc, VBAR_EL1)
 
 
 def vector_offset(pstate: int) -> int:
@@ -78,7 +78,7 @@ def enter_exception(vcpu: Vcpu, vector_kind: int, preferred_return: int) -> None
     uc.reg_write(UC_ARM64_REG_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
     # A CP_REG write makes Unicorn rebuild its cached hflags (current EL etc.); a PSTATE
     # write alone does not, and code at the vector would be translated as if at the old EL.
-    uc.reg_write(UC_ARM64_REG_CP_REG, to_cp_tuple(SPSR_EL1) + (old & 0xFFFF_FFFF,))
+    write_sysreg(uc, SPSR_EL1, old & 0xFFFF_FFFF)
     uc.reg_write(UC_ARM64_REG_SP, new_sp)
     vcpu.pc = vector_base(vcpu) + base + vector_kind
     uc.reg_write(UC_ARM64_REG_PC, vcpu.pc)

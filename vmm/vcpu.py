@@ -18,9 +18,8 @@ Contracts:
   context blob is used in snapshots. In-process reset (vmm.reset) uses `checkpoint()` /
   `rollback()` instead: the Unicorn CPU context of this very instance, restored with one copy.
 - Translated code: Unicorn does not see RAM written behind its back, so the vCPU keeps a record
-  of the RAM pages it may hold translations of (every page a fetch fill reached; other fills
-  are granted no execute permission until then) and `drop_translations(pages)` drops the
-  translations of exactly those of `pages`.
+  of the RAM pages it may hold translations of (vmm/translated_code.py) and
+  `drop_translations(pages)` drops the translations of exactly those of `pages`.
 """
 from __future__ import annotations
 
@@ -40,7 +39,6 @@ from unicorn import (
     UC_PROT_ALL,
     UC_PROT_EXEC,
     UC_PROT_READ,
-    UC_TLB_CPU,
     UC_TLB_VIRTUAL,
     Uc,
     UC_CTL_IO_WRITE,
@@ -58,14 +56,18 @@ from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 from vmm.native_sysreg import NativeSysreg
 from vmm.slice_exit import ExitKind, FaultInfo, SliceExit
 from vmm.sync_exceptions import EXCP_HVC, EXCP_SMC, EXCP_SWI, EXCP_UDEF, SyncException
-from vmm.sysreg import SysReg, to_cp_tuple
+from vmm.sysreg import SysReg
+from vmm.sysreg_hooks import SysregHooks
+from vmm.translated_code import CODE_PAGE_SIZE, TranslatedCode
 from vmm.vcpu_hooks import SysregRead, SysregWrite, VcpuHooks
+from vmm.vcpu_registers import X_REGS, read_registers, read_sysreg, write_registers, write_sysreg
 from vmm.vcpu_state import (
     SAVED_SYSREGS,
     PowerState,
     SavedSysreg,
     VcpuCheckpoint,
     VcpuState,
+    reset_state,
     saved_sysreg,
     saved_sysreg_key,
 )
@@ -76,31 +78,14 @@ if TYPE_CHECKING:
 
 # The vCPU's data types live in modules of their own; these names stay importable from here.
 __all__ = [
-    "CODE_PAGE_SIZE",
-    "SAVED_SYSREGS",
-    "ExitKind",
-    "FaultInfo",
-    "PowerState",
-    "SavedSysreg",
-    "SliceExit",
-    "SysReg",
-    "SysregRead",
-    "SysregWrite",
-    "Vcpu",
-    "VcpuCheckpoint",
-    "VcpuHooks",
-    "VcpuState",
-    "saved_sysreg_key",
+    "CODE_PAGE_SIZE", "SAVED_SYSREGS", "ExitKind", "FaultInfo", "PowerState", "SavedSysreg", "SliceExit",
+    "SysReg", "SysregRead", "SysregWrite", "Vcpu", "VcpuCheckpoint", "VcpuHooks", "VcpuState", "saved_sysreg_key",
 ]
 
 # Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
 # = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
 # physical address of `vaddr` itself; Unicorn masks it to its page.
 UC_PAGE_SIZE = 1024
-
-# Granule of the record of RAM pages this vCPU may hold translated code of: the 4 KiB
-# translation granule, the page of the dirty bitmap (vmm.tlb.DIRTY_PAGE_SIZE).
-CODE_PAGE_SIZE = 4096
 
 UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
 
@@ -110,18 +95,8 @@ SCR_EL3_VALUE = 0x401 | (1 << 8)  # RW | NS | HCE (HVC enabled: intno 11, PC aft
 HCR_EL2: SysReg = (3, 4, 1, 1, 0)
 HCR_EL2_VALUE = 1 << 31  # RW: EL1 is AArch64
 
-_X_REGS = [getattr(a64, f"UC_ARM64_REG_X{i}") for i in range(29)] + [
-    a64.UC_ARM64_REG_X29,
-    a64.UC_ARM64_REG_X30,
-]
-_Q_REGS = [getattr(a64, f"UC_ARM64_REG_Q{i}") for i in range(32)]
 _PC = a64.UC_ARM64_REG_PC
-_SP = a64.UC_ARM64_REG_SP
 _PSTATE = a64.UC_ARM64_REG_PSTATE
-_SP_EL0 = a64.UC_ARM64_REG_SP_EL0
-_SP_EL1 = a64.UC_ARM64_REG_SP_EL1
-_CP_REG = a64.UC_ARM64_REG_CP_REG
-
 
 
 class Vcpu:
@@ -143,10 +118,10 @@ class Vcpu:
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
         self._irq_signalled = False
         self._hook_error: BaseException | None = None
-        self._code_pages = bytearray(memory.size // CODE_PAGE_SIZE)  # 1 = may hold translations
-        self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
-        self._scratch: object | None = None  # a UcContext for drop_translations
-        self.stale_code: set[int] = set()  # fetched pages the host wrote since this vCPU last ran
+        self._code = TranslatedCode(memory, self.flush_tlb)
+        self._code_pages = self._code.pages  # 1 = may hold translations
+        self._code_bits = self._code.bits
+        self.stale_code = self._code.stale  # fetched pages the host wrote since this vCPU last ran
 
         uc = new_engine()
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -159,8 +134,8 @@ class Vcpu:
         stub[1] = arch.INSN_B_NEXT  # ends the block: the block counter's redirect block follows
         uc.mem_map(VMM_STUB_BASE, VMM_STUB_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_write(VMM_STUB_BASE, stub.tobytes())
-        uc.reg_write(_CP_REG, to_cp_tuple(SCR_EL3) + (SCR_EL3_VALUE,))
-        uc.reg_write(_CP_REG, to_cp_tuple(HCR_EL2) + (HCR_EL2_VALUE,))
+        write_sysreg(uc, SCR_EL3, SCR_EL3_VALUE)
+        write_sysreg(uc, HCR_EL2, HCR_EL2_VALUE)
         self.native_fill = hooks.tlb_fill_native(self) if hooks.tlb_fill_native else None
         if self.native_fill is not None:
             self.native_fill.register(uc)  # first: Unicorn asks fill hooks in order
@@ -171,7 +146,8 @@ class Vcpu:
         self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
-        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see _on_mrs
+        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see SysregHooks
+        self._sysregs = SysregHooks(self, self._mrs_steps, self._guard, self._refresh_irq)
         self.native_sysreg: NativeSysreg | None = None
         if native_sysreg.available():  # untrapped system registers never reach Python
             self.native_sysreg = NativeSysreg(
@@ -180,17 +156,17 @@ class Vcpu:
                 steps=self._mrs_steps,
                 consts=hooks.sysreg_const,
                 emu_counter=self._icount.address,
-                on_mrs=self._on_mrs,
-                on_msr=self._on_msr,
+                on_mrs=self._sysregs.on_mrs,
+                on_msr=self._sysregs.on_msr,
                 uc=uc,
             )
             self.native_sysreg.register(uc)
             if self.native_fill is not None:  # the fill tells the TLBI filter what it installs
                 self.native_fill.state.record = self.native_sysreg.record_address
         else:  # the reference: every access through Python
-            uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-            uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
-            uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
             uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         # Slices counted per translation block (vmm/block_counter.py), or by Unicorn's count=.
         self.counter: BlockCounter | None = None
@@ -208,17 +184,17 @@ class Vcpu:
     # --- registers ------------------------------------------------------------------------------
     def reg(self, n: int) -> int:
         """Xn (0..30)."""
-        return self.uc.reg_read(_X_REGS[n])
+        return self.uc.reg_read(X_REGS[n])
 
     def set_reg(self, n: int, value: int) -> None:
-        self.uc.reg_write(_X_REGS[n], value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.uc.reg_write(X_REGS[n], value & 0xFFFF_FFFF_FFFF_FFFF)
 
     def sysreg(self, name: str) -> int:
         """A saved system register by name, e.g. 'VBAR_EL1'."""
-        return self.uc.reg_read(_CP_REG, to_cp_tuple(saved_sysreg(name).enc))
+        return read_sysreg(self.uc, saved_sysreg(name).enc)
 
     def set_sysreg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_CP_REG, to_cp_tuple(saved_sysreg(name).enc) + (value,))
+        write_sysreg(self.uc, saved_sysreg(name).enc, value)
 
     @property
     def pstate(self) -> int:
@@ -239,23 +215,7 @@ class Vcpu:
     # --- power ------------------------------------------------------------------------------------
     def reset(self, entry: int, x0: int = 0, x1: int = 0) -> None:
         """Architectural reset into EL1h, MMU off, DAIF masked, at `entry` (Linux boot protocol)."""
-        state = self._reset_state
-        self.restore_state(
-            VcpuState(
-                index=self.index,
-                mpidr=self.mpidr,
-                x=[x0, x1] + [0] * 29,
-                sp_el0=0,
-                sp_el1=0,
-                pc=entry,
-                pstate=arch.PSTATE_EL1H_MASKED,
-                v=list(state.v),
-                fpcr=0,
-                fpsr=0,
-                sysregs=dict(state.sysregs),
-                power=PowerState.ON.value,
-            )
-        )
+        self.restore_state(reset_state(self._reset_state, self.mpidr, entry, x0, x1))
 
     # --- running --------------------------------------------------------------------------------
     def request_exit(self, kind: ExitKind, detail: str = "", fault: object | None = None) -> None:
@@ -361,7 +321,7 @@ class Vcpu:
             self._exit = SliceExit(ExitKind.WAIT, "WFI")
 
     def _native_tlbis(self) -> None:
-        """Tell the machine about TLBIs the native SYS hook saw in the slice (see _on_sys)."""
+        """Tell the machine about TLBIs the native SYS hook saw in the slice (see SysregHooks.on_sys)."""
         if self.native_sysreg is not None and self.native_sysreg.take_tlbis() and self.hooks.on_tlbi is not None:
             self.hooks.on_tlbi(self)
 
@@ -513,7 +473,7 @@ class Vcpu:
         uc = self.uc
         pc = uc.reg_read(_PC)
         if intno in (EXCP_HVC, EXCP_SMC):
-            fid = uc.reg_read(_X_REGS[0])
+            fid = uc.reg_read(X_REGS[0])
             if self.hooks.psci is not None:
                 self.hooks.psci(self, fid)
             else:
@@ -542,56 +502,6 @@ class Vcpu:
             return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
         return fetch_word(self, vaddr, el)
 
-    def _el0_declines(self, uc: Uc, op1: int) -> bool:
-        """An EL0 access to a register EL0 may not name (op1 != 3, DDI 0487 C5.3): the hook
-        leaves it to Unicorn, which makes it UNDEFINED (a hook that served it would leave the
-        PC on it: Unicorn calls the hook before its own access checks)."""
-        return op1 != arch.OP1_EL0_ACCESSIBLE and arch.pstate_el(uc.reg_read(_PSTATE)) == 0
-
-    def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        handler = self.hooks.sysreg_read.get(enc)
-        const = self.hooks.sysreg_const.get(enc)
-        if handler is None and const is None or self._el0_declines(uc, enc[1]):
-            return 0
-        value = const if handler is None else self._guard(lambda: handler(self))
-        self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
-        uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
-        # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
-        # implements; writing the PC there would make it count the next instruction twice.
-        if enc not in self._mrs_steps:
-            uc.reg_write(_PC, uc.reg_read(_PC) + 4)
-        return 1
-
-    def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        if (enc in self.hooks.sysreg_observe or enc in self.hooks.sysreg_write) and self._el0_declines(uc, enc[1]):
-            return 0
-        observer = self.hooks.sysreg_observe.get(enc)
-        if observer is not None:
-            self._guard(lambda: observer(self))
-            return 0
-        handler = self.hooks.sysreg_write.get(enc)
-        if handler is None:
-            return 0
-        value = cp.val  # type: ignore[attr-defined]
-        self._guard(lambda: handler(self, value))
-        self._refresh_irq()
-        # A skipped MSR ends its translation block, so this PC write counts nothing twice.
-        uc.reg_write(_PC, uc.reg_read(_PC) + 4)
-        return 1
-
-    def _on_sys(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        """SYS instructions: TLB maintenance (op0 = 1, CRn = 8, DDI 0487 C5.5) drops every TLB
-        entry of this vCPU, and of the others before their next slice. Unicorn's own TLBI by
-        VA drops only the one 1 KiB entry at the address, not the rest of the 4 KiB page, and
-        the fill does not tag entries with ASIDs, so "all" is the one safe granule here."""
-        if cp.op0 == 1 and cp.crn == 8:  # type: ignore[attr-defined]
-            self.flush_tlb()
-            if self.hooks.on_tlbi is not None:
-                self._guard(lambda: self.hooks.on_tlbi(self))  # type: ignore[misc]
-        return 0  # Unicorn performs the instruction (its own flush is then a no-op)
-
     def _mmio_read(self, uc: Uc, offset: int, size: int, dev: object) -> int:
         value = int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
         self._refresh_irq()
@@ -604,48 +514,21 @@ class Vcpu:
     # --- state ----------------------------------------------------------------------------------
     def save_state(self) -> VcpuState:
         """Plain-data state at a slice boundary."""
-        uc = self.uc
-        pstate = uc.reg_read(_PSTATE)
-        sp = uc.reg_read(_SP)
-        if arch.pstate_uses_sp_elx(pstate):
-            sp_el0, sp_el1 = uc.reg_read(_SP_EL0), sp
-        else:
-            sp_el0, sp_el1 = sp, uc.reg_read(_SP_EL1)
         return VcpuState(
             index=self.index,
             mpidr=self.mpidr,
-            x=[uc.reg_read(r) for r in _X_REGS],
-            sp_el0=sp_el0,
-            sp_el1=sp_el1,
             pc=self.pc,
-            pstate=pstate,
-            v=[uc.reg_read(r).to_bytes(16, "little") for r in _Q_REGS],
-            fpcr=uc.reg_read(a64.UC_ARM64_REG_FPCR),
-            fpsr=uc.reg_read(a64.UC_ARM64_REG_FPSR),
-            sysregs={r.key: uc.reg_read(_CP_REG, to_cp_tuple(r.enc)) for r in SAVED_SYSREGS},
             power=self.power.value,
             waiting=self.waiting,
             pending_entry=self.pending_entry,
             pending_context=self.pending_context,
+            **read_registers(self.uc),
         )
 
     def restore_state(self, state: VcpuState) -> None:
         """Load `state` (validated by the caller) and flush this instance's translation caches."""
-        uc = self.uc
-        for r, value in zip(_X_REGS, state.x):
-            uc.reg_write(r, value)
-        for r, value in zip(_Q_REGS, state.v):
-            uc.reg_write(r, int.from_bytes(value, "little"))
-        uc.reg_write(a64.UC_ARM64_REG_FPCR, state.fpcr)
-        uc.reg_write(a64.UC_ARM64_REG_FPSR, state.fpsr)
-        uc.reg_write(_PSTATE, state.pstate)
-        # CP_REG writes come after PSTATE: each makes Unicorn rebuild its cached hflags.
-        for r in SAVED_SYSREGS:
-            uc.reg_write(_CP_REG, to_cp_tuple(r.enc) + (state.sysregs.get(r.key, 0),))
-        uc.reg_write(_SP_EL0, state.sp_el0)
-        uc.reg_write(_SP_EL1, state.sp_el1)
-        uc.reg_write(_SP, state.sp_el1 if arch.pstate_uses_sp_elx(state.pstate) else state.sp_el0)
-        uc.reg_write(_PC, state.pc)
+        write_registers(self.uc, state)
+        self.uc.reg_write(_PC, state.pc)
         self.pc = state.pc
         self.mpidr = state.mpidr
         self.power = PowerState(state.power)
@@ -688,40 +571,18 @@ class Vcpu:
     def note_host_write(self, first_page: int, last_page: int) -> None:
         """The host (not this vCPU) wrote RAM pages first_page..last_page (CODE_PAGE_SIZE
         units): translated code of those it fetched from is dropped before its next slice."""
-        if self._code_pages.find(1, first_page, last_page + 1) < 0:
-            return
-        self.stale_code.update(p for p in range(first_page, last_page + 1) if self._code_pages[p])
+        self._code.note_host_write(first_page, last_page)
 
     def drop_translations(self, pages: np.ndarray) -> None:
         """Drop translated code of these RAM pages (indices of CODE_PAGE_SIZE bytes), after
         their contents changed behind Unicorn's back. Costs nothing for pages never fetched."""
-        pages = pages[self._code_bits[pages]]
-        if not pages.size:
-            return
-        uc = self.uc
-        # Unicorn invalidates by virtual address, translated with the current TLB. Translate
-        # with Unicorn's own MMU, switched off, so that VA = PA and the VMM's fill is not called.
-        if self._scratch is None:
-            self._scratch = uc.context_save()
-        else:
-            uc.context_update(self._scratch)  # type: ignore[arg-type]
-        uc.reg_write(_CP_REG, to_cp_tuple(saved_sysreg("SCTLR_EL1").enc) + (0,))
-        uc.ctl_set_tlb_mode(UC_TLB_CPU)
-        self.flush_tlb()
-        try:
-            for page in pages.tolist():
-                start = self.memory.base + page * CODE_PAGE_SIZE
-                uc.ctl_remove_cache(start, start + CODE_PAGE_SIZE)
-        finally:
-            uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-            self.flush_tlb()
-            uc.context_restore(self._scratch)  # type: ignore[arg-type]
+        self._code.drop(self.uc, pages)
 
     def flush_caches(self) -> None:
         """Drop translated code and TLB entries (after RAM changed behind Unicorn's back)."""
         self.uc.ctl_flush_tb()
         self.flush_tlb()
-        self._code_bits[:] = False
+        self._code.forget_all()
 
     def flush_tlb(self) -> None:
         """Drop TLB entries, so every page is filled (and write-checked) again."""

@@ -120,6 +120,26 @@ _VALID_PSTATE_MODES = frozenset({arch.PSTATE_EL0T, arch.PSTATE_EL1T, arch.PSTATE
 _SAVED_SYSREG_KEYS = frozenset(r.key for r in SAVED_SYSREGS)
 
 
+def reset_state(initial: VcpuState, mpidr: int, entry: int, x0: int = 0, x1: int = 0) -> VcpuState:
+    """The state after an architectural reset into EL1h, MMU off, DAIF masked, at `entry` with
+    X0/X1 set (the Linux boot protocol), powered on. `initial` is the vCPU's state as its
+    engine started: its V registers and system registers are kept, all else is 0."""
+    return VcpuState(
+        index=initial.index,
+        mpidr=mpidr,
+        x=[x0, x1] + [0] * 29,
+        sp_el0=0,
+        sp_el1=0,
+        pc=entry,
+        pstate=arch.PSTATE_EL1H_MASKED,
+        v=list(initial.v),
+        fpcr=0,
+        fpsr=0,
+        sysregs=dict(initial.sysregs),
+        power=PowerState.ON.value,
+    )
+
+
 @dataclass(frozen=True)
 class VcpuCheckpoint:
     """One vCPU's state for an in-process rollback (`Vcpu.checkpoint`): the Unicorn CPU context
