@@ -26,25 +26,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from unicorn import (
-    UC_HOOK_BLOCK,
-    UC_HOOK_INSN,
-    UC_HOOK_INTR,
-    UC_HOOK_MEM_PROT,
-    UC_HOOK_MEM_UNMAPPED,
-    UC_HOOK_TLB_FILL,
-    UC_MEM_FETCH,
-    UC_MEM_FETCH_PROT,
-    UC_MEM_FETCH_UNMAPPED,
-    UC_PROT_ALL,
-    UC_PROT_EXEC,
-    UC_PROT_READ,
-    UC_TLB_VIRTUAL,
-    Uc,
-    UC_CTL_IO_WRITE,
-    UC_CTL_TLB_FLUSH,
-    UcError,
-)
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_MEM_FETCH, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED, UC_HOOK_TLB_FILL
+from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_TLB_VIRTUAL
 from unicorn import arm64_const as a64
 
 from vmm import arch, exception_entry, sync_exceptions
@@ -61,16 +45,8 @@ from vmm.sysreg_hooks import SysregHooks
 from vmm.translated_code import CODE_PAGE_SIZE, TranslatedCode
 from vmm.vcpu_hooks import SysregRead, SysregWrite, VcpuHooks
 from vmm.vcpu_registers import X_REGS, read_registers, read_sysreg, write_registers, write_sysreg
-from vmm.vcpu_state import (
-    SAVED_SYSREGS,
-    PowerState,
-    SavedSysreg,
-    VcpuCheckpoint,
-    VcpuState,
-    reset_state,
-    saved_sysreg,
-    saved_sysreg_key,
-)
+from vmm.vcpu_state import SAVED_SYSREGS, PowerState, SavedSysreg, VcpuCheckpoint, VcpuState
+from vmm.vcpu_state import reset_state, saved_sysreg, saved_sysreg_key
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
