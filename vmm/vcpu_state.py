@@ -1,7 +1,7 @@
 """A vCPU's state as plain data: what a snapshot carries (`VcpuState`) and what an in-process
 rollback restores (`VcpuCheckpoint`).
 
-This is the vCPU's persistence boundary (Firecracker's `vstate/vcpu` state types): `Vcpu.save_state()`
+This is the vCPU's persistence boundary, as Firecracker's aarch64 `VcpuState` is: `Vcpu.save_state()`
 returns a `VcpuState` and `Vcpu.restore_state()` takes one back (vmm/vcpu.py). `vmm.persist`
 encodes it with snapshot.plain, whose markers below bound every field when a file is decoded.
 Field and key names are the snapshot format (docs/snapshot-format.md): add, never rename.
