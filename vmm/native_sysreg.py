@@ -5,8 +5,8 @@ registers (timer, GIC CPU interface, identity, ID overrides). This installs C ho
 the untrapped accesses run natively without entering Python, stop a slice where an IRQ
 becomes deliverable (a block hook: the first block with PSTATE.I clear while one is signalled), serve the counters (CNTPCT,
 CNTVCT, their self-synchronised views and PMCCNTR) at the exact virtual time of the reading
-instruction, flush the TLB on a TLBI, and call the vCPU's Python handlers (`Vcpu._on_mrs`,
-`_on_msr`) only for trapped registers. Without the C module, or with MICROVM_NATIVE_FILL=0,
+instruction, flush the TLB on a TLBI, and call the vCPU's Python handlers (`SysregHooks.on_mrs`,
+`on_msr`, vmm/sysreg_hooks.py) only for trapped registers. Without the C module, or with MICROVM_NATIVE_FILL=0,
 the vCPU registers its Python hooks for every access instead: slower, never different
 (tests/test_native_sysreg.py compares the two).
 """

@@ -1,6 +1,6 @@
 """`MicrovmState`: everything a snapshot's state file holds, as plain dataclasses.
 
-Each device owns its state type (vmm/devices/*, vmm/vcpu.py, vmm/interrupts.py); this module
+Each device owns its state type (vmm/devices/*, vmm/vcpu_state.py, vmm/interrupts.py); this module
 only composes them. In the state file the tree is namespaced by nesting: `vcpus[i]`,
 `interrupts.gic`, `interrupts.timers[i]`, `devices.uart0`, `devices.mmds`, `scheduler`,
 `memory` (the pair identity) and `parent` (the chain link of a diff); those two and the RAM
@@ -22,7 +22,7 @@ from vmm.devices.pl011 import Pl011State
 from vmm.interrupts import InterruptsState
 from vmm.layout import MAX_VCPUS
 from vmm.scheduler import SchedulerState
-from vmm.vcpu import VcpuState
+from vmm.vcpu_state import VcpuState
 
 
 @dataclass

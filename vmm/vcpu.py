@@ -18,284 +18,61 @@ Contracts:
   context blob is used in snapshots. In-process reset (vmm.reset) uses `checkpoint()` /
   `rollback()` instead: the Unicorn CPU context of this very instance, restored with one copy.
 - Translated code: Unicorn does not see RAM written behind its back, so the vCPU keeps a record
-  of the RAM pages it may hold translations of (every page a fetch fill reached; other fills
-  are granted no execute permission until then) and `drop_translations(pages)` drops the
-  translations of exactly those of `pages`.
+  of the RAM pages it may hold translations of (vmm/translated_code.py) and
+  `drop_translations(pages)` drops the translations of exactly those of `pages`.
 """
 from __future__ import annotations
 
-import enum
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Annotated, Callable, Literal
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
-from unicorn import (
-    UC_HOOK_BLOCK,
-    UC_HOOK_INSN,
-    UC_HOOK_INTR,
-    UC_HOOK_MEM_PROT,
-    UC_HOOK_MEM_UNMAPPED,
-    UC_HOOK_TLB_FILL,
-    UC_MEM_FETCH,
-    UC_MEM_FETCH_PROT,
-    UC_MEM_FETCH_UNMAPPED,
-    UC_MEM_WRITE_PROT,
-    UC_MEM_WRITE_UNMAPPED,
-    UC_PROT_ALL,
-    UC_PROT_EXEC,
-    UC_PROT_READ,
-    UC_TLB_CPU,
-    UC_TLB_VIRTUAL,
-    Uc,
-    UC_CTL_IO_WRITE,
-    UC_CTL_TLB_FLUSH,
-    UcError,
-)
+from unicorn import UC_CTL_IO_WRITE, UC_CTL_TLB_FLUSH, UC_MEM_FETCH, UC_MEM_FETCH_PROT, UC_MEM_FETCH_UNMAPPED, Uc, UcError
+from unicorn import UC_HOOK_BLOCK, UC_HOOK_INSN, UC_HOOK_INTR, UC_HOOK_MEM_PROT, UC_HOOK_MEM_UNMAPPED, UC_HOOK_TLB_FILL
+from unicorn import UC_PROT_ALL, UC_PROT_EXEC, UC_PROT_READ, UC_TLB_VIRTUAL
 from unicorn import arm64_const as a64
 
-from snapshot.plain import U32, U64, Len, MaxLen, Width
-from vmm import arch, syndrome
+from vmm import arch, exception_entry, sync_exceptions
 from vmm.engine import new_engine
 from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_past_skip
 from vmm import block_counter, native_sysreg
 from vmm.block_counter import BlockCounter
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
 from vmm.native_sysreg import NativeSysreg
+from vmm.slice_exit import ExitKind, FaultInfo, SliceExit
+from vmm.sync_exceptions import EXCP_HVC, EXCP_SMC, EXCP_SWI, EXCP_UDEF, SyncException
+from vmm.sysreg import SysReg
+from vmm.sysreg_hooks import SysregHooks
+from vmm.translated_code import CODE_PAGE_SIZE, TranslatedCode
+from vmm.vcpu_hooks import SysregRead, SysregWrite, VcpuHooks
+from vmm.vcpu_registers import X_REGS, read_registers, read_sysreg, write_registers, write_sysreg
+from vmm.vcpu_state import SAVED_SYSREGS, PowerState, SavedSysreg, VcpuCheckpoint, VcpuState
+from vmm.vcpu_state import reset_state, saved_sysreg, saved_sysreg_key
 
 if TYPE_CHECKING:
     from vmm.memory import GuestMemory
     from vmm.mmio import MmioBus
-    from vmm.native_fill import NativeFill
 
-SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
-
+# The vCPU's data types live in modules of their own; these names stay importable from here.
+__all__ = [
+    "CODE_PAGE_SIZE", "SAVED_SYSREGS", "ExitKind", "FaultInfo", "PowerState", "SavedSysreg", "SliceExit",
+    "SysReg", "SysregRead", "SysregWrite", "Vcpu", "VcpuCheckpoint", "VcpuHooks", "VcpuState", "saved_sysreg_key",
+]
 
 # Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
 # = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
 # physical address of `vaddr` itself; Unicorn masks it to its page.
 UC_PAGE_SIZE = 1024
 
-# Granule of the record of RAM pages this vCPU may hold translated code of: the 4 KiB
-# translation granule, the page of the dirty bitmap (vmm.tlb.DIRTY_PAGE_SIZE).
-CODE_PAGE_SIZE = 4096
-
 UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
-
-# Unicorn interrupt numbers seen in UC_HOOK_INTR (QEMU target/arm/cpu.h EXCP_*).
-EXCP_UDEF = 1
-EXCP_SWI = 2
-EXCP_DATA_ABORT = 4  # Unicorn raises it only for an unaligned exclusive or atomic access
-EXCP_BKPT = 7
-EXCP_HVC = 11
-EXCP_SMC = 13
 
 # Higher-EL configuration written once per vCPU so that ERET and HVC behave (unicorn-notes.md).
 SCR_EL3: SysReg = (3, 6, 1, 1, 0)
 SCR_EL3_VALUE = 0x401 | (1 << 8)  # RW | NS | HCE (HVC enabled: intno 11, PC after the HVC)
 HCR_EL2: SysReg = (3, 4, 1, 1, 0)
 HCR_EL2_VALUE = 1 << 31  # RW: EL1 is AArch64
-VBAR_EL1: SysReg = (3, 0, 12, 0, 0)
-SPSR_EL1: SysReg = (3, 0, 4, 0, 0)
 
-_X_REGS = [getattr(a64, f"UC_ARM64_REG_X{i}") for i in range(29)] + [
-    a64.UC_ARM64_REG_X29,
-    a64.UC_ARM64_REG_X30,
-]
-_Q_REGS = [getattr(a64, f"UC_ARM64_REG_Q{i}") for i in range(32)]
 _PC = a64.UC_ARM64_REG_PC
-_SP = a64.UC_ARM64_REG_SP
 _PSTATE = a64.UC_ARM64_REG_PSTATE
-_SP_EL0 = a64.UC_ARM64_REG_SP_EL0
-_SP_EL1 = a64.UC_ARM64_REG_SP_EL1
-_CP_REG = a64.UC_ARM64_REG_CP_REG
-
-
-@dataclass(frozen=True)
-class SavedSysreg:
-    """A system register that is part of `VcpuState`, keyed by its encoding."""
-
-    name: str
-    enc: SysReg  # (op0, op1, crn, crm, op2)
-
-    @property
-    def key(self) -> str:
-        """Generic assembler name, e.g. S3_0_C1_C0_0 for SCTLR_EL1: the stable snapshot key."""
-        op0, op1, crn, crm, op2 = self.enc
-        return f"S{op0}_{op1}_C{crn}_C{crm}_{op2}"
-
-
-# The curated list of EL1/EL0 system registers a snapshot carries (add-only across versions).
-# Registers Unicorn implements as RAZ/WI (AFSR0/1, AMAIR, CSSELR) are left out. SP_EL0/SP_EL1
-# are fields of their own; timer and GIC CPU-interface registers belong to those devices.
-SAVED_SYSREGS: tuple[SavedSysreg, ...] = (
-    SavedSysreg("SCTLR_EL1", (3, 0, 1, 0, 0)),
-    SavedSysreg("CPACR_EL1", (3, 0, 1, 0, 2)),
-    SavedSysreg("TTBR0_EL1", (3, 0, 2, 0, 0)),
-    SavedSysreg("TTBR1_EL1", (3, 0, 2, 0, 1)),
-    SavedSysreg("TCR_EL1", (3, 0, 2, 0, 2)),
-    SavedSysreg("SPSR_EL1", (3, 0, 4, 0, 0)),
-    SavedSysreg("ELR_EL1", (3, 0, 4, 0, 1)),
-    SavedSysreg("ESR_EL1", (3, 0, 5, 2, 0)),
-    SavedSysreg("FAR_EL1", (3, 0, 6, 0, 0)),
-    SavedSysreg("PAR_EL1", (3, 0, 7, 4, 0)),
-    SavedSysreg("MAIR_EL1", (3, 0, 10, 2, 0)),
-    SavedSysreg("VBAR_EL1", (3, 0, 12, 0, 0)),
-    SavedSysreg("CONTEXTIDR_EL1", (3, 0, 13, 0, 1)),
-    SavedSysreg("TPIDR_EL1", (3, 0, 13, 0, 4)),
-    SavedSysreg("TPIDR_EL0", (3, 3, 13, 0, 2)),
-    SavedSysreg("TPIDRRO_EL0", (3, 3, 13, 0, 3)),
-    SavedSysreg("MDSCR_EL1", (2, 0, 0, 2, 2)),
-    # Written by Linux at boot (measured: every MSR of a boot to the busybox prompt).
-    SavedSysreg("PMUSERENR_EL0", (3, 3, 9, 14, 0)),
-    *(SavedSysreg(f"DBGBVR{n}_EL1", (2, 0, 0, n, 4)) for n in range(6)),  # DDI 0487 D19.3: 6 breakpoints
-    *(SavedSysreg(f"DBGBCR{n}_EL1", (2, 0, 0, n, 5)) for n in range(6)),
-    *(SavedSysreg(f"DBGWVR{n}_EL1", (2, 0, 0, n, 6)) for n in range(4)),  # 4 watchpoints
-    *(SavedSysreg(f"DBGWCR{n}_EL1", (2, 0, 0, n, 7)) for n in range(4)),
-)
-_SYSREG_BY_NAME = {r.name: r for r in SAVED_SYSREGS}
-
-
-def saved_sysreg_key(name: str) -> str:
-    """The `VcpuState.sysregs` key of a saved system register, e.g. 'ELR_EL1'."""
-    return _SYSREG_BY_NAME[name].key
-
-
-def _cp(enc: SysReg) -> tuple[int, int, int, int, int]:
-    """Unicorn's CP_REG tuple order (crn, crm, op0, op1, op2) from an encoding."""
-    op0, op1, crn, crm, op2 = enc
-    return (crn, crm, op0, op1, op2)
-
-
-class PowerState(str, enum.Enum):
-    """PSCI power state of a vCPU (PSCI 1.1, 5.1.5 AFFINITY_INFO)."""
-
-    ON = "on"
-    OFF = "off"
-    ON_PENDING = "on_pending"
-
-
-@dataclass
-class VcpuState:
-    """Everything architecturally visible about one vCPU, as plain data.
-
-    Widths are checked when a snapshot is decoded (snapshot.plain markers)."""
-
-    index: Annotated[int, Width(5)]  # 0..31
-    mpidr: U64
-    x: Annotated[list[U64], Len(31)]  # X0..X30
-    sp_el0: U64
-    sp_el1: U64
-    pc: U64
-    pstate: U32
-    v: Annotated[list[Annotated[bytes, Len(16)]], Len(32)]  # V0..V31, little-endian
-    fpcr: U32
-    fpsr: U32
-    sysregs: Annotated[dict[str, U64], MaxLen(64)]  # keyed by SavedSysreg.key
-    power: Literal["on", "off", "on_pending"]
-    waiting: bool = False  # in WFI or PSCI CPU_SUSPEND (standby), until an interrupt
-    pending_entry: U64 = 0  # CPU_ON entry point while ON_PENDING
-    pending_context: U64 = 0  # CPU_ON context id while ON_PENDING
-
-    def __post_init__(self) -> None:
-        """ValueError (EncodingError when decoded) for a state this machine cannot be in: PSTATE
-        at an exception level other than EL0t/EL1t/EL1h (no EL2, EL3 or AArch32 here) or a
-        system register that is not one of SAVED_SYSREGS."""
-        mode = self.pstate & (arch.PSTATE_M_MASK | arch.PSTATE_NRW)
-        if mode not in _VALID_PSTATE_MODES:
-            raise ValueError(f"pstate {self.pstate:#x}: M[4:0] = {mode:#x} is not EL0t, EL1t or EL1h")
-        unknown = next((key for key in self.sysregs if key not in _SAVED_SYSREG_KEYS), None)
-        if unknown is not None:
-            raise ValueError(f"sysregs: {unknown[:40]!r} is not a saved system register")
-
-
-_VALID_PSTATE_MODES = frozenset({arch.PSTATE_EL0T, arch.PSTATE_EL1T, arch.PSTATE_EL1H})
-_SAVED_SYSREG_KEYS = frozenset(r.key for r in SAVED_SYSREGS)
-
-
-@dataclass(frozen=True)
-class VcpuCheckpoint:
-    """One vCPU's state for an in-process rollback (`Vcpu.checkpoint`): the Unicorn CPU context
-    of the instance that took it, plus the VMM's own fields. Never persisted."""
-
-    owner: Uc  # the only instance this context may be restored into
-    context: object  # unicorn UcContext
-    pc: int
-    mpidr: int
-    power: PowerState
-    waiting: bool
-    pending_entry: int
-    pending_context: int
-
-
-class ExitKind(str, enum.Enum):
-    """Why a slice ended before its instruction count ran out."""
-
-    WAIT = "wait"  # WFI or CPU_SUSPEND: sleep until an interrupt is pending
-    CPU_OFF = "cpu_off"
-    SYSTEM_OFF = "system_off"
-    SYSTEM_RESET = "system_reset"
-    FAULT = "fault"
-    REPLAN = "replan"  # the VMM stopped here to plan the rest of the slice anew (a timer event)
-
-
-@dataclass
-class SliceExit:
-    kind: ExitKind
-    detail: str = ""
-    fault: object | None = None  # vmm.fault.FaultReport for FAULT
-
-
-@dataclass
-class FaultInfo:
-    """Raw facts about a fault the guest could not handle; `vmm.fault` formats them."""
-
-    reason: str
-    pc: int
-    ec: int | None = None
-    esr: int | None = None
-    far: int | None = None
-
-
-# Hook signatures the machine provides.
-SysregRead = Callable[["Vcpu"], int]
-SysregWrite = Callable[["Vcpu", int], None]
-
-
-@dataclass
-class VcpuHooks:
-    """What a vCPU asks of its machine. The machine fills these in once at construction."""
-
-    # Trapped system registers: encoding -> (read, write). Untrapped ones run natively.
-    sysreg_read: dict[SysReg, SysregRead] = field(default_factory=dict)
-    sysreg_write: dict[SysReg, SysregWrite] = field(default_factory=dict)
-    # Trapped registers whose reads are constants of the CPU model (served in C where built).
-    sysreg_const: dict[SysReg, int] = field(default_factory=dict)
-    # Observed system-register writes: called before the MSR, which then runs natively.
-    sysreg_observe: dict[SysReg, Callable[["Vcpu"], None]] = field(default_factory=dict)
-    # PSCI call (HVC or SMC): returns nothing; sets x0 and/or ends the slice via vcpu.request_exit.
-    psci: Callable[["Vcpu", int], None] | None = None
-    # TLB fill policy: (vcpu, vaddr, access) -> (paddr, perms) or None for a fault.
-    tlb_fill: Callable[["Vcpu", int, int], tuple[int, int] | None] | None = None
-    # Its native first stage for this vCPU (vmm/native_fill.py), registered ahead of tlb_fill.
-    # The instruction word a fetch from a VA would read now (None: it would fault); no side
-    # effects. Watch hooks check with it that their instruction is still there.
-    fetch_word: Callable[..., int | None] | None = None  # (vcpu, vaddr, el=None)
-    tlb_fill_native: Callable[["Vcpu"], NativeFill | None] | None = None
-    # MMIO dispatch errors and other faults end up here for a report.
-    on_fault: Callable[["Vcpu", FaultInfo], object] | None = None
-    # The generic timer's CNTVOFF for this vCPU (the native counter reads need it).
-    cntvoff: Callable[["Vcpu"], int] | None = None
-    # Called after a TLBI on this vCPU (its own TLB is flushed already): the others' next.
-    on_tlbi: Callable[["Vcpu"], None] | None = None
-    # Called after restore_state() (cached per-vCPU facts must be dropped).
-    on_restore: Callable[["Vcpu"], None] | None = None
-    # Is an interrupt pending for this vCPU (ignoring PSTATE.I)? Consulted at WFI.
-    irq_pending: Callable[["Vcpu"], bool] | None = None
-    # An LDTR/STTR at EL1 faulted on the data access at this VA: may EL0 make it? If so, the
-    # next fill of its page uses EL0's permissions, and the vCPU runs the instruction again.
-    unprivileged_retry: Callable[["Vcpu", int, object], bool] | None = None
-    # Does the GIC signal an IRQ to this vCPU (taken as soon as PSTATE.I is clear)?
-    irq_signalled: Callable[["Vcpu"], bool] | None = None
 
 
 class Vcpu:
@@ -317,10 +94,10 @@ class Vcpu:
         self.pending_abort: object | None = None  # vmm.mmu.TranslationFault from the TLB fill
         self._irq_signalled = False
         self._hook_error: BaseException | None = None
-        self._code_pages = bytearray(memory.size // CODE_PAGE_SIZE)  # 1 = may hold translations
-        self._code_bits = np.frombuffer(self._code_pages, dtype=np.bool_)
-        self._scratch: object | None = None  # a UcContext for drop_translations
-        self.stale_code: set[int] = set()  # fetched pages the host wrote since this vCPU last ran
+        self._code = TranslatedCode(memory, self.flush_tlb)
+        self._code_pages = self._code.pages  # 1 = may hold translations
+        self._code_bits = self._code.bits
+        self.stale_code = self._code.stale  # fetched pages the host wrote since this vCPU last ran
 
         uc = new_engine()
         uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
@@ -333,8 +110,8 @@ class Vcpu:
         stub[1] = arch.INSN_B_NEXT  # ends the block: the block counter's redirect block follows
         uc.mem_map(VMM_STUB_BASE, VMM_STUB_SIZE, UC_PROT_READ | UC_PROT_EXEC)
         uc.mem_write(VMM_STUB_BASE, stub.tobytes())
-        uc.reg_write(_CP_REG, _cp(SCR_EL3) + (SCR_EL3_VALUE,))
-        uc.reg_write(_CP_REG, _cp(HCR_EL2) + (HCR_EL2_VALUE,))
+        write_sysreg(uc, SCR_EL3, SCR_EL3_VALUE)
+        write_sysreg(uc, HCR_EL2, HCR_EL2_VALUE)
         self.native_fill = hooks.tlb_fill_native(self) if hooks.tlb_fill_native else None
         if self.native_fill is not None:
             self.native_fill.register(uc)  # first: Unicorn asks fill hooks in order
@@ -345,7 +122,8 @@ class Vcpu:
         self.tlb_stale = False  # another vCPU broadcast a TLBI: flush before the next slice
         self.uc = uc
         self._icount = InstructionCounter(uc)
-        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see _on_mrs
+        self._mrs_steps = mrs_steps_past_skip(set(hooks.sysreg_read) | set(hooks.sysreg_const))  # see SysregHooks
+        self._sysregs = SysregHooks(self, self._mrs_steps, self._guard, self._refresh_irq)
         self.native_sysreg: NativeSysreg | None = None
         if native_sysreg.available():  # untrapped system registers never reach Python
             self.native_sysreg = NativeSysreg(
@@ -354,17 +132,17 @@ class Vcpu:
                 steps=self._mrs_steps,
                 consts=hooks.sysreg_const,
                 emu_counter=self._icount.address,
-                on_mrs=self._on_mrs,
-                on_msr=self._on_msr,
+                on_mrs=self._sysregs.on_mrs,
+                on_msr=self._sysregs.on_msr,
                 uc=uc,
             )
             self.native_sysreg.register(uc)
             if self.native_fill is not None:  # the fill tells the TLBI filter what it installs
                 self.native_fill.state.record = self.native_sysreg.record_address
         else:  # the reference: every access through Python
-            uc.hook_add(UC_HOOK_INSN, self._on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
-            uc.hook_add(UC_HOOK_INSN, self._on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
-            uc.hook_add(UC_HOOK_INSN, self._on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_mrs, None, 1, 0, a64.UC_ARM64_INS_MRS)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_msr, None, 1, 0, a64.UC_ARM64_INS_MSR)
+            uc.hook_add(UC_HOOK_INSN, self._sysregs.on_sys, None, 1, 0, a64.UC_ARM64_INS_SYS)
             uc.hook_add(UC_HOOK_BLOCK, self._on_block)
         # Slices counted per translation block (vmm/block_counter.py), or by Unicorn's count=.
         self.counter: BlockCounter | None = None
@@ -382,17 +160,17 @@ class Vcpu:
     # --- registers ------------------------------------------------------------------------------
     def reg(self, n: int) -> int:
         """Xn (0..30)."""
-        return self.uc.reg_read(_X_REGS[n])
+        return self.uc.reg_read(X_REGS[n])
 
     def set_reg(self, n: int, value: int) -> None:
-        self.uc.reg_write(_X_REGS[n], value & 0xFFFF_FFFF_FFFF_FFFF)
+        self.uc.reg_write(X_REGS[n], value & 0xFFFF_FFFF_FFFF_FFFF)
 
     def sysreg(self, name: str) -> int:
         """A saved system register by name, e.g. 'VBAR_EL1'."""
-        return self.uc.reg_read(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc))
+        return read_sysreg(self.uc, saved_sysreg(name).enc)
 
     def set_sysreg(self, name: str, value: int) -> None:
-        self.uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME[name].enc) + (value,))
+        write_sysreg(self.uc, saved_sysreg(name).enc, value)
 
     @property
     def pstate(self) -> int:
@@ -413,23 +191,7 @@ class Vcpu:
     # --- power ------------------------------------------------------------------------------------
     def reset(self, entry: int, x0: int = 0, x1: int = 0) -> None:
         """Architectural reset into EL1h, MMU off, DAIF masked, at `entry` (Linux boot protocol)."""
-        state = self._reset_state
-        self.restore_state(
-            VcpuState(
-                index=self.index,
-                mpidr=self.mpidr,
-                x=[x0, x1] + [0] * 29,
-                sp_el0=0,
-                sp_el1=0,
-                pc=entry,
-                pstate=arch.PSTATE_EL1H_MASKED,
-                v=list(state.v),
-                fpcr=0,
-                fpsr=0,
-                sysregs=dict(state.sysregs),
-                power=PowerState.ON.value,
-            )
-        )
+        self.restore_state(reset_state(self._reset_state, self.mpidr, entry, x0, x1))
 
     # --- running --------------------------------------------------------------------------------
     def request_exit(self, kind: ExitKind, detail: str = "", fault: object | None = None) -> None:
@@ -535,7 +297,7 @@ class Vcpu:
             self._exit = SliceExit(ExitKind.WAIT, "WFI")
 
     def _native_tlbis(self) -> None:
-        """Tell the machine about TLBIs the native SYS hook saw in the slice (see _on_sys)."""
+        """Tell the machine about TLBIs the native SYS hook saw in the slice (see SysregHooks.on_sys)."""
         if self.native_sysreg is not None and self.native_sysreg.take_tlbis() and self.hooks.on_tlbi is not None:
             self.hooks.on_tlbi(self)
 
@@ -555,7 +317,15 @@ class Vcpu:
         self._exit = SliceExit(ExitKind.FAULT, reason, report)
         return self._exit
 
-    def _memory_fault(self, err: UcError) -> SliceExit | None:
+    def _take(self, exc: SyncException) -> SliceExit | None:
+        """Deliver `exc` to the guest; None if it took it, else stop at its preferred return
+        address with a fault (inside a hook, the caller then halts Unicorn)."""
+        if self.deliver_sync(exc.ec, exc.iss, preferred_return=exc.preferred_return, far=exc.far):
+            return None
+        self.pc = exc.preferred_return
+        return self._fault(exc.reason, ec=exc.ec, esr=exc.esr, far=exc.far)
+
+    def _memory_fault(self, err: UcError | None) -> SliceExit | None:
         """An access Unicorn could not complete: a physical hole or a fetch from non-RAM."""
         if self._refused is not None:  # the fill refused it (refuse_access)
             page, fetch = self._refused
@@ -564,39 +334,19 @@ class Vcpu:
             elif self._unmapped is not None:  # reached FAULT_PAGE at the access's offset
                 access, reached = self._unmapped
                 self._unmapped = (access, page | (reached & (UC_PAGE_SIZE - 1)))
-        if self._unmapped is not None:
-            access, addr = self._unmapped
-            fetch = access in (UC_MEM_FETCH_UNMAPPED, UC_MEM_FETCH_PROT)
-            write = access in (UC_MEM_WRITE_UNMAPPED, UC_MEM_WRITE_PROT)
-            what = "instruction fetch from" if fetch else ("write to" if write else "read from")
-            el0 = arch.pstate_el(self.pstate) == 0
-            if fetch:
-                ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
-                iss = arch.FSC_SYNC_EXTERNAL
-            else:
-                ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-                iss = arch.FSC_SYNC_EXTERNAL | (arch.ISS_DABT_WNR if write else 0)
-            where = "MMIO" if access == UC_MEM_FETCH_PROT else "unmapped"
-            reason = f"{what} {where} guest physical address {addr:#x}"
-            if self.deliver_sync(ec, iss, far=addr, preferred_return=self.pc):
-                return None  # the guest's abort handler runs from the next slice
-            return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=addr)
-        return self._fault(f"emulation stopped: {err}")
+        if self._unmapped is None:
+            return self._fault(f"emulation stopped: {err}")
+        access, addr = self._unmapped
+        el0 = arch.pstate_el(self.pstate) == 0
+        return self._take(sync_exceptions.external_abort(access, addr, self.pc, el0))
 
     def _translation_abort(self, fault: object) -> SliceExit | None:
         """A stage-1 translation fault from the TLB fill: an instruction or data abort."""
-        from vmm.mmu import AccessKind, TranslationFault
+        from vmm.mmu import TranslationFault
+        from vmm.tlb import fault_address
 
         assert isinstance(fault, TranslationFault)
         el0 = arch.pstate_el(self.pstate) == 0
-        if fault.is_instruction_abort:
-            ec = arch.EC_IABT_LOWER if el0 else arch.EC_IABT_CURRENT
-            iss = fault.fsc
-        else:
-            ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-            iss = fault.fsc | (arch.ISS_DABT_WNR if fault.access is AccessKind.WRITE else 0)
-        from vmm.tlb import fault_address
-
         far = fault_address(fault, self.pc, self._unmapped[1] if self._unmapped is not None else None)
         self.flush_tlb()  # drop the entry the fill made for the faulting access (vmm.tlb.FAULT_PAGE)
         retry = self.hooks.unprivileged_retry
@@ -608,71 +358,24 @@ class Vcpu:
                 # instruction runs again with EL0's permissions for its page.
                 self._exit = SliceExit(ExitKind.REPLAN, "LDTR/STTR checked with EL0 permissions")
                 return self._exit
-        if self.deliver_sync(ec, iss, far=far, preferred_return=self.pc):
-            return None
-        reason = f"{fault.kind.name.lower().replace('_', ' ')} fault, level {fault.level}, at virtual address {far:#x}"
-        return self._fault(reason, ec=ec, esr=arch.esr(ec, iss), far=far)
+        return self._take(sync_exceptions.translation_abort(fault, far, self.pc, el0))
 
-    # --- exception entry ------------------------------------------------------------------------
-    def _vbar(self) -> int:
-        return self.uc.reg_read(_CP_REG, _cp(VBAR_EL1))
-
+    # --- exception entry (vmm/exception_entry.py) -----------------------------------------------
     def can_take_exception(self, pc: int) -> bool:
-        """A guest can handle an exception if it has a vector table, readable at EL1 through
-        its current translation, and is not already in it."""
-        vbar = self._vbar()
-        if vbar == 0 or vbar <= pc < vbar + arch.VECTOR_TABLE_SIZE:
-            return False
-        return self.insn_at(vbar, el=1) is not None
+        """Has the guest a vector table it can enter, and is `pc` not in it?"""
+        return exception_entry.can_take_exception(self, pc)
 
     def enter_exception(self, vector_kind: int, preferred_return: int) -> None:
-        """Architectural exception entry to EL1 (DDI 0487 D1.10): SPSR, ELR, PSTATE, SP, PC.
-
-        `vector_kind` is arch.VECTOR_SYNC / VECTOR_IRQ / VECTOR_FIQ / VECTOR_SERROR. ESR/FAR
-        are the caller's business. Unicorn's PSTATE write does not switch the banked stack
-        pointer, so the bank swap is done here.
-        """
-        uc = self.uc
-        old = uc.reg_read(_PSTATE)
-        el = arch.pstate_el(old)
-        if el == 0:
-            base = arch.VECTOR_LOWER_EL_AARCH64
-        elif old & 1:
-            base = arch.VECTOR_CURRENT_EL_SPX
-        else:
-            base = arch.VECTOR_CURRENT_EL_SP0
-        sp = uc.reg_read(_SP)
-        if arch.pstate_uses_sp_elx(old):
-            uc.reg_write(_SP_EL1, sp)
-            new_sp = sp
-        else:
-            uc.reg_write(_SP_EL0, sp)
-            new_sp = uc.reg_read(_SP_EL1)
-        uc.reg_write(a64.UC_ARM64_REG_ELR_EL1, preferred_return)
-        uc.reg_write(_PSTATE, (old & ~(arch.PSTATE_M_MASK | arch.PSTATE_IL)) | arch.PSTATE_EL1H_MASKED)
-        # A CP_REG write makes Unicorn rebuild its cached hflags (current EL etc.); a PSTATE
-        # write alone does not, and code at the vector would be translated as if at the old EL.
-        uc.reg_write(_CP_REG, _cp(SPSR_EL1) + (old & 0xFFFF_FFFF,))
-        uc.reg_write(_SP, new_sp)
-        self.pc = self._vbar() + base + vector_kind
-        uc.reg_write(_PC, self.pc)
+        """Exception entry to EL1 at the `vector_kind` vector (arch.VECTOR_*); ESR/FAR not set."""
+        exception_entry.enter_exception(self, vector_kind, preferred_return)
 
     def deliver_sync(self, ec: int, iss: int, preferred_return: int, far: int | None = None) -> bool:
         """Take a synchronous exception if the guest can; False if it cannot (caller faults)."""
-        if not self.can_take_exception(preferred_return):
-            return False
-        self.uc.reg_write(a64.UC_ARM64_REG_ESR_EL1, arch.esr(ec, iss))
-        if far is not None:
-            self.uc.reg_write(a64.UC_ARM64_REG_FAR_EL1, far)
-        self.enter_exception(arch.VECTOR_SYNC, preferred_return)
-        return True
+        return exception_entry.deliver_sync(self, ec, iss, preferred_return, far)
 
     def take_irq(self) -> bool:
         """Take an IRQ exception now (between slices) if PSTATE.I is clear. True if taken."""
-        if self.uc.reg_read(_PSTATE) & arch.PSTATE_I:
-            return False
-        self.enter_exception(arch.VECTOR_IRQ, self.pc)
-        return True
+        return exception_entry.take_irq(self)
 
     # --- hooks (run inside emu_start) ---------------------------------------------------------
     def _guard(self, fn: Callable[[], object]) -> object:
@@ -746,60 +449,25 @@ class Vcpu:
         uc = self.uc
         pc = uc.reg_read(_PC)
         if intno in (EXCP_HVC, EXCP_SMC):
-            fid = uc.reg_read(_X_REGS[0])
+            fid = uc.reg_read(X_REGS[0])
             if self.hooks.psci is not None:
                 self.hooks.psci(self, fid)
             else:
                 self.set_reg(0, 0xFFFF_FFFF_FFFF_FFFF)  # NOT_SUPPORTED
             return
-        if intno == EXCP_SWI:
-            insn = self.insn_at(pc - 4) or 0
-            ec, iss, ret = arch.EC_SVC64, arch.imm16(insn), pc
-        elif intno == EXCP_BKPT:
-            insn = self.insn_at(pc) or 0
-            ec, iss, ret = arch.EC_BRK64, arch.imm16(insn), pc
-        elif intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
+        if intno == EXCP_UDEF and VMM_STUB_BASE <= pc < VMM_STUB_BASE + VMM_STUB_SIZE:
             # The guest ran into the stub page (not in its map): an instruction fetch from a hole.
             self.pc = pc
             self._unmapped = (UC_MEM_FETCH_UNMAPPED, pc)
-            if self._memory_fault(None) is not None:  # type: ignore[arg-type]
+            if self._memory_fault(None) is not None:
                 self._halt()
             return
-        elif intno == EXCP_UDEF and pc & 3:  # QEMU reports a misaligned PC as UDEF
-            ec, iss, ret = arch.EC_PC_ALIGN, 0, pc
-        elif intno == EXCP_UDEF:  # QEMU's syndrome is not exposed: decode it (vmm.syndrome)
-            ec, iss = syndrome.undef_syndrome(self.insn_at(pc), syndrome.read_trap_controls(self))
-            ret = pc
-        elif intno == EXCP_DATA_ABORT:
-            self._alignment_fault(pc)
-            return
-        else:
+        exc = sync_exceptions.from_interrupt(self, intno, pc)
+        if exc is None:
             self.pc = pc
             self._fault(f"unhandled CPU exception {intno}")
             self._halt()
-            return
-        far = pc if ec == arch.EC_PC_ALIGN else None  # FAR_EL1 holds the misaligned PC
-        if not self.deliver_sync(ec, iss, preferred_return=ret, far=far):
-            self.pc = ret
-            self._fault(f"{arch.EC_NAMES[ec]} with no usable vector table", ec=ec, esr=arch.esr(ec, iss), far=far)
-            self._halt()
-
-    def _alignment_fault(self, pc: int) -> None:
-        """The unaligned exclusive or atomic access at `pc`: a data abort with DFSC alignment
-        fault, FAR = the base register Xn (these instructions take no offset), WnR as QEMU
-        reports it (0 for a load-exclusive, 1 for stores and read-modify-writes)."""
-        insn = self.insn_at(pc) or 0
-        rn = (insn >> 5) & 31
-        far = self.uc.reg_read(_SP) if rn == 31 else self.reg(rn)
-        exclusive = insn & 0x3F00_0000 == 0x0800_0000  # load/store exclusive class (and CAS)
-        write = not (exclusive and (insn >> 22) & 1 and not (insn >> 23) & 1)
-        el0 = arch.pstate_el(self.pstate) == 0
-        ec = arch.EC_DABT_LOWER if el0 else arch.EC_DABT_CURRENT
-        iss = arch.FSC_ALIGNMENT | (arch.ISS_DABT_WNR if write else 0)
-        if not self.deliver_sync(ec, iss, preferred_return=pc, far=far):
-            self.pc = pc
-            what = "write to" if write else "read from"
-            self._fault(f"alignment fault: unaligned exclusive or atomic {what} {far:#x}", ec=ec, esr=arch.esr(ec, iss), far=far)
+        elif self._take(exc) is not None:
             self._halt()
 
     def insn_at(self, vaddr: int, el: int | None = None) -> int | None:
@@ -809,56 +477,6 @@ class Vcpu:
         if fetch_word is None:
             return self.memory.read_u32(vaddr) if self.memory.contains(vaddr, 4) else None
         return fetch_word(self, vaddr, el)
-
-    def _el0_declines(self, uc: Uc, op1: int) -> bool:
-        """An EL0 access to a register EL0 may not name (op1 != 3, DDI 0487 C5.3): the hook
-        leaves it to Unicorn, which makes it UNDEFINED (a hook that served it would leave the
-        PC on it: Unicorn calls the hook before its own access checks)."""
-        return op1 != arch.OP1_EL0_ACCESSIBLE and arch.pstate_el(uc.reg_read(_PSTATE)) == 0
-
-    def _on_mrs(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        handler = self.hooks.sysreg_read.get(enc)
-        const = self.hooks.sysreg_const.get(enc)
-        if handler is None and const is None or self._el0_declines(uc, enc[1]):
-            return 0
-        value = const if handler is None else self._guard(lambda: handler(self))
-        self._refresh_irq()  # e.g. ICC_IAR1_EL1 acknowledged the IRQ
-        uc.reg_write(reg, int(value) & 0xFFFF_FFFF_FFFF_FFFF)  # type: ignore[arg-type]
-        # Returning 1 skips the access. Unicorn steps past it by itself for registers QEMU
-        # implements; writing the PC there would make it count the next instruction twice.
-        if enc not in self._mrs_steps:
-            uc.reg_write(_PC, uc.reg_read(_PC) + 4)
-        return 1
-
-    def _on_msr(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        enc = (cp.op0, cp.op1, cp.crn, cp.crm, cp.op2)  # type: ignore[attr-defined]
-        if (enc in self.hooks.sysreg_observe or enc in self.hooks.sysreg_write) and self._el0_declines(uc, enc[1]):
-            return 0
-        observer = self.hooks.sysreg_observe.get(enc)
-        if observer is not None:
-            self._guard(lambda: observer(self))
-            return 0
-        handler = self.hooks.sysreg_write.get(enc)
-        if handler is None:
-            return 0
-        value = cp.val  # type: ignore[attr-defined]
-        self._guard(lambda: handler(self, value))
-        self._refresh_irq()
-        # A skipped MSR ends its translation block, so this PC write counts nothing twice.
-        uc.reg_write(_PC, uc.reg_read(_PC) + 4)
-        return 1
-
-    def _on_sys(self, uc: Uc, reg: int, cp: object, _ud: object) -> int:
-        """SYS instructions: TLB maintenance (op0 = 1, CRn = 8, DDI 0487 C5.5) drops every TLB
-        entry of this vCPU, and of the others before their next slice. Unicorn's own TLBI by
-        VA drops only the one 1 KiB entry at the address, not the rest of the 4 KiB page, and
-        the fill does not tag entries with ASIDs, so "all" is the one safe granule here."""
-        if cp.op0 == 1 and cp.crn == 8:  # type: ignore[attr-defined]
-            self.flush_tlb()
-            if self.hooks.on_tlbi is not None:
-                self._guard(lambda: self.hooks.on_tlbi(self))  # type: ignore[misc]
-        return 0  # Unicorn performs the instruction (its own flush is then a no-op)
 
     def _mmio_read(self, uc: Uc, offset: int, size: int, dev: object) -> int:
         value = int(self._guard(lambda: dev.mmio_read(offset, size, self.index)))  # type: ignore[attr-defined]
@@ -872,48 +490,21 @@ class Vcpu:
     # --- state ----------------------------------------------------------------------------------
     def save_state(self) -> VcpuState:
         """Plain-data state at a slice boundary."""
-        uc = self.uc
-        pstate = uc.reg_read(_PSTATE)
-        sp = uc.reg_read(_SP)
-        if arch.pstate_uses_sp_elx(pstate):
-            sp_el0, sp_el1 = uc.reg_read(_SP_EL0), sp
-        else:
-            sp_el0, sp_el1 = sp, uc.reg_read(_SP_EL1)
         return VcpuState(
             index=self.index,
             mpidr=self.mpidr,
-            x=[uc.reg_read(r) for r in _X_REGS],
-            sp_el0=sp_el0,
-            sp_el1=sp_el1,
             pc=self.pc,
-            pstate=pstate,
-            v=[uc.reg_read(r).to_bytes(16, "little") for r in _Q_REGS],
-            fpcr=uc.reg_read(a64.UC_ARM64_REG_FPCR),
-            fpsr=uc.reg_read(a64.UC_ARM64_REG_FPSR),
-            sysregs={r.key: uc.reg_read(_CP_REG, _cp(r.enc)) for r in SAVED_SYSREGS},
             power=self.power.value,
             waiting=self.waiting,
             pending_entry=self.pending_entry,
             pending_context=self.pending_context,
+            **read_registers(self.uc),
         )
 
     def restore_state(self, state: VcpuState) -> None:
         """Load `state` (validated by the caller) and flush this instance's translation caches."""
-        uc = self.uc
-        for r, value in zip(_X_REGS, state.x):
-            uc.reg_write(r, value)
-        for r, value in zip(_Q_REGS, state.v):
-            uc.reg_write(r, int.from_bytes(value, "little"))
-        uc.reg_write(a64.UC_ARM64_REG_FPCR, state.fpcr)
-        uc.reg_write(a64.UC_ARM64_REG_FPSR, state.fpsr)
-        uc.reg_write(_PSTATE, state.pstate)
-        # CP_REG writes come after PSTATE: each makes Unicorn rebuild its cached hflags.
-        for r in SAVED_SYSREGS:
-            uc.reg_write(_CP_REG, _cp(r.enc) + (state.sysregs.get(r.key, 0),))
-        uc.reg_write(_SP_EL0, state.sp_el0)
-        uc.reg_write(_SP_EL1, state.sp_el1)
-        uc.reg_write(_SP, state.sp_el1 if arch.pstate_uses_sp_elx(state.pstate) else state.sp_el0)
-        uc.reg_write(_PC, state.pc)
+        write_registers(self.uc, state)
+        self.uc.reg_write(_PC, state.pc)
         self.pc = state.pc
         self.mpidr = state.mpidr
         self.power = PowerState(state.power)
@@ -956,40 +547,18 @@ class Vcpu:
     def note_host_write(self, first_page: int, last_page: int) -> None:
         """The host (not this vCPU) wrote RAM pages first_page..last_page (CODE_PAGE_SIZE
         units): translated code of those it fetched from is dropped before its next slice."""
-        if self._code_pages.find(1, first_page, last_page + 1) < 0:
-            return
-        self.stale_code.update(p for p in range(first_page, last_page + 1) if self._code_pages[p])
+        self._code.note_host_write(first_page, last_page)
 
     def drop_translations(self, pages: np.ndarray) -> None:
         """Drop translated code of these RAM pages (indices of CODE_PAGE_SIZE bytes), after
         their contents changed behind Unicorn's back. Costs nothing for pages never fetched."""
-        pages = pages[self._code_bits[pages]]
-        if not pages.size:
-            return
-        uc = self.uc
-        # Unicorn invalidates by virtual address, translated with the current TLB. Translate
-        # with Unicorn's own MMU, switched off, so that VA = PA and the VMM's fill is not called.
-        if self._scratch is None:
-            self._scratch = uc.context_save()
-        else:
-            uc.context_update(self._scratch)  # type: ignore[arg-type]
-        uc.reg_write(_CP_REG, _cp(_SYSREG_BY_NAME["SCTLR_EL1"].enc) + (0,))
-        uc.ctl_set_tlb_mode(UC_TLB_CPU)
-        self.flush_tlb()
-        try:
-            for page in pages.tolist():
-                start = self.memory.base + page * CODE_PAGE_SIZE
-                uc.ctl_remove_cache(start, start + CODE_PAGE_SIZE)
-        finally:
-            uc.ctl_set_tlb_mode(UC_TLB_VIRTUAL)
-            self.flush_tlb()
-            uc.context_restore(self._scratch)  # type: ignore[arg-type]
+        self._code.drop(self.uc, pages)
 
     def flush_caches(self) -> None:
         """Drop translated code and TLB entries (after RAM changed behind Unicorn's back)."""
         self.uc.ctl_flush_tb()
         self.flush_tlb()
-        self._code_bits[:] = False
+        self._code.forget_all()
 
     def flush_tlb(self) -> None:
         """Drop TLB entries, so every page is filled (and write-checked) again."""
