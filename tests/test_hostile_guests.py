@@ -19,6 +19,7 @@ from tools.faults import hostile
 from tools.faults.corpus import scratch_directory
 from tools.faults.outcome import Verdict
 from vmm import StopReason
+from vmm.native_fill import ENV_SWITCH
 
 pytest.importorskip("keystone")
 
@@ -41,6 +42,15 @@ def work(root: Path, request: pytest.FixtureRequest) -> Path:
 
 @pytest.mark.parametrize("name", sorted(CATALOG))
 def test_hostile_guest(name: str, work: Path) -> None:
+    trial = hostile.run_guest(CATALOG[name], work)
+    assert trial.ok, str(trial)
+
+
+@pytest.mark.parametrize("name", sorted(CATALOG))
+def test_hostile_guest_on_the_python_paths(name: str, work: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same catalog on the reference paths (Python TLB fill and system registers,
+    Unicorn's count=): they must end each guest the same way."""
+    monkeypatch.setenv(ENV_SWITCH, "0")
     trial = hostile.run_guest(CATALOG[name], work)
     assert trial.ok, str(trial)
 

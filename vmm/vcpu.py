@@ -64,6 +64,9 @@ __all__ = [
 UC_PAGE_SIZE = 1024
 
 UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
+# The `until` of every run: on the stub page past its code (CLREX; B .+4; then UDF), so no run
+# reaches it, and a guest that jumps into the stub meets an UDF there, on either counter.
+FREE_UNTIL = VMM_STUB_BASE + VMM_STUB_SIZE // 2
 
 # Higher-EL configuration written once per vCPU so that ERET and HVC behave (unicorn-notes.md).
 SCR_EL3: SysReg = (3, 6, 1, 1, 0)
@@ -147,7 +150,7 @@ class Vcpu:
         # Slices counted per translation block (vmm/block_counter.py), or by Unicorn's count=.
         self.counter: BlockCounter | None = None
         if self.native_sysreg is not None and block_counter.enabled():
-            self.counter = BlockCounter(uc, self.native_sysreg.state, stub=VMM_STUB_BASE, free_until=VMM_STUB_BASE + VMM_STUB_SIZE // 2)
+            self.counter = BlockCounter(uc, self.native_sysreg.state, stub=VMM_STUB_BASE, free_until=FREE_UNTIL)
         self._insn_pc: int | None = None  # the instruction an interrupt hook runs for
         self.slice_start = 0  # virtual time of the first instruction of the last run_slice
         self.slice_end = 0  # slice_start + its count
@@ -242,7 +245,7 @@ class Vcpu:
             if counter is not None:
                 self.pc, complete = counter.run(self.pc, count, start)
             else:
-                uc.emu_start(self.pc, VMM_STUB_BASE + 8, count=count)
+                uc.emu_start(self.pc, FREE_UNTIL, count=count)
         except UcError as e:
             self.pc = uc.reg_read(_PC)
             self._native_tlbis()
@@ -283,7 +286,7 @@ class Vcpu:
 
         count=1 keeps Unicorn's instruction-count hook installed between slices: switching it
         off and on costs a retranslation of everything (measured 10-20% of execution speed)."""
-        self.uc.emu_start(VMM_STUB_BASE, VMM_STUB_BASE + 8, count=1)
+        self.uc.emu_start(VMM_STUB_BASE, FREE_UNTIL, count=1)
 
     def _wfi(self) -> None:
         """Unicorn ended the slice right after a WFI (it halts emu_start there). The vCPU waits
