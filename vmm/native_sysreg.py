@@ -8,7 +8,7 @@ CNTVCT, their self-synchronised views and PMCCNTR) at the exact virtual time of 
 instruction, flush the TLB on a TLBI, and call the vCPU's Python handlers (`SysregHooks.on_mrs`,
 `on_msr`, vmm/sysreg_hooks.py) only for trapped registers. Without the C module, or with MICROVM_NATIVE_FILL=0,
 the vCPU registers its Python hooks for every access instead: slower, never different
-(tests/test_native_sysreg.py compares the two).
+(tests/test_cpu_model.py, tests/test_tlbi.py and the Linux boot test compare the two).
 """
 from __future__ import annotations
 

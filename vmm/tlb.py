@@ -37,7 +37,10 @@ if TYPE_CHECKING:
     from vmm.vcpu import SysReg, Vcpu
 
 DIRTY_PAGE_SIZE = 4096  # bytes: the dirty bitmap's page (the AArch64 4 KiB granule)
-UC_PAGE_SIZE = 1024  # bytes: Unicorn's AArch64 TLB page (see vmm/vcpu.py)
+# Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
+# = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
+# physical address of `vaddr` itself; Unicorn masks it to its page.
+UC_PAGE_SIZE = 1024  # bytes
 
 # Registers whose writes change translation (Arm ARM D17.2); MSRs to them drop the cache.
 SCTLR_EL1: SysReg = (3, 0, 1, 0, 0)

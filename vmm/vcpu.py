@@ -37,6 +37,7 @@ from vmm.icount import InstructionCounter, InstructionCounterError, mrs_steps_pa
 from vmm import block_counter, native_sysreg
 from vmm.block_counter import BlockCounter
 from vmm.layout import VMM_STUB_BASE, VMM_STUB_SIZE
+from vmm.tlb import UC_PAGE_SIZE
 from vmm.native_sysreg import NativeSysreg
 from vmm.slice_exit import ExitKind, FaultInfo, SliceExit
 from vmm.sync_exceptions import EXCP_HVC, EXCP_SMC, EXCP_SWI, EXCP_UDEF, SyncException
@@ -58,10 +59,6 @@ __all__ = [
     "SysReg", "SysregRead", "SysregWrite", "Vcpu", "VcpuCheckpoint", "VcpuHooks", "VcpuState", "saved_sysreg_key",
 ]
 
-# Unicorn's AArch64 target page (and so TLB-fill granule) is 1 KiB (QEMU TARGET_PAGE_BITS_MIN
-# = 10 for Arm) and cannot be changed; a fill describes one such page. Fill results give the
-# physical address of `vaddr` itself; Unicorn masks it to its page.
-UC_PAGE_SIZE = 1024
 
 UNMASK_STOP = "IRQ unmasked with an interrupt signalled"  # the detail of a block-hook stop
 # The `until` of every run: on the stub page past its code (CLREX; B .+4; then UDF), so no run
