@@ -1,7 +1,7 @@
 """tools.bench.measure: interleaved rounds, warm-up, best and spread."""
 from __future__ import annotations
 
-from tools.bench.measure import Samples, add_ratio, interleave, ratio, ratio_spread
+from tools.bench.measure import Samples, add_ratio, interleave, ratio, ratio_median, ratio_spread
 
 
 def test_rounds_are_interleaved_rotated_and_warmed_up() -> None:
@@ -23,4 +23,13 @@ def test_ratio_and_spread() -> None:
     assert ratio_spread(fast, slow) == [1.5, 3.0]
     assert Samples([2.0, 3.0]).spread == 0.5
     figures: dict[str, object] = {}
-    assert add_ratio(figures, "x", fast, slow) == 3.0 and figures == {"x": 3.0, "x_spread": [1.5, 3.0]}
+    assert add_ratio(figures, "x", fast, slow) == 3.0 and figures == {"x": 3.0, "x_spread": [1.5, 3.0], "x_median": 2.25}
+
+
+def test_the_median_ratio_pairs_rounds() -> None:
+    """Each round's two samples are compared with each other, not best with best: a side whose
+    one fast round came in another round than the other side's does not decide it."""
+    a = Samples([1.0, 4.0, 4.0, 4.0, 4.0])  # one lucky round
+    b = Samples([6.0, 6.0, 6.0, 6.0, 2.0])  # its lucky round elsewhere
+    assert ratio(a, b) == 2.0  # best of each: a looks 2x faster
+    assert ratio_median(a, b) == 1.5  # round by round: 6, 1.5, 1.5, 1.5, 0.5

@@ -9,7 +9,11 @@ taken at an unmask, MMIO, stores into the running block's own code, and the MMU.
 """
 from __future__ import annotations
 
+import ctypes
+import platform
+
 import pytest
+import unicorn
 from asm import POWER_OFF, RESULTS_PTR, assemble, mov64, vector_table
 
 from vmm import MicroVM, StopReason, VmConfig, native_sysreg
@@ -19,6 +23,14 @@ from vmm.icount import InstructionCounterError
 pytestmark = pytest.mark.skipif(not native_sysreg.available(), reason="the native hooks are not built here")
 
 QUANTA = (1, 997, 100_000, 100_000_000)
+
+
+@pytest.fixture(autouse=True, params=["cflags", "code-hook"])
+def tail_mechanism(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test with both ways a tail ends (vmm/_sysreg.c start_tail): the next block cut
+    to r instructions through cflags_next_tb where it is found, else a code hook."""
+    monkeypatch.setenv(native_sysreg.CFLAGS_SWITCH, "1" if request.param == "cflags" else "0")
+    return str(request.param)
 
 
 def make(monkeypatch: pytest.MonkeyPatch, counted: bool, **config: object) -> MicroVM:
@@ -292,3 +304,18 @@ def test_a_device_error_inside_a_tail_leaves_no_hook_behind(monkeypatch, tmp_pat
     result = vm.run(50_000)
     assert result.reason is StopReason.FAULT and "device failure in a tail" in result.detail
     assert state.tail_hook == 0 and v.counter.tails >= 1
+
+
+def test_tails_use_cflags_where_the_field_is_found(monkeypatch, tmp_path, tail_mechanism: str) -> None:
+    """The probe finds cflags_next_tb and checks it on a scratch engine (always on the x86-64
+    build of Unicorn 2.1.4 this was measured on); MICROVM_TAIL_CFLAGS=0 turns it off."""
+    vm = counted(monkeypatch, tmp_path, "b .", 1_000)
+    state = vm.vcpus[0].native_sysreg.state
+    offset = native_sysreg._find_cflags_offset()
+    if unicorn.__version__ == "2.1.4" and platform.machine() == "x86_64":
+        assert offset is not None
+    if tail_mechanism == "code-hook" or offset is None:
+        assert not state.cflags_next_tb
+    else:
+        assert state.cflags_next_tb == state.cpu + offset
+        assert ctypes.c_uint32.from_address(state.cflags_next_tb).value == 0xFFFF_FFFF  # no request pending

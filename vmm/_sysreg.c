@@ -222,19 +222,23 @@ void microvm_tail_stop(void *uc, uint64_t address, uint32_t size, microvm_sysreg
     drop_tail_hook(uc, s);
 }
 
-/* Run r (> 0) instructions of the block at `address`, which has more: see the tail above.
- * No `until` address: Unicorn stops at one by running a WFI there, which traps to EL1 at EL0
- * when SCTLR_EL1.nTWI is 0 (as under Linux) instead of stopping. */
+/* Run r (> 0) instructions of the block at `address`, which has more: see the tail in
+ * _sysreg.h. No `until` address: Unicorn stops at one by running a WFI there, which traps to
+ * EL1 at EL0 when SCTLR_EL1.nTWI is 0 (as under Linux) instead of stopping. */
 static void start_tail(void *uc, uint64_t address, uint64_t r, microvm_sysreg_state *s)
 {
     uint64_t until = address + INSN_BYTES * r;
-    size_t handle = 0;
-    if (s->ctl(uc, s->remove_cache_ctl, address, address + INSN_BYTES) != 0 ||
-        s->hook_add(uc, &handle, (int)s->hook_code, (void *)microvm_tail_stop, s, until, until) != 0) {
-        fail(uc, s);
-        return;
+    if (s->cflags_next_tb != NULL) {
+        *s->cflags_next_tb = (uint32_t)r; /* CF_COUNT_MASK: at most r instructions (r < 512) */
+    } else {
+        size_t handle = 0;
+        if (s->ctl(uc, s->remove_cache_ctl, address, address + INSN_BYTES) != 0 ||
+            s->hook_add(uc, &handle, (int)s->hook_code, (void *)microvm_tail_stop, s, until, until) != 0) {
+            fail(uc, s);
+            return;
+        }
+        s->tail_hook = handle;
     }
-    s->tail_hook = handle;
     s->tail_until = until;
     s->tail_phase = MICROVM_TAIL_ARMED;
     s->tails += 1;
@@ -264,17 +268,18 @@ static __attribute__((noinline)) void block_slow(void *uc, uint64_t address, uin
     uint64_t n = size / INSN_BYTES;
     s->base += s->cur_len;
     s->cur_len = 0;
-    if (s->tail_phase == MICROVM_TAIL_ARMED) { /* the tail's block, translated with the stop */
-        if (address != s->tail_pc) {
+    if (s->tail_phase == MICROVM_TAIL_ARMED) { /* the tail's block, translated to stop */
+        uint64_t r = (s->tail_until - address) / INSN_BYTES;
+        if (address != s->tail_pc || (s->cflags_next_tb != NULL && n > r)) {
             fail(uc, s);
             return;
         }
         s->tail_phase = MICROVM_TAIL_RUNNING;
         s->cur_start = address;
-        s->cur_len = (s->tail_until - address) / INSN_BYTES;
+        s->cur_len = n < r ? n : r; /* the code hook stops a full block at r */
         return;
     }
-    if (s->tail_phase == MICROVM_TAIL_RUNNING) { /* the tail was left early (an exception) */
+    if (s->tail_phase == MICROVM_TAIL_RUNNING) { /* the tail ran (a block cut to r) or was left early */
         drop_tail_hook(uc, s);
         s->tail_phase = MICROVM_TAIL_NONE;
         s->tail_pc = 0;

@@ -104,6 +104,12 @@ typedef struct {
     uint32_t hook_code;          /* UC_HOOK_CODE */
     uint32_t remove_cache_ctl;   /* uc_ctl code: UC_CTL_TB_REMOVE_CACHE, write, 2 arguments */
     uint64_t tails;              /* tails run (a statistic) */
+    /* Unicorn's cpu->cflags_next_tb, or NULL. When known, a tail needs no code hook: the run
+     * goes back to the block with the next translation block limited to r instructions
+     * (QEMU's CF_COUNT_MASK, the way its icount ends a budget). That block is cached apart from
+     * the full one (cflags are part of a translation's key), so neither is translated again
+     * when later slices end at the same place. */
+    uint32_t *cflags_next_tb;
 } microvm_sysreg_state;
 
 #define MICROVM_STUB_REDIRECT 8 /* offset of the stub's redirect block */

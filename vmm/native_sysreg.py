@@ -13,6 +13,7 @@ the vCPU registers its Python hooks for every access instead: slower, never diff
 from __future__ import annotations
 
 import ctypes
+import os
 from typing import Callable, Iterable
 
 from unicorn import UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TLB_FLUSH, UC_HOOK_BLOCK, UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
@@ -29,6 +30,7 @@ PMCCNTR_EL0: SysReg = (3, 3, 9, 13, 0)  # the cycle counter: virtual cycles = in
 PHYS_COUNTERS = (sysreg.CNTPCT_EL0, sysreg.CNTPCTSS_EL0, PMCCNTR_EL0)
 VIRT_COUNTERS = (sysreg.CNTVCT_EL0, sysreg.CNTVCTSS_EL0)
 TABLE_SIZE = 1 << 16
+CFLAGS_SWITCH = "MICROVM_TAIL_CFLAGS"  # 0: tails use a code hook even where cflags_next_tb is found
 MAX_BLOCKS = 16  # MICROVM_MAX_BLOCKS in vmm/_sysreg.h
 
 
@@ -100,6 +102,7 @@ class SysregState(ctypes.Structure):
         ("hook_code", ctypes.c_uint32),
         ("remove_cache_ctl", ctypes.c_uint32),
         ("tails", ctypes.c_uint64),
+        ("cflags_next_tb", ctypes.c_void_p),
     ]
 
 
@@ -189,6 +192,7 @@ class NativeSysreg:
         )
         cpu, flush_page = _page_flush(uc)
         self.state.cpu, self.state.flush_page = cpu, flush_page
+        self.state.cflags_next_tb = _cflags_next_tb(cpu)
         self.state.n_consts = len(consts)
         for i, (enc, value) in enumerate(consts.items()):
             self.state.const_index[i] = _index(enc)
@@ -298,3 +302,66 @@ def _page_flush(uc: Uc) -> tuple[int | None, int | None]:
     handle = ctypes.cast(uc._uch, ctypes.c_void_p).value
     cpu = ctypes.c_uint64.from_address(handle + offset).value
     return (cpu or None), (flush_page if cpu else None)
+
+
+# cpu_io_recompile_aarch64 sets `cpu->cflags_next_tb = CF_LAST_IO | 1` with one
+# `movl $0x8001, disp8(%reg)` (x86-64 builds of Unicorn 2.1): disp8 is the field's offset in
+# CPUState (qemu/include/hw/core/cpu.h). Anywhere else, tails use a code hook.
+_CF_LAST_IO_1 = (0x8001).to_bytes(4, "little")  # CF_LAST_IO (0x8000) | 1 instruction
+_MOVL_IMM32_DISP8 = 0xC7  # opcode of movl $imm32, disp8(%reg): ModRM mod = 01, reg = 0
+_SCAN_BYTES = 160  # the store comes early in the function
+_NO_REQUEST = 0xFFFF_FFFF  # cflags_next_tb when no request is pending (cpu_common_reset: -1)
+_cflags_offset: int | None | bool = False  # False: not probed yet
+
+
+def _find_cflags_offset() -> int | None:
+    from unicorn.unicorn_py3.unicorn import uclib
+
+    try:
+        recompile = ctypes.cast(uclib.cpu_io_recompile_aarch64, ctypes.c_void_p).value
+    except AttributeError:
+        return None
+    code = ctypes.string_at(recompile, _SCAN_BYTES)
+    found = [
+        code[i + 2]
+        for i in range(len(code) - 7)
+        if code[i] == _MOVL_IMM32_DISP8 and code[i + 1] & 0xF8 == 0x40 and code[i + 1] != 0x44 and code[i + 3 : i + 7] == _CF_LAST_IO_1
+    ]
+    if len(found) != 1:
+        return None
+    offset = found[0]
+    return offset if _probe_cflags(offset) else None
+
+
+def _probe_cflags(offset: int) -> bool:
+    """Does writing r at `offset` of a scratch engine's CPUState cut its next translation
+    block to r instructions, as cflags_next_tb does?"""
+    from unicorn import UC_ARCH_ARM64, UC_MODE_ARM
+
+    base, nops, cut = 0x10_0000, 16, 3
+    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    uc.mem_map(base, 0x1000)
+    uc.mem_write(base, (0xD503_201F).to_bytes(4, "little") * nops)  # NOP (DDI 0487 C6.2.238)
+    cpu, _ = _page_flush(uc)
+    if cpu is None:
+        return False
+    field = ctypes.c_uint32.from_address(cpu + offset)
+    if field.value != _NO_REQUEST:
+        return False
+    sizes: list[int] = []
+    uc.hook_add(UC_HOOK_BLOCK, lambda _uc, _address, size, _ud: sizes.append(size))
+    field.value = cut
+    uc.emu_start(base, base + 4 * nops)
+    return bool(sizes) and sizes[0] == 4 * cut and field.value == _NO_REQUEST
+
+
+def _cflags_next_tb(cpu: int | None) -> int | None:
+    """Address of `cpu`'s cflags_next_tb, or None where it cannot be found and checked."""
+    global _cflags_offset
+    if cpu is None or os.environ.get(CFLAGS_SWITCH, "1") == "0":
+        return None
+    if _cflags_offset is False:
+        _cflags_offset = _find_cflags_offset()
+    if _cflags_offset is None or ctypes.c_uint32.from_address(cpu + _cflags_offset).value != _NO_REQUEST:
+        return None
+    return cpu + _cflags_offset
