@@ -336,10 +336,14 @@ def _find_cflags_offset() -> int | None:
 def _probe_cflags(offset: int) -> bool:
     """Does writing r at `offset` of a scratch engine's CPUState cut its next translation
     block to r instructions, as cflags_next_tb does?"""
-    from unicorn import UC_ARCH_ARM64, UC_MODE_ARM
+    from vmm.engine import new_engine
+    from vmm.errors import HostResourceError
 
     base, nops, cut = 0x10_0000, 16, 3
-    uc = Uc(UC_ARCH_ARM64, UC_MODE_ARM)
+    try:
+        uc = new_engine()  # its translation buffer sized as the vCPUs' (Unicorn's default is 1 GiB)
+    except HostResourceError:
+        return False
     uc.mem_map(base, 0x1000)
     uc.mem_write(base, (0xD503_201F).to_bytes(4, "little") * nops)  # NOP (DDI 0487 C6.2.238)
     cpu, _ = _page_flush(uc)
