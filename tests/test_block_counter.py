@@ -167,25 +167,34 @@ def test_stores_into_the_running_block(monkeypatch, tmp_path, quantum: int) -> N
     assert vm.vcpus[0].reg(5) == (2 * 300 if quantum == 1 else 1 + 2 * 299)
 
 
-def test_tails_run_where_the_budget_ends_inside_a_block(monkeypatch, tmp_path) -> None:
-    """Slices of 7 instructions in a loop of 6: most end inside the block, and each stops on
-    the exact instruction (checked against the program text, not the other path)."""
-    source = """
-    loop:
-        add x11, x11, #1
-        add x12, x12, #1
-        add x13, x13, #1
-        add x14, x14, #1
-        add x15, x15, #1
-        b loop
-    """
-    vm = counted(monkeypatch, tmp_path, source, 7)
+SIX_INSTRUCTION_LOOP = """
+loop:
+    add x11, x11, #1
+    add x12, x12, #1
+    add x13, x13, #1
+    add x14, x14, #1
+    add x15, x15, #1
+    b loop
+"""
+NO_REQUEST = 0xFFFF_FFFF  # cflags_next_tb with no request pending
+
+
+def check_six_instruction_loop(vm: MicroVM) -> None:
+    """Run SIX_INSTRUCTION_LOOP in slices of 7 and check each slice's end against the program
+    text: instruction k is `add x(11 + k % 6)`, or the branch when k % 6 == 5."""
     v = vm.vcpus[0]
     for rounds in range(1, 40):
         assert vm.run(7).reason is StopReason.BUDGET
-        n = 7 * rounds  # instruction k is `add x(11 + k % 6)`, or the branch when k % 6 == 5
+        n = 7 * rounds
         assert [v.reg(11 + i) for i in range(5)] == [(n - i + 5) // 6 for i in range(5)], n
-    assert v.counter.tails > 30
+
+
+def test_tails_run_where_the_budget_ends_inside_a_block(monkeypatch, tmp_path) -> None:
+    """Slices of 7 instructions in a loop of 6: most end inside the block, and each stops on
+    the exact instruction (checked against the program text, not the other path)."""
+    vm = counted(monkeypatch, tmp_path, SIX_INSTRUCTION_LOOP, 7)
+    check_six_instruction_loop(vm)
+    assert vm.vcpus[0].counter.tails > 30
 
 
 def test_a_counter_that_loses_its_place_fails_loudly(monkeypatch, tmp_path) -> None:
@@ -319,3 +328,26 @@ def test_tails_use_cflags_where_the_field_is_found(monkeypatch, tmp_path, tail_m
     else:
         assert state.cflags_next_tb == state.cpu + offset
         assert ctypes.c_uint32.from_address(state.cflags_next_tb).value == 0xFFFF_FFFF  # no request pending
+
+
+def test_a_lost_cut_request_is_made_again(monkeypatch, tmp_path, tail_mechanism: str) -> None:
+    """A full translation buffer is flushed in the middle of translating, and the lookup after
+    the flush ignores cflags_next_tb: the full block comes back instead of the cut one. The
+    block hook makes the request again (here a second block hook drops each tail's first
+    request, as that flush does); the slices still end on the exact instruction."""
+    vm = counted(monkeypatch, tmp_path, SIX_INSTRUCTION_LOOP, 7)
+    v = vm.vcpus[0]
+    state = v.native_sysreg.state
+    if tail_mechanism == "code-hook" or not state.cflags_next_tb:
+        pytest.skip("tails make no cflags request here")
+    request = ctypes.c_uint32.from_address(state.cflags_next_tb)
+    dropped: set[int] = set()
+
+    def drop(_uc: object, _address: int, _size: int, _ud: object) -> None:
+        if state.tail_phase == native_sysreg.TAIL_ARMED and request.value != NO_REQUEST and state.tails not in dropped:
+            request.value = NO_REQUEST
+            dropped.add(state.tails)
+
+    v.uc.hook_add(unicorn.UC_HOOK_BLOCK, drop)
+    check_six_instruction_loop(vm)
+    assert len(dropped) > 10

@@ -193,6 +193,21 @@ def test_poweroff_from_the_shell(prompt_1: AtPrompt) -> None:
 
 
 @pytest.mark.slow
+def test_boots_with_a_small_translation_buffer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With 4 MiB of translated code the buffer fills and is flushed again and again, also in
+    the middle of translating a tail's cut block (the block counter then asks for the cut
+    again); the boot reaches `Run /init` at the same instruction as with the default buffer."""
+    import vmm.engine
+
+    reference = MicroVM(_config(1))  # engines are made with the buffer size of the moment
+    monkeypatch.setattr(vmm.engine, "TB_BUFFER_SIZE", 4 << 20)
+    vm = MicroVM(_config(1))
+    for machine in (vm, reference):
+        assert machine.run_until_output(b"Run /init as init process", BOOT_BUDGET).reason is StopReason.OUTPUT
+    assert vm.clock == reference.clock and vm.state_digest() == reference.state_digest()
+
+
+@pytest.mark.slow
 def test_four_vcpus_boot_answer_and_power_off() -> None:
     """SMP at 4 vCPUs: every secondary comes up through PSCI CPU_ON, the shell answers, and
     `poweroff -f` powers the machine off."""

@@ -388,7 +388,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
     (void)self;
     (void)args;
     return Py_BuildValue(
-        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
+        "(n,[NNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNNN])", (Py_ssize_t)sizeof(microvm_sysreg_state),
         FIELD(microvm_sysreg_state, table), FIELD(microvm_sysreg_state, emu_counter),
         FIELD(microvm_sysreg_state, slice_start), FIELD(microvm_sysreg_state, cntvoff),
         FIELD(microvm_sysreg_state, py_mrs), FIELD(microvm_sysreg_state, py_msr),
@@ -411,7 +411,7 @@ static PyObject *sysreg_layout(PyObject *self, PyObject *args)
         FIELD(microvm_sysreg_state, tail_hook), FIELD(microvm_sysreg_state, hook_add),
         FIELD(microvm_sysreg_state, hook_del), FIELD(microvm_sysreg_state, hook_code),
         FIELD(microvm_sysreg_state, remove_cache_ctl), FIELD(microvm_sysreg_state, tails),
-        FIELD(microvm_sysreg_state, cflags_next_tb));
+        FIELD(microvm_sysreg_state, cflags_next_tb), FIELD(microvm_sysreg_state, tail_retries));
 }
 
 static PyMethodDef methods[] = {

@@ -241,6 +241,7 @@ static void start_tail(void *uc, uint64_t address, uint64_t r, microvm_sysreg_st
     }
     s->tail_until = until;
     s->tail_phase = MICROVM_TAIL_ARMED;
+    s->tail_retries = 0;
     s->tails += 1;
     redirect(uc, s, address);
 }
@@ -270,6 +271,14 @@ static __attribute__((noinline)) void block_slow(void *uc, uint64_t address, uin
     s->cur_len = 0;
     if (s->tail_phase == MICROVM_TAIL_ARMED) { /* the tail's block, translated to stop */
         uint64_t r = (s->tail_until - address) / INSN_BYTES;
+        if (address == s->tail_pc && s->cflags_next_tb != NULL && n > r && s->tail_retries < MICROVM_TAIL_RETRIES) {
+            /* The request was lost: a full translation buffer is flushed in the middle of
+             * translating, and the lookup after the flush uses no cflags. Make it again. */
+            s->tail_retries += 1;
+            *s->cflags_next_tb = (uint32_t)r;
+            redirect(uc, s, address);
+            return;
+        }
         if (address != s->tail_pc || (s->cflags_next_tb != NULL && n > r)) {
             fail(uc, s);
             return;

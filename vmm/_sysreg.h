@@ -110,7 +110,10 @@ typedef struct {
      * the full one (cflags are part of a translation's key), so neither is translated again
      * when later slices end at the same place. */
     uint32_t *cflags_next_tb;
+    uint32_t tail_retries;       /* requests made again for this tail (a TB flush lost one) */
 } microvm_sysreg_state;
+
+#define MICROVM_TAIL_RETRIES 3 /* a lost request is made again this many times, then it fails */
 
 #define MICROVM_STUB_REDIRECT 8 /* offset of the stub's redirect block */
 enum { MICROVM_TAIL_NONE, MICROVM_TAIL_ARMED, MICROVM_TAIL_RUNNING, MICROVM_TAIL_DONE };

@@ -103,6 +103,7 @@ class SysregState(ctypes.Structure):
         ("remove_cache_ctl", ctypes.c_uint32),
         ("tails", ctypes.c_uint64),
         ("cflags_next_tb", ctypes.c_void_p),
+        ("tail_retries", ctypes.c_uint32),
     ]
 
 
