@@ -176,7 +176,7 @@ loop:
     add x15, x15, #1
     b loop
 """
-NO_REQUEST = 0xFFFF_FFFF  # cflags_next_tb with no request pending
+NO_REQUEST = native_sysreg.NO_CUT_REQUEST
 
 
 def check_six_instruction_loop(vm: MicroVM) -> None:
@@ -320,14 +320,14 @@ def test_tails_use_cflags_where_the_field_is_found(monkeypatch, tmp_path, tail_m
     build of Unicorn 2.1.4 this was measured on); MICROVM_TAIL_CFLAGS=0 turns it off."""
     vm = counted(monkeypatch, tmp_path, "b .", 1_000)
     state = vm.vcpus[0].native_sysreg.state
-    offset = native_sysreg._find_cflags_offset()
+    offset = native_sysreg.cflags_offset()
     if unicorn.__version__ == "2.1.4" and platform.machine() == "x86_64":
         assert offset is not None
     if tail_mechanism == "code-hook" or offset is None:
         assert not state.cflags_next_tb
     else:
         assert state.cflags_next_tb == state.cpu + offset
-        assert ctypes.c_uint32.from_address(state.cflags_next_tb).value == 0xFFFF_FFFF  # no request pending
+        assert ctypes.c_uint32.from_address(state.cflags_next_tb).value == NO_REQUEST
 
 
 def test_a_lost_cut_request_is_made_again(monkeypatch, tmp_path, tail_mechanism: str) -> None:

@@ -222,15 +222,23 @@ void microvm_tail_stop(void *uc, uint64_t address, uint32_t size, microvm_sysreg
     drop_tail_hook(uc, s);
 }
 
+/* Send the run back to the tail's block at `address`; where cflags_next_tb is known, with the
+ * next translation block cut to r (0 < r < 512) instructions (QEMU's CF_COUNT_MASK). */
+static void back_to_tail(void *uc, microvm_sysreg_state *s, uint64_t address, uint64_t r)
+{
+    if (s->cflags_next_tb != NULL) {
+        *s->cflags_next_tb = (uint32_t)r;
+    }
+    redirect(uc, s, address);
+}
+
 /* Run r (> 0) instructions of the block at `address`, which has more: see the tail in
  * _sysreg.h. No `until` address: Unicorn stops at one by running a WFI there, which traps to
  * EL1 at EL0 when SCTLR_EL1.nTWI is 0 (as under Linux) instead of stopping. */
 static void start_tail(void *uc, uint64_t address, uint64_t r, microvm_sysreg_state *s)
 {
     uint64_t until = address + INSN_BYTES * r;
-    if (s->cflags_next_tb != NULL) {
-        *s->cflags_next_tb = (uint32_t)r; /* CF_COUNT_MASK: at most r instructions (r < 512) */
-    } else {
+    if (s->cflags_next_tb == NULL) {
         size_t handle = 0;
         if (s->ctl(uc, s->remove_cache_ctl, address, address + INSN_BYTES) != 0 ||
             s->hook_add(uc, &handle, (int)s->hook_code, (void *)microvm_tail_stop, s, until, until) != 0) {
@@ -243,7 +251,7 @@ static void start_tail(void *uc, uint64_t address, uint64_t r, microvm_sysreg_st
     s->tail_phase = MICROVM_TAIL_ARMED;
     s->tail_retries = 0;
     s->tails += 1;
-    redirect(uc, s, address);
+    back_to_tail(uc, s, address, r);
 }
 
 /* Everything but the common case of microvm_block, out of line so that the common case is a
@@ -275,8 +283,7 @@ static __attribute__((noinline)) void block_slow(void *uc, uint64_t address, uin
             /* The request was lost: a full translation buffer is flushed in the middle of
              * translating, and the lookup after the flush uses no cflags. Make it again. */
             s->tail_retries += 1;
-            *s->cflags_next_tb = (uint32_t)r;
-            redirect(uc, s, address);
+            back_to_tail(uc, s, address, r);
             return;
         }
         if (address != s->tail_pc || (s->cflags_next_tb != NULL && n > r)) {

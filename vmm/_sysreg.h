@@ -93,9 +93,11 @@ typedef struct {
     uint64_t resume_pc;          /* where the redirect sends the run */
     uint32_t resume_armed;       /* 1: the stub's blocks run before the guest's */
     /* The tail: the first block that does not fit the budget (r of its n instructions do) is
-     * left before it runs, its translation dropped, and a code hook set on its instruction r.
-     * The run goes back to the block, which is translated again with the hook, and the hook
-     * stops the run in front of that instruction. Deleting the hook drops that translation. */
+     * left before it runs, and the run goes back to it with the next translation block cut to
+     * r instructions (cflags_next_tb below); the next block's hook finds the budget spent.
+     * Where cflags_next_tb is unknown, the block's translation is dropped instead and a code
+     * hook set on its instruction r: the block is translated again with the hook, which stops
+     * the run in front of that instruction. Deleting the hook drops that translation. */
     uint32_t tail_phase;         /* MICROVM_TAIL_NONE, _ARMED, _RUNNING, _DONE */
     uint64_t tail_until;         /* the instruction the tail stops in front of */
     size_t tail_hook;            /* the tail's code hook (0: none) */
@@ -104,11 +106,10 @@ typedef struct {
     uint32_t hook_code;          /* UC_HOOK_CODE */
     uint32_t remove_cache_ctl;   /* uc_ctl code: UC_CTL_TB_REMOVE_CACHE, write, 2 arguments */
     uint64_t tails;              /* tails run (a statistic) */
-    /* Unicorn's cpu->cflags_next_tb, or NULL. When known, a tail needs no code hook: the run
-     * goes back to the block with the next translation block limited to r instructions
-     * (QEMU's CF_COUNT_MASK, the way its icount ends a budget). That block is cached apart from
-     * the full one (cflags are part of a translation's key), so neither is translated again
-     * when later slices end at the same place. */
+    /* Unicorn's cpu->cflags_next_tb, or NULL (then tails use the code hook). A cut block
+     * (QEMU's CF_COUNT_MASK, the way its icount ends a budget) is cached apart from the full
+     * one (cflags are part of a translation's key), so neither is translated again when later
+     * slices end at the same place. */
     uint32_t *cflags_next_tb;
     uint32_t tail_retries;       /* requests made again for this tail (a TB flush lost one) */
 } microvm_sysreg_state;

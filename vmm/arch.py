@@ -99,6 +99,7 @@ def imm16(insn: int) -> int:
 # --- Instruction encodings the VMM recognises ------------------------------------------------------
 INSN_WFI = 0xD503_207F
 INSN_CLREX = 0xD503_305F  # CLREX #15
+INSN_NOP = 0xD503_201F  # NOP (DDI 0487 C6.2.238)
 INSN_B_NEXT = 0x1400_0001  # B .+4 (DDI 0487 C6.2.26: imm26 = 1)
 MSR_DAIFCLR = 0xD503_40FF  # MSR DAIFClr, #imm (imm4 in bits [11:8])
 MSR_DAIFCLR_MASK = 0xFFFF_F0FF

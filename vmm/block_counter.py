@@ -13,11 +13,13 @@ before every instruction; on a tight loop that costs 2-9x of free-running speed
   exclusive monitor (CLREX, DDI 0487 B2.9.5); the block hook then sends the run to the guest's
   PC from the stub's second block. Neither is charged.
 - The first block that would overrun the budget does not run as translated. If r of its
-  instructions fit, the hook drops its translation, sets a code hook on instruction r and
-  sends the run back to it: translated again with the hook, the block runs its r
-  instructions and the code hook stops the run in front of the next one, then deletes itself
-  (which drops that translation too). If none fit, the run stops in front of it. No `until`
-  address is used: Unicorn stops at one by running a WFI there, which at EL0 with
+  instructions fit, the hook sends the run back to it with the next translation block cut to
+  r instructions (Unicorn's cflags_next_tb, found by vmm.native_sysreg), and the next block's
+  hook finds the budget spent and stops the run. Where cflags_next_tb is not found (or
+  MICROVM_TAIL_CFLAGS=0), the hook instead drops the block's translation, sets a code hook on
+  instruction r and sends the run back: the code hook stops the run in front of that
+  instruction, then deletes itself (which drops the hooked translation). If none fit, the
+  run stops in front of the block. No `until` address is used: Unicorn stops at one by running a WFI there, which at EL0 with
   SCTLR_EL1.nTWI = 0 (Linux's user space) traps to EL1 instead.
 - A block left early is charged up to where it was left:
   - an exception (the interrupt hook): `leave_at(pc)` of the instruction that raised it;

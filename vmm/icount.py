@@ -35,14 +35,13 @@ from typing import Iterable
 from unicorn import UC_HOOK_CODE, UC_HOOK_INSN, Uc, UcError
 from unicorn import arm64_const as a64
 
-from vmm.arch import PSTATE_EL1H_MASKED
+from vmm.arch import INSN_NOP, PSTATE_EL1H_MASKED
 from vmm.engine import new_engine
 
 # A count no field of a fresh engine holds by chance (the probe's needle).
 _PROBE_COUNT = 0x5EED_C0DE_1234_ABCD
 _PROBE_INDICES = (5, 77)  # instructions whose code hooks sample the engine struct
 _PROBE_BASE = 0x10000
-_INSN_NOP = 0xD503_201F  # NOP (DDI 0487 C6.2.238)
 _MAX_SCAN = 64 * 1024  # bytes of the engine struct searched for the count slot, at most
 _WORD = 8
 
@@ -83,7 +82,7 @@ def _probe() -> int:
     base = _handle(uc)
     n_insns = max(_PROBE_INDICES) + 2
     uc.mem_map(_PROBE_BASE, 4096)
-    uc.mem_write(_PROBE_BASE, _INSN_NOP.to_bytes(4, "little") * n_insns)
+    uc.mem_write(_PROBE_BASE, INSN_NOP.to_bytes(4, "little") * n_insns)
     samples: dict[int, list[int]] = {}
     limit = _scan_limit(base)
 
@@ -132,7 +131,7 @@ def mrs_steps_past_skip(encodings: Iterable[tuple[int, int, int, int, int]]) -> 
         uc.hook_add(UC_HOOK_INSN, lambda *_: 1, None, 1, 0, a64.UC_ARM64_INS_MRS)
         for i, enc in enumerate(todo):
             address = _PROBE_BASE + 8 * i
-            uc.mem_write(address, _mrs(enc).to_bytes(4, "little") + _INSN_NOP.to_bytes(4, "little"))
+            uc.mem_write(address, _mrs(enc).to_bytes(4, "little") + INSN_NOP.to_bytes(4, "little"))
             uc.reg_write(a64.UC_ARM64_REG_PSTATE, PSTATE_EL1H_MASKED)
             try:
                 uc.emu_start(address, address + 8, count=1)

@@ -20,7 +20,7 @@ from unicorn import UC_CTL_IO_WRITE, UC_CTL_TB_REMOVE_CACHE, UC_CTL_TLB_FLUSH, U
 from unicorn import arm64_const as a64
 from unicorn.arm64_const import UC_ARM64_REG_PC
 
-from vmm import native_fill, sysreg
+from vmm import arch, native_fill, sysreg
 
 SysReg = tuple[int, int, int, int, int]  # (op0, op1, crn, crm, op2)
 
@@ -110,6 +110,11 @@ class SysregState(ctypes.Structure):
 TAIL_NONE, TAIL_ARMED, TAIL_RUNNING, TAIL_DONE = range(4)  # MICROVM_TAIL_* in vmm/_sysreg.h
 
 
+def _ctl_write(control: int, nargs: int) -> int:
+    """The uc_ctl code that writes `control` with `nargs` arguments (unicorn.h UC_CTL)."""
+    return (UC_CTL_IO_WRITE << 30) | (nargs << 26) | control
+
+
 def _index(enc: SysReg) -> int:
     op0, op1, crn, crm, op2 = enc
     return (op0 & 3) << 14 | (op1 & 7) << 11 | (crn & 15) << 7 | (crm & 15) << 3 | (op2 & 7)
@@ -183,13 +188,13 @@ class NativeSysreg:
             reg_write=fn(uclib.uc_reg_write),
             ctl=fn(uclib.uc_ctl),
             reg_pc=UC_ARM64_REG_PC,
-            tlb_flush_ctl=(UC_CTL_IO_WRITE << 30) | UC_CTL_TLB_FLUSH,
+            tlb_flush_ctl=_ctl_write(UC_CTL_TLB_FLUSH, 0),
             emu_stop=fn(uclib.uc_emu_stop),
             reg_pstate=a64.UC_ARM64_REG_PSTATE,
             hook_add=fn(uclib.uc_hook_add),
             hook_del=fn(uclib.uc_hook_del),
             hook_code=UC_HOOK_CODE,
-            remove_cache_ctl=(UC_CTL_IO_WRITE << 30) | (2 << 26) | UC_CTL_TB_REMOVE_CACHE,  # unicorn.h UC_CTL(type, nr, rw)
+            remove_cache_ctl=_ctl_write(UC_CTL_TB_REMOVE_CACHE, 2),
         )
         cpu, flush_page = _page_flush(uc)
         self.state.cpu, self.state.flush_page = cpu, flush_page
@@ -311,8 +316,17 @@ def _page_flush(uc: Uc) -> tuple[int | None, int | None]:
 _CF_LAST_IO_1 = (0x8001).to_bytes(4, "little")  # CF_LAST_IO (0x8000) | 1 instruction
 _MOVL_IMM32_DISP8 = 0xC7  # opcode of movl $imm32, disp8(%reg): ModRM mod = 01, reg = 0
 _SCAN_BYTES = 160  # the store comes early in the function
-_NO_REQUEST = 0xFFFF_FFFF  # cflags_next_tb when no request is pending (cpu_common_reset: -1)
+NO_CUT_REQUEST = 0xFFFF_FFFF  # cflags_next_tb when no request is pending (cpu_common_reset: -1)
 _cflags_offset: int | None | bool = False  # False: not probed yet
+
+
+def cflags_offset() -> int | None:
+    """Offset of cflags_next_tb in Unicorn's CPUState, found and checked once per process, or
+    None where it cannot be."""
+    global _cflags_offset
+    if _cflags_offset is False:
+        _cflags_offset = _find_cflags_offset()
+    return _cflags_offset
 
 
 def _find_cflags_offset() -> int | None:
@@ -346,27 +360,25 @@ def _probe_cflags(offset: int) -> bool:
     except HostResourceError:
         return False
     uc.mem_map(base, 0x1000)
-    uc.mem_write(base, (0xD503_201F).to_bytes(4, "little") * nops)  # NOP (DDI 0487 C6.2.238)
+    uc.mem_write(base, arch.INSN_NOP.to_bytes(4, "little") * nops)
     cpu, _ = _page_flush(uc)
     if cpu is None:
         return False
     field = ctypes.c_uint32.from_address(cpu + offset)
-    if field.value != _NO_REQUEST:
+    if field.value != NO_CUT_REQUEST:
         return False
     sizes: list[int] = []
     uc.hook_add(UC_HOOK_BLOCK, lambda _uc, _address, size, _ud: sizes.append(size))
     field.value = cut
     uc.emu_start(base, base + 4 * nops)
-    return bool(sizes) and sizes[0] == 4 * cut and field.value == _NO_REQUEST
+    return bool(sizes) and sizes[0] == 4 * cut and field.value == NO_CUT_REQUEST
 
 
 def _cflags_next_tb(cpu: int | None) -> int | None:
     """Address of `cpu`'s cflags_next_tb, or None where it cannot be found and checked."""
-    global _cflags_offset
     if cpu is None or os.environ.get(CFLAGS_SWITCH, "1") == "0":
         return None
-    if _cflags_offset is False:
-        _cflags_offset = _find_cflags_offset()
-    if _cflags_offset is None or ctypes.c_uint32.from_address(cpu + _cflags_offset).value != _NO_REQUEST:
+    offset = cflags_offset()
+    if offset is None or ctypes.c_uint32.from_address(cpu + offset).value != NO_CUT_REQUEST:
         return None
-    return cpu + _cflags_offset
+    return cpu + offset
